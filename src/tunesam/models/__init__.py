@@ -1,0 +1,1 @@
+"""The SAM family: encoders, prompt encoder, mask decoder, segmenter, registry, checkpoints."""

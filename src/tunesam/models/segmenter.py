@@ -1,0 +1,154 @@
+"""The composed segmenter: image encoder + prompt encoder + mask decoder."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tunesam.models.mask_decoder import MaskDecoder
+from tunesam.models.prompt_encoder import PromptEncoder
+
+# Per-channel mean and std applied to 0-255 RGB input. MedSAM was trained on 0-1 input.
+PIXEL_NORMS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "sam": ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),
+    "unit": ((0.0, 0.0, 0.0), (255.0, 255.0, 255.0)),
+}
+
+
+class SamSegmenter(nn.Module):
+    """SAM composed from its parts, trainable end to end (no ``no_grad`` on the way).
+
+    Two ways to use it:
+
+    * **automated** (no prompt): ``forward(images)`` returns ``B x (K+1) x S x S`` class
+      logits (channel 0 background) from the decoder's class tokens ``1..K+1`` and the
+      prompt encoder's no-prompt embeddings;
+    * **prompted**: ``forward(images, points=..., boxes=...)`` returns ``B x 1 x S x S``
+      binary logits from SAM's single-mask token (``multimask_output=True``: its three
+      multimask outputs), one prompt set per image.
+
+    ``images`` are ``B x 3 x S x S`` (or ``B x 1 x S x S`` grey, repeated to three
+    channels) with values in 0-255; the pixel normalisation that belongs to the weights
+    (``pixel_norm``) is applied here. When no encoder parameter requires grad, the
+    encoder runs without autograd.
+    """
+
+    def __init__(
+        self,
+        image_encoder: nn.Module,
+        prompt_encoder: PromptEncoder,
+        mask_decoder: MaskDecoder,
+        num_classes: int = 1,
+        pixel_norm: str = "sam",
+        arch: str = "",
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes counts foreground classes and must be >= 1, got {num_classes}")
+        if num_classes + 1 > mask_decoder.num_multimask_outputs:
+            raise ValueError(
+                f"the decoder has {mask_decoder.num_multimask_outputs} class tokens, "
+                f"{num_classes + 1} are needed for {num_classes} classes plus background"
+            )
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.num_classes = num_classes
+        self.arch = arch
+        self.pixel_norm = ""
+        self.register_buffer("pixel_mean", torch.zeros(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.ones(3, 1, 1), persistent=False)
+        self.set_pixel_norm(pixel_norm)
+
+    # -- configuration -------------------------------------------------------------
+    def set_pixel_norm(self, name: str) -> None:
+        """Use the named pixel normalisation (``sam`` or ``unit``)."""
+        if name not in PIXEL_NORMS:
+            raise ValueError(f"unknown pixel normalisation {name!r}; expected one of {sorted(PIXEL_NORMS)}")
+        mean, std = PIXEL_NORMS[name]
+        self.pixel_mean.copy_(torch.tensor(mean).view(3, 1, 1))
+        self.pixel_std.copy_(torch.tensor(std).view(3, 1, 1))
+        self.pixel_norm = name
+
+    @property
+    def image_size(self) -> int:
+        return self.prompt_encoder.input_image_size[0]
+
+    @property
+    def class_heads(self) -> range:
+        """Decoder output tokens that serve background and the K classes."""
+        return range(1, self.num_classes + 2)
+
+    def encoder_is_frozen(self) -> bool:
+        return not any(p.requires_grad for p in self.image_encoder.parameters())
+
+    def train(self, mode: bool = True) -> SamSegmenter:
+        """Batch norms whose parameters are frozen keep their running statistics."""
+        super().train(mode)
+        if mode:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None:
+                    if not m.weight.requires_grad:
+                        m.eval()
+        return self
+
+    # -- the three stages ----------------------------------------------------------
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """Validate and normalise ``B x {1,3} x S x S`` 0-255 images."""
+        if images.ndim != 4 or images.shape[1] not in (1, 3):
+            raise ValueError(
+                f"images must be B x 3 x {self.image_size} x {self.image_size} (or 1 channel), got {tuple(images.shape)}"
+            )
+        if images.shape[-2:] != (self.image_size, self.image_size):
+            raise ValueError(
+                f"images must be {self.image_size} x {self.image_size} (the model's input size), "
+                f"got {tuple(images.shape[-2:])}: resize and pad them first"
+            )
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        return (images - self.pixel_mean) / self.pixel_std
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Image embeddings ``B x C x S/16 x S/16``."""
+        x = self.preprocess(images)
+        ctx = torch.no_grad() if self.encoder_is_frozen() else contextlib.nullcontext()
+        with ctx:
+            return self.image_encoder(x)
+
+    def decode(
+        self,
+        embeddings: torch.Tensor,
+        points: tuple[torch.Tensor, torch.Tensor] | None = None,
+        boxes: torch.Tensor | None = None,
+        multimask_output: bool = False,
+        with_iou: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Low-resolution logits ``B x M x S/4 x S/4`` (and IoU scores ``B x M``).
+
+        Without prompts ``M = K + 1`` class logits; with prompts ``M`` is 1 or 3.
+        """
+        automated = points is None and boxes is None
+        sparse, dense = self.prompt_encoder(points, boxes, None)
+        if automated:
+            n = embeddings.shape[0]
+            sparse = sparse.expand(n, -1, -1)
+            dense = dense.expand(n, -1, -1, -1)
+            heads: range = self.class_heads
+        else:
+            heads = range(1, 4) if multimask_output else range(0, 1)
+        return self.mask_decoder.predict_masks(
+            embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense, heads, with_iou=with_iou
+        )
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        points: tuple[torch.Tensor, torch.Tensor] | None = None,
+        boxes: torch.Tensor | None = None,
+        multimask_output: bool = False,
+    ) -> torch.Tensor:
+        """Logits at the input size, ``B x M x S x S`` (see :meth:`decode`)."""
+        low_res, _ = self.decode(self.encode(images), points, boxes, multimask_output)
+        return F.interpolate(low_res, size=images.shape[-2:], mode="bilinear", align_corners=False)

@@ -1,0 +1,1 @@
+"""Parameter-efficient fine-tuning: Adapter and LoRA, and the 18 strategies."""

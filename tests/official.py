@@ -1,0 +1,82 @@
+"""Import Meta's ``segment_anything`` and MobileSAM's ``mobile_sam`` for parity tests.
+
+Both packages import a few torchvision and timm names at import time, although the model
+code we compare against never calls them. Installing torchvision here would force a
+5.5 GB CUDA build of torch, so when the real packages are absent we register minimal
+stand-ins for exactly those names before importing. The stand-ins that could be called by
+the modules we test (``trunc_normal_``, ``DropPath`` at rate 0, ``to_2tuple``) behave
+like the real ones; the rest raise if anything calls them.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import types
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def _unavailable(name: str) -> Any:
+    def fn(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(f"{name} is a test stand-in; the parity tests never call it")
+
+    fn.__name__ = name
+    return fn
+
+
+def _module(name: str, **attrs: Any) -> types.ModuleType:
+    mod = types.ModuleType(name)
+    mod.__dict__.update(attrs)
+    sys.modules[name] = mod
+    return mod
+
+
+class _DropPath(nn.Module):
+    def __init__(self, drop_prob: float | None = None) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob or 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+def _to_2tuple(x: Any) -> tuple[Any, Any]:
+    return tuple(x) if isinstance(x, (tuple, list)) else (x, x)  # type: ignore[return-value]
+
+
+def install_stand_ins() -> None:
+    """Register stand-ins for the torchvision and timm names the official code imports."""
+    if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is None:
+        tv = _module("torchvision")
+        tv.transforms = _module("torchvision.transforms")
+        tv.transforms.functional = _module(
+            "torchvision.transforms.functional",
+            resize=_unavailable("resize"), to_pil_image=_unavailable("to_pil_image"),
+        )
+        tv.ops = _module("torchvision.ops")
+        tv.ops.boxes = _module(
+            "torchvision.ops.boxes",
+            batched_nms=_unavailable("batched_nms"), box_area=_unavailable("box_area"),
+        )
+    if "timm" not in sys.modules and importlib.util.find_spec("timm") is None:
+        timm = _module("timm")
+        timm.models = _module("timm.models")
+        timm.models.layers = _module(
+            "timm.models.layers",
+            DropPath=_DropPath, to_2tuple=_to_2tuple,
+            trunc_normal_=lambda t, mean=0.0, std=1.0, a=-2.0, b=2.0: nn.init.trunc_normal_(t, mean, std, a, b),
+        )
+        timm.models.registry = _module("timm.models.registry", register_model=lambda fn: fn)
+
+
+def import_official(name: str) -> types.ModuleType:
+    """``segment_anything`` or ``mobile_sam``, importing stand-ins first if needed."""
+    install_stand_ins()
+    return importlib.import_module(name)
