@@ -37,6 +37,13 @@ def resize_rel_pos(rel_pos: torch.Tensor, length: int) -> torch.Tensor:
     return table.squeeze(0).t().to(rel_pos.dtype)
 
 
+def resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Resample ``1 x h x w x C`` absolute position embeddings to ``1 x H x W x C`` (bicubic)."""
+    x = pos.permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=grid, mode="bicubic", align_corners=False)
+    return x.permute(0, 2, 3, 1).to(pos.dtype)
+
+
 def rel_pos_lookup(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
     """Relative-position embeddings for every (query, key) pair along one axis.
 

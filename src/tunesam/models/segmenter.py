@@ -57,6 +57,9 @@ class SamSegmenter(nn.Module):
         self.mask_decoder = mask_decoder
         self.num_classes = num_classes
         self.arch = arch
+        self.strategy: object | None = None  # set by tunesam.peft.apply_strategy
+        self.frozen_parts: dict[str, str] = {}
+        self.load_report: object | None = None  # set by tunesam.build_model
         self.pixel_norm = ""
         self.register_buffer("pixel_mean", torch.zeros(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.ones(3, 1, 1), persistent=False)

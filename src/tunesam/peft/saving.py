@@ -1,0 +1,102 @@
+"""Save and load only what a strategy trained, with a JSON naming the base weights.
+
+``NAME.safetensors`` holds the trained tensors by their module path (never by list
+position); ``NAME.json`` holds the architecture, strategy and the base checkpoint's path
+and sha256, so the pair is meaningful only on top of that base.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from tunesam.io import atomic_write, write_json
+from tunesam.models.checkpoint import CheckpointError, sha256_of
+from tunesam.models.segmenter import SamSegmenter
+from tunesam.peft.strategy import Strategy
+
+FORMAT = "tunesam-trained"
+VERSION = 1
+
+
+def trained_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter that requires grad, plus running statistics of trainable batch norms."""
+    state = model.state_dict()
+    out = {name: state[name] for name, p in model.named_parameters() if p.requires_grad}
+    for mod_name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and m.weight.requires_grad:
+            for buf in ("running_mean", "running_var", "num_batches_tracked"):
+                key = f"{mod_name}.{buf}"
+                if key in state:
+                    out[key] = state[key]
+    return out
+
+
+def _describe(model: SamSegmenter) -> dict[str, object]:
+    if not isinstance(model.strategy, Strategy):
+        raise RuntimeError("apply a strategy (tunesam.peft.apply_strategy) before saving what it trained")
+    return {
+        "arch": model.arch,
+        "image_size": model.image_size,
+        "num_classes": model.num_classes,
+        "pixel_norm": model.pixel_norm,
+        "strategy": model.strategy.to_dict(),
+    }
+
+
+def save_trained(model: SamSegmenter, path: str | Path, base_checkpoint: str | Path | None = None) -> Path:
+    """Write ``path`` (``.safetensors``) and its ``.json`` sidecar atomically; return the JSON path."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"trained weights are saved as .safetensors, got {path}")
+    meta = {"format": FORMAT, "version": VERSION, **_describe(model)}
+    if base_checkpoint is not None:
+        meta["base_checkpoint"] = {"path": str(Path(base_checkpoint).resolve()), "sha256": sha256_of(base_checkpoint)}
+    else:
+        meta["base_checkpoint"] = None
+    tensors = {k: v.detach().cpu().contiguous() for k, v in trained_state_dict(model).items()}
+    meta["num_tensors"] = len(tensors)
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT}))
+    json_path = path.with_suffix(".json")
+    write_json(json_path, meta)
+    return json_path
+
+
+def read_trained_meta(path: str | Path) -> dict[str, object]:
+    """The JSON sidecar of a saved ``.safetensors`` file."""
+    json_path = Path(path).with_suffix(".json")
+    if not json_path.is_file():
+        raise FileNotFoundError(f"{json_path} not found: it describes {Path(path).name} and must sit beside it")
+    meta = json.loads(json_path.read_text())
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{json_path} is not a tunesam trained-weights description (format {meta.get('format')!r})")
+    return meta
+
+
+def load_trained(model: SamSegmenter, path: str | Path) -> dict[str, object]:
+    """Load trained tensors saved by :func:`save_trained` into a model prepared the same way.
+
+    The model must have the same architecture, classes, input size and strategy applied
+    (base weights loaded first). Raises naming any difference or missing/unexpected tensor.
+    """
+    path = Path(path)
+    meta = read_trained_meta(path)
+    mine = _describe(model)
+    diffs = [f"{k}: file {meta.get(k)!r}, model {v!r}" for k, v in mine.items() if meta.get(k) != v]
+    if diffs:
+        raise CheckpointError(f"{path} was trained for another model set-up: " + "; ".join(diffs))
+    tensors = load_file(str(path), device="cpu")
+    expected = trained_state_dict(model)
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    misshapen = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
+    if missing or unexpected or misshapen:
+        raise CheckpointError(
+            f"{path} does not fit the model: missing {missing[:8]}, unexpected {unexpected[:8]}, "
+            f"other shapes {misshapen[:8]}"
+        )
+    model.load_state_dict(tensors, strict=False)
+    return meta
