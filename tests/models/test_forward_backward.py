@@ -90,3 +90,22 @@ def test_unit_pixel_norm_maps_0_255_to_0_1() -> None:
     assert max_diff(model.preprocess(x), x / 255.0) <= 1e-6
     with pytest.raises(ValueError, match="unknown pixel normalisation"):
         model.set_pixel_norm("imagenet")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu_and_bf16_trains() -> None:
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    for arch in ("vit_t", "vit_b"):
+        model = build_sam(arch, num_classes=2, image_size=256).eval()
+        x = images(2, 256)
+        with torch.no_grad():
+            ref = model(x)
+            model.cuda()
+            out = model(x.cuda()).cpu()
+        assert max_diff(out, ref) <= 1e-3, arch
+        model.train()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(x.cuda()).float().logsumexp(1).mean()
+        loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -1,0 +1,1 @@
+"""Training machinery: losses, optimiser and schedule, the trainer, checkpoints."""
