@@ -71,3 +71,16 @@ def test_bad_arguments_are_reported(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["info", "--arch", "vit_b", "--tune", "decoder", "--method", "lora",
                  "--checkpoint", "/nonexistent/sam_vit_b_01ec64.pth"]) == 2
     assert "dl.fbaipublicfiles.com" in capsys.readouterr().err
+
+
+def test_info_with_a_checkpoint_reports_what_loading_did(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    from tunesam.models.registry import build_sam
+
+    torch.save(build_sam("vit_test", image_size=64).state_dict(), tmp_path / "w.pth")
+    info = _info(capsys, "--arch", "vit_test", "--tune", "decoder", "--method", "lora", "--image-size", "128",
+                 "--num-classes", "3", "--checkpoint", str(tmp_path / "w.pth"))
+    notes = " ".join(info["checkpoint"]["notes"])
+    assert "pos_embed (4, 4) -> (8, 8)" in notes
+    assert "output_hypernetworks_mlps.4" in notes
