@@ -64,11 +64,11 @@ def test_vit_encoder_matches_official_at_small_size(segment_anything: types.Modu
     assert max_diff(official(x), ours(x)) <= TOL
 
 
-@pytest.mark.slow
-@torch.no_grad()
-def test_vit_b_matches_official_sam_at_1024(segment_anything: types.ModuleType) -> None:
-    official = randomize_(segment_anything.sam_model_registry["vit_b"]()).eval()
-    ours = build_sam("vit_b").eval()
+def _whole_model_parity(official: torch.nn.Module, arch: str) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """Load the official model's random weights into ours; compare encoder, prompt encoder
+    and decoder at 1024. Returns our model and both image embeddings."""
+    official = randomize_(official).eval()  # eval() after randomising: MobileSAM caches biases there
+    ours = build_sam(arch).eval()
     ours.load_state_dict(official.state_dict(), strict=True)
     x = images(1, 1024)
     e1 = official.image_encoder((x - official.pixel_mean) / official.pixel_std)
@@ -76,24 +76,24 @@ def test_vit_b_matches_official_sam_at_1024(segment_anything: types.ModuleType) 
     assert e1.shape == e2.shape == (1, 256, 64, 64)
     assert max_diff(e1, e2) <= TOL
     _check_heads(official, ours, e1, 1024)
+    return ours, x, e2
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_vit_b_matches_official_sam_at_1024(segment_anything: types.ModuleType) -> None:
+    _whole_model_parity(segment_anything.sam_model_registry["vit_b"](), "vit_b")
 
 
 @torch.no_grad()
 def test_mobilesam_matches_official_at_1024(mobile_sam: types.ModuleType) -> None:
-    official = randomize_(mobile_sam.sam_model_registry["vit_t"]()).eval()
-    ours = build_sam("vit_t").eval()
-    ours.load_state_dict(official.state_dict(), strict=True)
-    x = images(1, 1024)
-    e1 = official.image_encoder((x - official.pixel_mean) / official.pixel_std)
-    e2 = ours.encode(x)
-    assert max_diff(e1, e2) <= TOL
-    _check_heads(official, ours, e1, 1024)
-
+    official = mobile_sam.sam_model_registry["vit_t"]()
+    ours, x, emb = _whole_model_parity(official, "vit_t")
     # The whole segmenter against the official Sam.forward (single-mask, box prompt).
     box = torch.tensor([[100.0, 150, 700, 800]])
     out = official([{"image": x[0], "original_size": (1024, 1024), "boxes": box}], multimask_output=False)
     ref = out[0]["low_res_logits"]
-    low, _ = ours.decode(e2, boxes=box)
+    low, _ = ours.decode(emb, boxes=box)
     assert max_diff(ref, low) <= TOL
     full = torch.nn.functional.interpolate(low, size=(1024, 1024), mode="bilinear", align_corners=False)
     assert torch.equal(full > 0, out[0]["masks"])

@@ -67,3 +67,13 @@ class MLP(nn.Module):
             if i < last:
                 x = F.relu(x)
         return torch.sigmoid(x) if self.sigmoid_output else x
+
+
+def make_neck(in_chans: int, out_chans: int) -> nn.Sequential:
+    """The encoders' output neck (1x1 conv, LayerNorm2d, 3x3 conv, LayerNorm2d; keys 0-3)."""
+    return nn.Sequential(
+        nn.Conv2d(in_chans, out_chans, kernel_size=1, bias=False),
+        LayerNorm2d(out_chans),
+        nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
+        LayerNorm2d(out_chans),
+    )

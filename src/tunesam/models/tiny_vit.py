@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from tunesam.models.common import LayerNorm2d
+from tunesam.models.common import make_neck
 
 
 class Conv2d_BN(nn.Sequential):  # noqa: N801 - official module name, part of the key path
@@ -311,12 +311,7 @@ class TinyViT(nn.Module):
         self.norm_head = nn.LayerNorm(embed_dims[-1])
         self.head = nn.Linear(embed_dims[-1], num_classes)
         self.apply(self._init_weights)
-        self.neck = nn.Sequential(
-            nn.Conv2d(embed_dims[-1], out_chans, kernel_size=1, bias=False),
-            LayerNorm2d(out_chans),
-            nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
-            LayerNorm2d(out_chans),
-        )
+        self.neck = make_neck(embed_dims[-1], out_chans)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
