@@ -35,6 +35,33 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    import logging
+
+    from tunesam.data.prepare import PrepareOptions, parse_label_map, parse_window, prepare
+
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    opts = PrepareOptions(
+        layout=args.layout, root=args.root, axis=args.axis, size=args.size, split=args.split, seed=args.seed,
+        keep_empty=args.keep_empty, labels=args.labels,
+        label_map=parse_label_map(args.label_map) if args.label_map else None,
+        channel=args.channel, case_pattern=args.case_pattern, modality=args.modality,
+        window=parse_window(args.window) if args.window else None,
+    )
+    if args.example:
+        from tunesam.data.examples import prepare_example
+
+        if args.source:
+            raise ValueError("give either SOURCE or --example, not both")
+        result = prepare_example(args.example, args.out, opts, force=args.force)
+    elif args.source:
+        result = prepare(args.source, args.out, opts, force=args.force)
+    else:
+        raise ValueError("give a SOURCE dataset (folder or CSV list) or --example mni152")
+    print(result.summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunesam",
@@ -46,6 +73,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(info)
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(func=_cmd_info)
+
+    prep = sub.add_parser(
+        "prepare", help="turn a dataset into training-ready 2D slices",
+        description="Read a dataset (nnU-Net/MSD folder, CSV list(s), image/mask folders) and write "
+                    "2D slices, a manifest and a patient-level split to --out.",
+    )
+    prep.add_argument("source", nargs="?", help="dataset folder, CSV list, or folder of train/val/test lists")
+    prep.add_argument("--out", required=True, help="folder to write")
+    prep.add_argument("--example", choices=["mni152"], help="prepare the embedded real example instead")
+    prep.add_argument("--layout", default="auto", choices=["auto", "nnunet", "msd", "csv", "folders"])
+    prep.add_argument("--root", help="folder that CSV paths are relative to (default: the lists' parent folder)")
+    prep.add_argument("--axis", type=int, default=0, choices=[0, 1, 2],
+                      help="slicing axis of the z-y-x array (0: axial for standard volumes)")
+    prep.add_argument("--size", type=int, default=1024, help="largest side stored (bigger slices are downsampled)")
+    prep.add_argument("--split", default="7:1:2", help="train:val:test ratio by patient")
+    prep.add_argument("--seed", type=int, default=0, help="seed of the split")
+    prep.add_argument("--keep-empty", action="store_true", help="keep train/val slices with empty masks")
+    prep.add_argument("--labels", default="all", choices=["all", "merge"],
+                      help="all: one class per non-zero value; merge: every non-zero value is class 1")
+    prep.add_argument("--label-map", help="JSON (or a JSON file) mapping raw mask values to classes")
+    prep.add_argument("--channel", type=int, default=0, help="image channel of multi-channel cases")
+    prep.add_argument("--case-pattern", help="regex finding the patient id in CSV/folder paths")
+    prep.add_argument("--modality", choices=["mr", "ct", "other"], help="intensity rule (default from the dataset)")
+    prep.add_argument("--window", help="CT window 'level,width' (default 40,400 for CT)")
+    prep.add_argument("--force", action="store_true", help="replace an existing prepared folder")
+    prep.add_argument("-v", "--verbose", action="store_true", help="log each case")
+    prep.set_defaults(func=_cmd_prepare)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Data: readers, layouts, preparation into 2D slices, splits, the torch Dataset."""

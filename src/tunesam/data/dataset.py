@@ -1,0 +1,123 @@
+"""The torch ``Dataset`` over a prepared store, and the letterbox to the model's input.
+
+Slices are stored at native size (or downsampled to ``--size``); here each is resized so
+its longest side is the model input size (aspect ratio kept: bilinear for images, nearest
+for masks) and zero-padded at the bottom and right to a square. ``valid`` records the
+resized extent so predictions can be cropped and mapped back.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from tunesam.data.readers import DataError
+from tunesam.data.store import PreparedData
+
+
+def letterbox_shape(h: int, w: int, size: int) -> tuple[int, int]:
+    """Size of an ``h x w`` slice once its longest side is ``size``."""
+    scale = size / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def letterbox_image(image: np.ndarray | torch.Tensor, size: int, mode: str = "bilinear") -> torch.Tensor:
+    """``h x w`` (0-255) -> ``1 x size x size`` float32, resized and zero-padded."""
+    img = torch.as_tensor(np.asarray(image)).float()[None, None]
+    h, w = img.shape[-2:]
+    rh, rw = letterbox_shape(h, w, size)
+    if (rh, rw) != (h, w):
+        if mode == "nearest":
+            img = F.interpolate(img, size=(rh, rw), mode="nearest-exact")
+        else:
+            img = F.interpolate(img, size=(rh, rw), mode="bilinear", align_corners=False, antialias=rh < h)
+    return F.pad(img, (0, size - rw, 0, size - rh))[0]
+
+
+def letterbox_mask(mask: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
+    """``h x w`` class mask -> ``size x size`` int64, nearest, zero-padded."""
+    m = torch.as_tensor(np.asarray(mask))[None, None]
+    h, w = m.shape[-2:]
+    rh, rw = letterbox_shape(h, w, size)
+    if (rh, rw) != (h, w):
+        m = F.interpolate(m.float(), size=(rh, rw), mode="nearest-exact")
+    return F.pad(m.long(), (0, size - rw, 0, size - rh))[0, 0]
+
+
+def unletterbox(logits: torch.Tensor, valid: tuple[int, int], native: tuple[int, int]) -> torch.Tensor:
+    """``C x S x S`` model output -> ``C x H x W`` at the native slice size (crop, bilinear)."""
+    cropped = logits[..., : valid[0], : valid[1]]
+    if tuple(cropped.shape[-2:]) == tuple(native):
+        return cropped
+    return F.interpolate(cropped[None].float(), size=native, mode="bilinear", align_corners=False)[0]
+
+
+class SliceDataset(Dataset):
+    """Slices of one split, ready for the model.
+
+    Items are dicts: ``image`` ``1 x S x S`` float32 in 0-255 (grey; the model repeats it to
+    three channels), ``mask`` ``S x S`` int64 class indices, ``valid`` (rows, cols) of real
+    pixels, ``index`` the slice's position in the store's index.
+
+    Args:
+        data: a prepared folder or an opened :class:`PreparedData`.
+        split: ``train``, ``val`` or ``test``.
+        image_size: the model's input side S.
+        include_empty: keep slices whose mask is empty (default: only for ``test``).
+        rows: explicit store rows (e.g. a few-shot sample) instead of the whole split.
+        interpolation: ``bilinear`` (default) or ``nearest`` for images.
+    """
+
+    def __init__(
+        self,
+        data: str | Path | PreparedData,
+        split: str,
+        image_size: int,
+        include_empty: bool | None = None,
+        rows: Sequence[int] | None = None,
+        interpolation: str = "bilinear",
+    ) -> None:
+        self.data = data if isinstance(data, PreparedData) else PreparedData.open(data)
+        self.split = split
+        self.image_size = image_size
+        self.interpolation = interpolation
+        if rows is None:
+            keep_empty = split == "test" if include_empty is None else include_empty
+            rows = self.data.rows(split, include_empty=keep_empty)
+        self.rows = np.asarray(rows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        row = int(self.rows[i])
+        image, mask = self.data.slice(row)
+        h, w = image.shape
+        return {
+            "image": letterbox_image(image, self.image_size, self.interpolation),
+            "mask": letterbox_mask(mask, self.image_size),
+            "valid": torch.tensor(letterbox_shape(h, w, self.image_size)),
+            "index": row,
+        }
+
+
+def few_shot_rows(data: PreparedData, split: str, k: int, seed: int) -> np.ndarray:
+    """``k`` slices with foreground, each from a different volume, chosen with ``seed``."""
+    rows = data.rows(split, include_empty=False)
+    volumes: dict[str, list[int]] = {}
+    for r in rows:
+        volumes.setdefault(data.case(int(r))["volume"], []).append(int(r))
+    if len(volumes) < k:
+        raise DataError(
+            f"{data.folder}: the {split} set has foreground slices from {len(volumes)} volumes; "
+            f"a {k}-shot sample needs {k} distinct volumes"
+        )
+    rng = np.random.default_rng(seed)
+    names = sorted(volumes)
+    chosen = [names[i] for i in rng.permutation(len(names))[:k]]
+    return np.array(sorted(int(rng.choice(volumes[v])) for v in chosen), dtype=np.int64)

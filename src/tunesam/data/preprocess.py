@@ -1,0 +1,99 @@
+"""Per-volume preprocessing (the paper, section 3): intensities to 0-255, labels to classes,
+slicing, and the storage downsample. Pure functions on numpy arrays."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tunesam.data.readers import DataError
+
+PERCENTILES = (0.5, 99.5)
+CT_WINDOW = (40.0, 400.0)  # level, width: soft tissue, as MedSAM
+_MAX_PERCENTILE_SAMPLES = 4_000_000
+
+
+def window_to_uint8(arr: np.ndarray, level: float, width: float) -> np.ndarray:
+    """Clip to ``[level - width/2, level + width/2]`` and scale to 0-255."""
+    lo = level - width / 2.0
+    out = (arr.astype(np.float32) - lo) * (255.0 / width)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def percentile_to_uint8(arr: np.ndarray, percentiles: tuple[float, float] = PERCENTILES) -> np.ndarray:
+    """Clip at the percentiles of the non-zero voxels and scale to 0-255.
+
+    Very large volumes estimate the percentiles from an evenly strided sample.
+    """
+    values = arr[arr != 0]
+    if values.size == 0:
+        return np.zeros(arr.shape, np.uint8)
+    if values.size > _MAX_PERCENTILE_SAMPLES:
+        values = values[:: values.size // _MAX_PERCENTILE_SAMPLES + 1]
+    lo, hi = np.percentile(values.astype(np.float64), percentiles)
+    if hi <= lo:
+        return np.where(arr > lo, 255, 0).astype(np.uint8)
+    out = (arr.astype(np.float32) - np.float32(lo)) * np.float32(255.0 / (hi - lo))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def to_uint8(
+    arr: np.ndarray, is_2d: bool, modality: str, window: tuple[float, float] | None
+) -> np.ndarray:
+    """Intensities to 0-255 by the rule of DESIGN.md: CT window, 8-bit 2D kept, else percentiles."""
+    if window is not None or modality == "ct":
+        level, width = window or CT_WINDOW
+        return window_to_uint8(arr, level, width)
+    if is_2d and arr.dtype == np.uint8:
+        return arr
+    return percentile_to_uint8(arr)
+
+
+def check_integer_mask(mask: np.ndarray, where: str) -> np.ndarray:
+    """Masks must hold integers; float masks with whole values are accepted."""
+    if np.issubdtype(mask.dtype, np.integer) or mask.dtype == np.bool_:
+        return mask
+    frac = mask[mask != np.round(mask)]
+    if frac.size:
+        examples = ", ".join(f"{v:g}" for v in np.unique(frac)[:5])
+        raise DataError(f"{where}: a mask must hold integer labels, found values such as {examples}")
+    return mask.astype(np.int64)
+
+
+def map_labels(mask: np.ndarray, value_to_class: Mapping[int, int] | None, where: str) -> np.ndarray:
+    """Raw mask values -> classes (uint8); values outside the map are an error naming them.
+
+    ``None`` merges every non-zero value into class 1.
+    """
+    if value_to_class is None:
+        return (mask != 0).astype(np.uint8)
+    values, inverse = np.unique(mask, return_inverse=True)
+    unknown = [int(v) for v in values if int(v) not in value_to_class and v != 0]
+    if unknown:
+        raise DataError(
+            f"{where}: mask values {unknown[:10]} are not in the label map "
+            f"(known: {sorted(value_to_class)}); give them a class with --label-map or use --labels merge"
+        )
+    lut = np.array([value_to_class.get(int(v), 0) for v in values], dtype=np.uint8)
+    return lut[inverse].reshape(mask.shape)
+
+
+def stored_shape(h: int, w: int, size: int) -> tuple[int, int]:
+    """The stored size of an ``h x w`` slice: native unless its longest side exceeds ``size``."""
+    if max(h, w) <= size:
+        return h, w
+    scale = size / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def downsample(images: np.ndarray, masks: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """``n x h x w`` uint8 slices to ``shape``: images by area averaging, masks nearest."""
+    if images.shape[1:] == shape:
+        return images, masks
+    img = torch.from_numpy(np.ascontiguousarray(images)).float().unsqueeze(1)
+    img = F.interpolate(img, size=shape, mode="area").round().clamp(0, 255).to(torch.uint8)
+    msk = torch.from_numpy(np.ascontiguousarray(masks)).unsqueeze(1)
+    msk = F.interpolate(msk.float(), size=shape, mode="nearest-exact").to(torch.uint8)
+    return img.squeeze(1).numpy(), msk.squeeze(1).numpy()

@@ -1,0 +1,151 @@
+"""Bad input gets a clear error naming the file; nothing prepared is lost or half-written."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_factory import nnunet_dataset, png_pairs, volume_and_mask, write_nifti
+from tunesam.data.prepare import PrepareOptions, prepare
+from tunesam.data.readers import DataError
+
+
+def _small_nnunet(tmp_path: Path, n: int = 4) -> Path:
+    root = tmp_path / "ds"
+    nnunet_dataset(root, n_cases=n)
+    return root
+
+
+def test_corrupt_file_is_named(tmp_path: Path) -> None:
+    root = _small_nnunet(tmp_path)
+    bad = root / "imagesTr" / "case_001_0000.nii.gz"
+    bad.write_bytes(b"not a nifti at all")
+    with pytest.raises(DataError, match=r"case_001_0000\.nii\.gz: cannot be read"):
+        prepare(root, tmp_path / "p", PrepareOptions(split="2:1:1"))
+    assert not (tmp_path / "p").exists()
+
+
+def test_shape_and_geometry_mismatch(tmp_path: Path) -> None:
+    root = _small_nnunet(tmp_path)
+    _, mask, _ = volume_and_mask(0)
+    write_nifti(root / "labelsTr" / "case_000.nii.gz", mask[:, :, :-1])
+    with pytest.raises(DataError, match=r"case_000\.nii\.gz: mask shape \(8, 12, 9\) differs from image"):
+        prepare(root, tmp_path / "p", PrepareOptions(split="2:1:1"))
+    write_nifti(root / "labelsTr" / "case_000.nii.gz", mask, spacing=(1.0, 1.0, 1.0))
+    with pytest.raises(DataError, match=r"case_000\.nii\.gz: mask geometry differs .* spacing \(1\.0, 1\.0, 1\.0\)"):
+        prepare(root, tmp_path / "p", PrepareOptions(split="2:1:1"))
+
+
+def test_non_integer_and_unmapped_mask_values(tmp_path: Path) -> None:
+    root = _small_nnunet(tmp_path)
+    _, mask, _ = volume_and_mask(2)
+    write_nifti(root / "labelsTr" / "case_002.nii.gz", mask.astype(np.float32) * 0.5)
+    with pytest.raises(DataError, match=r"case_002\.nii\.gz: a mask must hold integer labels, found values such as 0\.5"):
+        prepare(root, tmp_path / "p", PrepareOptions(split="2:1:1"))
+    write_nifti(root / "labelsTr" / "case_002.nii.gz", mask)
+    with pytest.raises(DataError, match=r"mask values \[2\] are not in the label map"):
+        prepare(root, tmp_path / "p", PrepareOptions(split="2:1:1", label_map={1: 1}))
+    m = prepare(root, tmp_path / "p", PrepareOptions(split="2:1:1", label_map={1: 1, 2: 1})).manifest
+    assert m["labels"] == {"0": "background", "1": "gland+lesion"}
+
+
+def test_empty_after_filtering_and_too_few_patients(tmp_path: Path) -> None:
+    root = _small_nnunet(tmp_path)
+    for i in range(4):
+        write_nifti(root / "labelsTr" / f"case_{i:03d}.nii.gz", np.zeros((8, 12, 10), np.uint8))
+    with pytest.raises(DataError, match="the train set has no slices after filtering"):
+        prepare(root, tmp_path / "p", PrepareOptions(split="2:1:1"))
+    png = tmp_path / "png"
+    png_pairs(png, patients=4)
+    from PIL import Image
+
+    for f in (png / "masks").iterdir():
+        Image.fromarray(np.zeros((40, 30), np.uint8)).save(f)
+    with pytest.raises(DataError, match="every mask is empty"):
+        prepare(png, tmp_path / "p", PrepareOptions(split="2:1:1"))
+    root2 = tmp_path / "two"
+    nnunet_dataset(root2, n_cases=2)
+    with pytest.raises(DataError, match="2 patients cannot fill a val set at split 70%/10%/20%"):
+        prepare(root2, tmp_path / "p")
+
+
+def test_val_set_without_foreground_is_an_error(tmp_path: Path) -> None:
+    root = _small_nnunet(tmp_path, n=3)
+    (root / "splits_final.json").write_text(json.dumps([{"train": ["case_000"], "val": ["case_001"]}]))
+    write_nifti(root / "labelsTr" / "case_001.nii.gz", np.zeros((8, 12, 10), np.uint8))
+    with pytest.raises(DataError, match="the val set has no slices after filtering .*--keep-empty"):
+        prepare(root, tmp_path / "p")
+
+
+def test_existing_output_is_reused_refused_or_replaced(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    png_pairs(src, patients=5)
+    out = tmp_path / "p"
+    first = prepare(src, out)
+    assert not first.reused
+    stamp = (out / "manifest.json").stat().st_mtime_ns
+    again = prepare(src, out)
+    assert again.reused and (out / "manifest.json").stat().st_mtime_ns == stamp
+    with pytest.raises(DataError, match="already holds a dataset prepared from other inputs or options"):
+        prepare(src, out, PrepareOptions(seed=1))
+    replaced = prepare(src, out, PrepareOptions(seed=1), force=True)
+    assert not replaced.reused and replaced.manifest["seed"] == 1
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(DataError, match="exists and is not a prepared dataset"):
+        prepare(src, other, force=True)
+    assert (other / "notes.txt").read_text() == "keep me"
+
+
+def test_interrupted_prepare_leaves_the_old_result_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "src"
+    png_pairs(src, patients=5)
+    out = tmp_path / "p"
+    prepare(src, out)
+    before = (out / "manifest.json").read_text()
+    import tunesam.data.prepare as prep
+
+    calls = {"n": 0}
+    real = prep.SliceWriter.add
+
+    def failing_add(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(28, "No space left on device")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(prep.SliceWriter, "add", failing_add)
+    with pytest.raises(OSError, match="No space left"):
+        prepare(src, out, PrepareOptions(seed=2), force=True)
+    assert (out / "manifest.json").read_text() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_stale_temporary_folder_of_a_killed_run_is_removed(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    png_pairs(src, patients=5)
+    stale = tmp_path / ".p.tmp-999999999"
+    stale.mkdir()
+    (stale / "images.u8").write_bytes(b"partial")
+    prepare(src, tmp_path / "p")
+    assert not stale.exists()
+    assert os.path.exists(tmp_path / "p" / "manifest.json")
+
+
+def test_unknown_layout_and_missing_source(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="unrecognised layout"):
+        prepare(tmp_path / "empty", tmp_path / "p")
+    with pytest.raises(DataError, match="not found"):
+        prepare(tmp_path / "nothing", tmp_path / "p")
+
+
+def test_csv_missing_file_names_the_line(tmp_path: Path) -> None:
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "train.csv").write_text("a.png,b.png\n")
+    with pytest.raises(DataError, match=r"train\.csv:1: 'a\.png' not found"):
+        prepare(tmp_path / "lists", tmp_path / "p")
