@@ -28,7 +28,7 @@ def letterbox_shape(h: int, w: int, size: int) -> tuple[int, int]:
 
 def letterbox_image(image: np.ndarray | torch.Tensor, size: int, mode: str = "bilinear") -> torch.Tensor:
     """``h x w`` (0-255) -> ``1 x size x size`` float32, resized and zero-padded."""
-    img = torch.as_tensor(np.asarray(image)).float()[None, None]
+    img = torch.tensor(np.asarray(image), dtype=torch.float32)[None, None]
     h, w = img.shape[-2:]
     rh, rw = letterbox_shape(h, w, size)
     if (rh, rw) != (h, w):
@@ -41,7 +41,7 @@ def letterbox_image(image: np.ndarray | torch.Tensor, size: int, mode: str = "bi
 
 def letterbox_mask(mask: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
     """``h x w`` class mask -> ``size x size`` int64, nearest, zero-padded."""
-    m = torch.as_tensor(np.asarray(mask))[None, None]
+    m = torch.tensor(np.asarray(mask), dtype=torch.uint8)[None, None]
     h, w = m.shape[-2:]
     rh, rw = letterbox_shape(h, w, size)
     if (rh, rw) != (h, w):

@@ -1,0 +1,91 @@
+"""Readers: DICOM series by content, PNG modes, geometry."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tunesam.data.readers import DataError, Geometry, read_image
+
+
+def _write_dicom_series(folder: Path, volume: np.ndarray, uid: str, suffix: str = "") -> None:
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    writer.SetImageIO("GDCMImageIO")
+    for z in range(volume.shape[0]):
+        sl = sitk.GetImageFromArray(volume[z].astype(np.int16))
+        sl.SetSpacing((0.7, 0.9))
+        for tag, value in {
+            "0020|000e": uid,  # series instance UID
+            "0020|0032": f"-5\\10\\{2.5 * z}",  # image position (patient)
+            "0020|0037": "1\\0\\0\\0\\1\\0",  # image orientation (patient)
+            "0018|0050": "2.5",
+            "0020|0013": str(z + 1),
+            "0008|0060": "MR",
+        }.items():
+            sl.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"IM{z:04d}{suffix}"))
+        writer.Execute(sl)
+
+
+def test_dicom_series_found_by_content_without_extension(tmp_path: Path) -> None:
+    vol = np.arange(4 * 6 * 5, dtype=np.int16).reshape(4, 6, 5)
+    _write_dicom_series(tmp_path / "series", vol, "1.2.826.0.1.3680043.2.1125.1")
+    arr, geom = read_image(tmp_path / "series")
+    assert arr.shape == (4, 6, 5) and np.array_equal(arr, vol)
+    assert geom.spacing == pytest.approx((0.7, 0.9, 2.5))
+    assert geom.origin == pytest.approx((-5.0, 10.0, 0.0))
+
+
+def test_two_series_in_one_folder_ask_which(tmp_path: Path) -> None:
+    vol = np.zeros((2, 4, 4), np.int16)
+    _write_dicom_series(tmp_path / "mixed", vol, "1.2.3.4", ".dcm")
+    _write_dicom_series(tmp_path / "mixed", vol + 1, "1.2.3.5", "b.dcm")
+    with pytest.raises(DataError, match=r"holds 2 DICOM series, say which one: .*1\.2\.3\.4.*1\.2\.3\.5|1\.2\.3\.5.*1\.2\.3\.4"):
+        read_image(tmp_path / "mixed")
+    arr, _ = read_image(tmp_path / "mixed", dicom_series="1.2.3.5")
+    assert int(arr.min()) == 1
+
+
+def test_folder_without_dicom_files(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "readme.txt").write_text("hello")
+    with pytest.raises(DataError, match="found no DICOM files"):
+        read_image(tmp_path / "d")
+
+
+def test_png_modes(tmp_path: Path) -> None:
+    grey = np.random.default_rng(0).integers(0, 256, (5, 7), dtype=np.uint8)
+    Image.fromarray(grey).convert("RGB").save(tmp_path / "rgb.png")  # equal channels -> grey
+    arr, geom = read_image(tmp_path / "rgb.png")
+    assert np.array_equal(arr, grey) and geom == Geometry((5, 7), (1.0, 1.0), (0.0, 0.0), (1.0, 0.0, 0.0, 1.0), False)
+    pal = Image.fromarray(np.array([[0, 1], [2, 1]], np.uint8), mode="P")
+    pal.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)
+    pal.save(tmp_path / "pal.png")
+    assert np.array_equal(read_image(tmp_path / "pal.png")[0], [[0, 1], [2, 1]])  # palette indices
+    sixteen = (np.arange(12, dtype=np.uint16).reshape(3, 4) * 1000)
+    Image.fromarray(sixteen).save(tmp_path / "16.png")
+    assert np.array_equal(read_image(tmp_path / "16.png")[0], sixteen)
+
+
+def test_unknown_and_missing_files(tmp_path: Path) -> None:
+    (tmp_path / "x.xyz").write_text("?")
+    with pytest.raises(DataError, match=r"x\.xyz: unknown file type"):
+        read_image(tmp_path / "x.xyz")
+    with pytest.raises(DataError, match="file not found"):
+        read_image(tmp_path / "none.nii.gz")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG garbage")
+    with pytest.raises(DataError, match=r"broken\.png: cannot be read as an image"):
+        read_image(tmp_path / "broken.png")
+
+
+def test_plane_spacing_per_axis() -> None:
+    g = Geometry((10, 20, 30), (0.5, 0.7, 3.0), (0, 0, 0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    assert g.plane_spacing(0) == (0.7, 0.5)  # rows are y, columns x
+    assert g.plane_spacing(1) == (3.0, 0.5)  # rows z, columns x
+    assert g.plane_spacing(2) == (3.0, 0.7)  # rows z, columns y
