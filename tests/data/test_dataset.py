@@ -19,11 +19,12 @@ def test_letterbox_keeps_aspect_and_pads_bottom_right() -> None:
     img = np.full((50, 100), 200, np.uint8)
     out = letterbox_image(img, 64)
     assert out.shape == (1, 64, 64)
-    assert torch.allclose(out[0, :32, :], torch.tensor(200.0), atol=1e-3) and torch.all(out[0, 32:, :] == 0)
+    assert out.dtype == torch.uint8
+    assert torch.all(out[0, :32, :] == 200) and torch.all(out[0, 32:, :] == 0)
     mask = np.zeros((50, 100), np.uint8)
     mask[:, 50:] = 2
     m = letterbox_mask(mask, 64)
-    assert m.dtype == torch.int64 and set(m.unique().tolist()) == {0, 2}
+    assert m.dtype == torch.uint8 and set(m.unique().tolist()) == {0, 2}
     assert torch.all(m[:32, 32:] == 2) and torch.all(m[:32, :32] == 0) and torch.all(m[32:] == 0)
     back = unletterbox(m[None].float(), (32, 64), (50, 100))
     assert back.shape == (1, 50, 100)
@@ -36,7 +37,7 @@ def test_dataset_items_and_few_shot(tmp_path: Path) -> None:
     ds = SliceDataset(tmp_path / "p", "train", image_size=64)
     assert len(ds) == 14
     item = ds[0]
-    assert item["image"].shape == (1, 64, 64) and item["image"].dtype == torch.float32
+    assert item["image"].shape == (1, 64, 64) and item["image"].dtype == torch.uint8
     assert item["mask"].shape == (64, 64) and tuple(item["valid"].tolist()) == (64, 48)
     data = PreparedData.open(tmp_path / "p")
     rows = few_shot_rows(data, "train", k=5, seed=0)

@@ -111,6 +111,8 @@ class SamSegmenter(nn.Module):
             )
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
+        if not images.is_floating_point():  # uint8 straight from the data loader
+            images = images.to(self.pixel_mean.dtype)
         return (images - self.pixel_mean) / self.pixel_std
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
