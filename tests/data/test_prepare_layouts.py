@@ -151,3 +151,12 @@ def test_csv_single_list_with_tabs_header_and_leading_slash(tmp_path: Path) -> N
     (tmp_path / "data" / "lists" / "all.csv").write_text("\n".join(lines) + "\n")
     m = prepare(tmp_path / "data" / "lists" / "all.csv", tmp_path / "p", PrepareOptions(split="3:1:1")).manifest
     assert m["source"]["layout"] == "csv" and m["counts"]["train"]["cases"] == 3
+
+
+def test_large_slices_are_downsampled_to_size(tmp_path: Path) -> None:
+    png_pairs(tmp_path / "src", patients=5, size=(40, 30))
+    m = prepare(tmp_path / "src", tmp_path / "p", PrepareOptions(size=20, split="3:1:1")).manifest
+    assert all(c["native_plane"] == [40, 30] and c["stored_plane"] == [20, 15] for c in m["cases"])
+    data = PreparedData.open(tmp_path / "p")
+    image, mask = data.slice(0)
+    assert image.shape == (20, 15) and set(np.unique(mask)) <= {0, 1}
