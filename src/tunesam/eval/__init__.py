@@ -1,0 +1,1 @@
+"""Metrics (DSC, NSD) and the evaluation of runs and checkpoints."""

@@ -1,0 +1,104 @@
+"""DSC and NSD against hand-computed cases and MONAI's DeepMind-style implementation."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tunesam.eval.metrics import ScoreTable, dice, score_classes, surface_dice_2d, surface_dice_3d
+
+
+def test_dice_by_hand() -> None:
+    a = np.zeros((4, 4), bool)
+    b = np.zeros((4, 4), bool)
+    a[0, :3] = True  # 3 pixels
+    b[0, 1:] = True  # 3 pixels, 2 shared
+    assert dice(a, b) == pytest.approx(2 * 2 / 6)
+    assert math.isnan(dice(np.zeros((2, 2), bool), np.zeros((2, 2), bool)))
+    assert dice(a, np.zeros_like(a)) == 0.0
+
+
+def test_nsd_by_hand() -> None:
+    a = np.zeros((10, 10), bool)
+    a[2:6, 2:6] = True
+    assert surface_dice_2d(a, a, (1.0, 1.0), 0.0) == 1.0
+    b = np.roll(a, 3, axis=1)  # shifted 3 px: every boundary point of the vertical sides moves 3
+    # Tolerance below the shift: only the parts of the horizontal edges that overlap stay close.
+    # Square 4x4: contour = 4 sides of length 4 (with corner half-diagonals). Hand count:
+    # corners contribute diagonal pieces; at tolerance 1 px the overlapping top/bottom runs match.
+    assert surface_dice_2d(a, b, (1.0, 1.0), 10.0) == 1.0
+    assert surface_dice_2d(a, b, (1.0, 1.0), 0.0) < 0.5
+    # anisotropic spacing: a shift of 1 column at 0.5 mm is within 0.5 mm
+    c = np.roll(a, 1, axis=1)
+    assert surface_dice_2d(a, c, (1.0, 0.5), 0.5) == 1.0
+    assert surface_dice_2d(a, c, (1.0, 2.0), 1.0) < 1.0
+    assert surface_dice_2d(a, np.zeros_like(a), (1, 1)) == 0.0
+    assert math.isnan(surface_dice_2d(np.zeros_like(a), np.zeros_like(a), (1, 1)))
+
+
+def test_single_pixel_contour_is_a_diamond() -> None:
+    # One pixel: four half-diagonal pieces around it, length 4 * sqrt(2)/2 each side of the
+    # vertex grid. Against itself shifted by one pixel diagonally at tolerance 1: the two
+    # diamonds share no vertex; distances between their vertices are 1 (on the grid).
+    a = np.zeros((5, 5), bool)
+    a[2, 2] = True
+    b = np.zeros((5, 5), bool)
+    b[2, 3] = True
+    # Each diamond has 4 vertices; 2 of a's lie at distance 0 from b's vertex set (shared
+    # edge vertices) and 2 at distance 1: at tolerance 0.5 half of each boundary matches.
+    assert surface_dice_2d(a, b, (1.0, 1.0), 0.5) == pytest.approx(0.5)
+    assert surface_dice_2d(a, b, (1.0, 1.0), 1.0) == pytest.approx(1.0)
+
+
+def _monai_nsd(pred: np.ndarray, ref: np.ndarray, spacing, tol: float) -> float:
+    from monai.metrics import compute_surface_dice
+
+    def onehot(m: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(m)
+        return torch.stack([~t, t])[None].float()
+
+    return float(compute_surface_dice(onehot(pred), onehot(ref), [tol], spacing=list(spacing),
+                                      use_subvoxels=True).reshape(-1)[0])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_nsd_2d_agrees_with_monai_on_random_masks(seed: int) -> None:
+    pytest.importorskip("monai")
+    rng = np.random.default_rng(seed)
+    from scipy import ndimage
+
+    shape = (int(rng.integers(20, 60)), int(rng.integers(20, 60)))
+    pred = ndimage.binary_opening(rng.random(shape) > 0.55, iterations=1)
+    ref = ndimage.binary_opening(rng.random(shape) > 0.5, iterations=1)
+    spacing = (float(rng.uniform(0.3, 2.0)), float(rng.uniform(0.3, 2.0)))
+    for tol in (0.0, 1.0, 2.0, 3.5):
+        assert surface_dice_2d(pred, ref, spacing, tol) == pytest.approx(_monai_nsd(pred, ref, spacing, tol), abs=1e-6)
+
+
+def test_nsd_3d_properties() -> None:
+    pytest.importorskip("monai")
+    a = np.zeros((8, 10, 10), bool)
+    a[2:6, 3:7, 3:7] = True
+    assert surface_dice_3d(a, a, (2.0, 1.0, 1.0)) == pytest.approx(1.0)
+    far = np.roll(a, 4, axis=2)
+    assert surface_dice_3d(a, far, (1.0, 1.0, 1.0), 1.0) < 0.5
+    assert surface_dice_3d(a, far, (1.0, 1.0, 1.0), 10.0) == pytest.approx(1.0)
+    # a one-voxel shift along the 2 mm axis is within 2 mm, not within 1 mm
+    up = np.roll(a, 1, axis=0)
+    assert surface_dice_3d(a, up, (2.0, 1.0, 1.0), 2.0) == pytest.approx(1.0)
+    assert surface_dice_3d(a, up, (2.0, 1.0, 1.0), 1.0) < 1.0
+
+
+def test_score_table_means_over_images_then_classes() -> None:
+    table = ScoreTable({0: "bg", 1: "a", 2: "b"})
+    pred = np.array([[1, 1], [0, 2]])
+    ref = np.array([[1, 0], [0, 2]])
+    table.add(score_classes(pred, ref, [1, 2], (1.0, 1.0)), index=0)
+    table.add(score_classes(np.zeros((2, 2), int), np.zeros((2, 2), int), [1, 2], (1.0, 1.0)), index=1)
+    agg = table.aggregate()
+    assert agg["classes"]["1"]["dsc"] == pytest.approx(100 * 2 / 3)
+    assert agg["classes"]["1"]["n"] == 1  # the empty image is not scored
+    assert agg["classes"]["2"]["dsc"] == pytest.approx(100.0)
+    assert agg["mean"]["dsc"] == pytest.approx((100 * 2 / 3 + 100) / 2)
