@@ -74,3 +74,45 @@ def png_pairs(root: Path, patients: int = 6, per_patient: int = 2, size: tuple[i
             Image.fromarray(mask).save(root / "masks" / f"{name}_mask.png")
             fg[name] = int((mask > 0).sum())
     return fg
+
+
+def learnable_pngs(root: Path, patients: int = 10, per_patient: int = 3, size: int = 48) -> None:
+    """images/ + masks/ where the mask is exactly the bright disc in the image: learnable."""
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir(parents=True)
+    yy, xx = np.mgrid[:size, :size]
+    for p in range(patients):
+        for s in range(per_patient):
+            rng = np.random.default_rng(1000 + p * 10 + s)
+            cy, cx = rng.integers(12, size - 12, 2)
+            r = int(rng.integers(6, 11))
+            disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+            img = rng.normal(60, 15, (size, size))
+            img[disc] += 120
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / "images" / f"patient{p}_s{s}.png")
+            Image.fromarray(disc.astype(np.uint8) * 255).save(root / "masks" / f"patient{p}_s{s}.png")
+
+
+def write_dicom_series(folder: Path, volume: np.ndarray, uid: str, suffix: str = "") -> None:
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    writer.SetImageIO("GDCMImageIO")
+    for z in range(volume.shape[0]):
+        sl = sitk.GetImageFromArray(volume[z].astype(np.int16))
+        sl.SetSpacing((0.7, 0.9))
+        for tag, value in {
+            "0020|000e": uid,  # series instance UID
+            "0020|0032": f"-5\\10\\{2.5 * z}",  # image position (patient)
+            "0020|0037": "1\\0\\0\\0\\1\\0",  # image orientation (patient)
+            "0018|0050": "2.5",
+            "0020|0013": str(z + 1),
+            "0008|0060": "MR",
+        }.items():
+            sl.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"IM{z:04d}{suffix}"))
+        writer.Execute(sl)

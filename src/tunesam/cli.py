@@ -62,6 +62,65 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    import logging
+
+    from tunesam.engine.config import TrainConfig
+    from tunesam.engine.trainer import train
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = TrainConfig(
+        data=args.data, out=args.out, arch=args.arch, tune=args.tune, method=args.method,
+        checkpoint=args.checkpoint, pixel_norm=args.pixel_norm, adapter_blocks=args.adapter_blocks,
+        lora_rank=args.lora_rank, mode=args.mode, few_shot=args.few_shot, epochs=args.epochs,
+        patience=args.patience, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        warmup=args.warmup, constant_lr=args.constant_lr, image_size=args.image_size, device=args.device,
+        seed=args.seed, num_workers=args.num_workers, checkpointing=args.checkpointing,
+        tensorboard=args.tensorboard, interpolation=args.interpolation,
+    )
+    run = train(cfg, resume=args.resume)
+    print(f"run written to {run}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from tunesam.eval.evaluate import evaluate_checkpoint, evaluate_run, format_metrics
+
+    if args.run and args.checkpoint:
+        raise ValueError("give a RUN folder or --checkpoint, not both")
+    if args.checkpoint:
+        if not (args.arch and args.data and args.mode):
+            raise ValueError("--checkpoint needs --arch, --data and --mode box|point")
+        metrics = evaluate_checkpoint(args.checkpoint, args.arch, args.data, args.mode, args.split,
+                                      args.image_size, args.pixel_norm, args.device, args.out)
+    elif args.run:
+        metrics = evaluate_run(args.run, args.data, args.split, args.mode, args.device, args.batch_size)
+    else:
+        raise ValueError("give a RUN folder, or --checkpoint FILE --arch A --data DIR --mode box|point")
+    print(format_metrics(metrics))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from tunesam.inference.predictor import predict
+
+    written = predict(args.run, args.inputs, args.out, args.prompts, args.save_probabilities, args.overlay,
+                      args.overwrite, args.device, args.batch_size)
+    for path in written:
+        print(path)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import logging
+
+    from tunesam.demo import demo
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    demo(args.out, args.checkpoint, args.epochs, args.image_size, args.device, args.force)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunesam",
@@ -100,6 +159,73 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--force", action="store_true", help="replace an existing prepared folder")
     prep.add_argument("-v", "--verbose", action="store_true", help="log each case")
     prep.set_defaults(func=_cmd_prepare)
+
+    tr = sub.add_parser("train", help="fine-tune a SAM-family model on a prepared dataset",
+                        description="Fine-tune with the paper's recipe (Dice + CE, AdamW 1e-4, wd 0.1, 200 warm-up "
+                                    "steps then polynomial decay, batch 4, <= 200 epochs, early stop after 20).")
+    tr.add_argument("--data", required=True, help="prepared dataset folder")
+    tr.add_argument("--out", required=True, help="run folder to write")
+    tr.add_argument("--arch", required=True, choices=list(ARCHS), metavar="ARCH", help=", ".join(PUBLIC_ARCHS))
+    tr.add_argument("--tune", required=True, choices=TUNES)
+    tr.add_argument("--method", required=True, choices=METHODS)
+    tr.add_argument("--checkpoint", help="SAM-format weights to start from (default: random)")
+    tr.add_argument("--pixel-norm", choices=["sam", "unit"], help="default: unit for MedSAM files, else sam")
+    tr.add_argument("--adapter-blocks", default="default", choices=ADAPTER_BLOCKS)
+    tr.add_argument("--lora-rank", type=int, default=4)
+    tr.add_argument("--mode", default="auto", choices=MODES)
+    tr.add_argument("--few-shot", type=int, metavar="K", help="K images from distinct volumes (1000 epochs, batch 2)")
+    tr.add_argument("--epochs", type=int, help="default 200 (few-shot 1000)")
+    tr.add_argument("--patience", type=int, help="early stop after N epochs without a better val DSC (0: never)")
+    tr.add_argument("--batch-size", type=int, help="default 4 (few-shot 2)")
+    tr.add_argument("--lr", type=float, default=1e-4)
+    tr.add_argument("--weight-decay", type=float, default=0.1)
+    tr.add_argument("--warmup", type=int, default=200, help="warm-up steps")
+    tr.add_argument("--constant-lr", action="store_true", help="no decay after the warm-up")
+    tr.add_argument("--image-size", type=int, default=1024)
+    tr.add_argument("--interpolation", default="bilinear", choices=["bilinear", "nearest"],
+                    help="image resize to the model input")
+    tr.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--num-workers", type=int, help="data loader workers (default: up to 4)")
+    tr.add_argument("--checkpointing", action="store_true", help="activation checkpointing in the encoder")
+    tr.add_argument("--tensorboard", action="store_true", help="also log to RUN/tensorboard")
+    tr.add_argument("--resume", action="store_true", help="continue the run in --out")
+    tr.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser("evaluate", help="DSC and NSD of a run (or an un-fine-tuned checkpoint)")
+    ev.add_argument("run", nargs="?", help="run folder")
+    ev.add_argument("--data", help="prepared dataset (default: the run's)")
+    ev.add_argument("--split", default="test", choices=["train", "val", "test"])
+    ev.add_argument("--mode", choices=MODES, help="default: the run's mode")
+    ev.add_argument("--checkpoint", help="evaluate this SAM-format checkpoint with prompts instead of a run")
+    ev.add_argument("--arch", choices=list(ARCHS), metavar="ARCH")
+    ev.add_argument("--image-size", type=int, default=1024)
+    ev.add_argument("--pixel-norm", choices=["sam", "unit"])
+    ev.add_argument("--out", help="with --checkpoint: write the metrics JSON here")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.set_defaults(func=_cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="segment new scans; masks keep each scan's geometry")
+    pr.add_argument("run", help="run folder")
+    pr.add_argument("inputs", nargs="+", help="NIfTI/MHA/NRRD files, DICOM series folders, PNG/JPG/BMP/TIFF images")
+    pr.add_argument("--out", required=True, help="folder for the masks")
+    pr.add_argument("--prompts", help="JSON prompts file (point/box runs)")
+    pr.add_argument("--save-probabilities", action="store_true", help="also write NAME.probabilities.npz")
+    pr.add_argument("--overlay", action="store_true", help="also write NAME.overlay.png")
+    pr.add_argument("--overwrite", action="store_true", help="replace masks that already exist")
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--batch-size", type=int, default=8)
+    pr.set_defaults(func=_cmd_predict)
+
+    dm = sub.add_parser("demo", help="the whole pipeline on the embedded MNI152 example (CPU, minutes)")
+    dm.add_argument("--out", default="tunesam-demo")
+    dm.add_argument("--checkpoint", help="start from these SAM-format weights (vit_t: mobile_sam.pt)")
+    dm.add_argument("--epochs", type=int, default=14)
+    dm.add_argument("--image-size", type=int, default=224)
+    dm.add_argument("--device", default="auto")
+    dm.add_argument("--force", action="store_true", help="replace an earlier demo in --out")
+    dm.set_defaults(func=_cmd_demo)
     return parser
 
 

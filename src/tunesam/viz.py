@@ -55,3 +55,35 @@ def save_png(path: str | Path, rgb: np.ndarray) -> None:
     from tunesam.io import atomic_write
 
     atomic_write(path, lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG"))
+
+
+def plot_curves(rows: Sequence[dict[str, float]], width: int = 420, height: int = 260) -> np.ndarray:
+    """Training loss and validation DSC per epoch, two panels side by side (RGB uint8)."""
+    from PIL import Image, ImageDraw
+
+    panels = []
+    for key, title, colour in (("train_loss", "train loss", (0, 90, 200)), ("val_dsc", "val DSC (%)", (200, 40, 60))):
+        im = Image.new("RGB", (width, height), "white")
+        d = ImageDraw.Draw(im)
+        left, right, top, bottom = 52, width - 12, 24, height - 30
+        d.rectangle([left, top, right, bottom], outline=(120, 120, 120))
+        d.text((left, 6), title, fill=(0, 0, 0))
+        ys = [float(r[key]) for r in rows]
+        xs = [float(r["epoch"]) for r in rows]
+        if ys:
+            lo, hi = min(ys), max(ys)
+            if hi - lo < 1e-9:
+                lo, hi = lo - 1, hi + 1
+            x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+            pts = [(left + (x - x0) / (x1 - x0) * (right - left), bottom - (y - lo) / (hi - lo) * (bottom - top))
+                   for x, y in zip(xs, ys)]
+            if len(pts) > 1:
+                d.line(pts, fill=colour, width=2)
+            for px, py in pts:
+                d.ellipse([px - 2, py - 2, px + 2, py + 2], fill=colour)
+            d.text((4, top - 4), f"{hi:.3g}", fill=(0, 0, 0))
+            d.text((4, bottom - 8), f"{lo:.3g}", fill=(0, 0, 0))
+            d.text((left, bottom + 6), f"epoch {x0:g}", fill=(0, 0, 0))
+            d.text((right - 60, bottom + 6), f"epoch {x1:g}", fill=(0, 0, 0))
+        panels.append(np.asarray(im))
+    return np.concatenate(panels, axis=1)

@@ -7,35 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from data_factory import write_dicom_series
 from tunesam.data.readers import DataError, Geometry, read_image
-
-
-def _write_dicom_series(folder: Path, volume: np.ndarray, uid: str, suffix: str = "") -> None:
-    import SimpleITK as sitk
-
-    folder.mkdir(parents=True, exist_ok=True)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    writer.SetImageIO("GDCMImageIO")
-    for z in range(volume.shape[0]):
-        sl = sitk.GetImageFromArray(volume[z].astype(np.int16))
-        sl.SetSpacing((0.7, 0.9))
-        for tag, value in {
-            "0020|000e": uid,  # series instance UID
-            "0020|0032": f"-5\\10\\{2.5 * z}",  # image position (patient)
-            "0020|0037": "1\\0\\0\\0\\1\\0",  # image orientation (patient)
-            "0018|0050": "2.5",
-            "0020|0013": str(z + 1),
-            "0008|0060": "MR",
-        }.items():
-            sl.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"IM{z:04d}{suffix}"))
-        writer.Execute(sl)
 
 
 def test_dicom_series_found_by_content_without_extension(tmp_path: Path) -> None:
     vol = np.arange(4 * 6 * 5, dtype=np.int16).reshape(4, 6, 5)
-    _write_dicom_series(tmp_path / "series", vol, "1.2.826.0.1.3680043.2.1125.1")
+    write_dicom_series(tmp_path / "series", vol, "1.2.826.0.1.3680043.2.1125.1")
     arr, geom = read_image(tmp_path / "series")
     assert arr.shape == (4, 6, 5) and np.array_equal(arr, vol)
     assert geom.spacing == pytest.approx((0.7, 0.9, 2.5))
@@ -44,8 +22,8 @@ def test_dicom_series_found_by_content_without_extension(tmp_path: Path) -> None
 
 def test_two_series_in_one_folder_ask_which(tmp_path: Path) -> None:
     vol = np.zeros((2, 4, 4), np.int16)
-    _write_dicom_series(tmp_path / "mixed", vol, "1.2.3.4", ".dcm")
-    _write_dicom_series(tmp_path / "mixed", vol + 1, "1.2.3.5", "b.dcm")
+    write_dicom_series(tmp_path / "mixed", vol, "1.2.3.4", ".dcm")
+    write_dicom_series(tmp_path / "mixed", vol + 1, "1.2.3.5", "b.dcm")
     with pytest.raises(DataError, match=r"holds 2 DICOM series, say which one: .*1\.2\.3\.4.*1\.2\.3\.5|1\.2\.3\.5.*1\.2\.3\.4"):
         read_image(tmp_path / "mixed")
     arr, _ = read_image(tmp_path / "mixed", dicom_series="1.2.3.5")

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from tunesam.data.augment import augment as augment_slice
+from tunesam.data.prompts import pick_object, simulate
 from tunesam.data.readers import DataError
 from tunesam.data.store import PreparedData
 
@@ -75,6 +77,13 @@ class SliceDataset(Dataset):
         include_empty: keep slices whose mask is empty (default: only for ``test``).
         rows: explicit store rows (e.g. a few-shot sample) instead of the whole split.
         interpolation: ``bilinear`` (default) or ``nearest`` for images.
+        augment: apply the training augmentation (histogram equalisation, jitter).
+        mode: ``auto``, or ``box``/``point``: each item then prompts one connected component
+            of one class (``box`` 4 floats x0 y0 x1 y1, ``point`` 2 floats x y, in model-input
+            pixels) and its ``mask`` is that component (0/1). Prompts are random when
+            ``augment`` is set, deterministic otherwise.
+        seed: fixes every random choice per (seed, epoch, slice); the epoch comes with the
+            index from the training sampler, or from :meth:`set_epoch`.
     """
 
     def __init__(
@@ -85,29 +94,55 @@ class SliceDataset(Dataset):
         include_empty: bool | None = None,
         rows: Sequence[int] | None = None,
         interpolation: str = "bilinear",
+        augment: bool = False,
+        mode: str = "auto",
+        seed: int = 0,
     ) -> None:
         self.data = data if isinstance(data, PreparedData) else PreparedData.open(data)
+        self.augment = augment
+        self.mode = mode
+        self.seed = seed
+        self.epoch = 0
         self.split = split
         self.image_size = image_size
         self.interpolation = interpolation
         if rows is None:
             keep_empty = split == "test" if include_empty is None else include_empty
-            rows = self.data.rows(split, include_empty=keep_empty)
+            rows = self.data.rows(split, include_empty=keep_empty and mode == "auto")
         self.rows = np.asarray(rows, dtype=np.int64)
+        if mode != "auto":  # a prompt needs an object
+            self.rows = self.rows[self.data.index["nonempty"][self.rows]]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Random choices of the next epoch (call before iterating, in every process)."""
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        """Item ``i``, or ``(i, epoch)`` as the training sampler passes it."""
+        i, epoch = key if isinstance(key, tuple) else (key, self.epoch)
         row = int(self.rows[i])
         image, mask = self.data.slice(row)
         h, w = image.shape
-        return {
+        rng = np.random.default_rng([self.seed, epoch, row]) if self.augment else None
+        if rng is not None:
+            image = augment_slice(image, rng)
+        item: dict[str, Any] = {
             "image": letterbox_image(image, self.image_size, self.interpolation),
             "mask": letterbox_mask(mask, self.image_size),
             "valid": torch.tensor(letterbox_shape(h, w, self.image_size)),
             "index": row,
         }
+        if self.mode != "auto":
+            target = item["mask"].numpy()
+            obj = pick_object(target, rng or np.random.default_rng([self.seed, row]))
+            prompt = simulate(obj, self.mode, self.image_size, rng)
+            item["mask"] = torch.from_numpy(obj.astype(np.uint8))
+            item["box"] = torch.tensor(prompt.box or (0.0, 0.0, 0.0, 0.0), dtype=torch.float32)
+            item["point"] = torch.tensor(prompt.point or (0.0, 0.0), dtype=torch.float32)
+        return item
 
 
 def few_shot_rows(data: PreparedData, split: str, k: int, seed: int) -> np.ndarray:

@@ -93,10 +93,14 @@ def surface_dice_3d(
         t = torch.from_numpy(np.ascontiguousarray(m, dtype=bool))
         return torch.stack([~t, t])[None].float()
 
-    value = compute_surface_dice(
-        onehot(pred), onehot(ref), class_thresholds=[tolerance], include_background=False,
-        spacing=[float(s) for s in spacing], use_subvoxels=True,
-    )
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # MONAI's own deprecation notices
+        value = compute_surface_dice(
+            onehot(pred), onehot(ref), class_thresholds=[tolerance], include_background=False,
+            spacing=[float(s) for s in spacing], use_subvoxels=True,
+        )
     return float(value.reshape(-1)[0])
 
 

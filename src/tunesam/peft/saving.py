@@ -47,19 +47,35 @@ def _describe(model: SamSegmenter) -> dict[str, object]:
     }
 
 
+def trained_meta(model: SamSegmenter, base_checkpoint: str | Path | None, sha256: str | None = None) -> dict[str, object]:
+    """The description saved beside trained tensors: set-up and base checkpoint (path, sha256).
+
+    Without a base checkpoint the whole model is saved (its base weights were random).
+    """
+    meta: dict[str, object] = {"format": FORMAT, "version": VERSION, **_describe(model)}
+    if base_checkpoint is not None:
+        digest = sha256 or sha256_of(base_checkpoint)
+        meta["base_checkpoint"] = {"path": str(Path(base_checkpoint).resolve()), "sha256": digest}
+    else:
+        meta["base_checkpoint"] = None
+    meta["contents"] = "trained tensors" if base_checkpoint is not None else "whole model"
+    return meta
+
+
+def save_tensors(model: SamSegmenter, path: str | Path, whole: bool) -> None:
+    """Atomically write what trained (or, ``whole``, the entire state) to ``path``."""
+    state = model.state_dict() if whole else trained_state_dict(model)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT}))
+
+
 def save_trained(model: SamSegmenter, path: str | Path, base_checkpoint: str | Path | None = None) -> Path:
     """Write ``path`` (``.safetensors``) and its ``.json`` sidecar atomically; return the JSON path."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"trained weights are saved as .safetensors, got {path}")
-    meta = {"format": FORMAT, "version": VERSION, **_describe(model)}
-    if base_checkpoint is not None:
-        meta["base_checkpoint"] = {"path": str(Path(base_checkpoint).resolve()), "sha256": sha256_of(base_checkpoint)}
-    else:
-        meta["base_checkpoint"] = None
-    tensors = {k: v.detach().cpu().contiguous() for k, v in trained_state_dict(model).items()}
-    meta["num_tensors"] = len(tensors)
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT}))
+    meta = trained_meta(model, base_checkpoint)
+    save_tensors(model, path, whole=base_checkpoint is None)
     json_path = path.with_suffix(".json")
     write_json(json_path, meta)
     return json_path
@@ -76,20 +92,21 @@ def read_trained_meta(path: str | Path) -> dict[str, object]:
     return meta
 
 
-def load_trained(model: SamSegmenter, path: str | Path) -> dict[str, object]:
-    """Load trained tensors saved by :func:`save_trained` into a model prepared the same way.
+def load_trained(model: SamSegmenter, path: str | Path, meta_path: str | Path | None = None) -> dict[str, object]:
+    """Load tensors saved by :func:`save_trained` into a model prepared the same way.
 
     The model must have the same architecture, classes, input size and strategy applied
     (base weights loaded first). Raises naming any difference or missing/unexpected tensor.
+    ``meta_path`` names the description when it is not the ``.json`` beside ``path``.
     """
     path = Path(path)
-    meta = read_trained_meta(path)
+    meta = read_trained_meta(meta_path or path)
     mine = _describe(model)
     diffs = [f"{k}: file {meta.get(k)!r}, model {v!r}" for k, v in mine.items() if meta.get(k) != v]
     if diffs:
         raise CheckpointError(f"{path} was trained for another model set-up: " + "; ".join(diffs))
     tensors = load_file(str(path), device="cpu")
-    expected = trained_state_dict(model)
+    expected = model.state_dict() if meta.get("contents") == "whole model" else trained_state_dict(model)
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     misshapen = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
@@ -98,5 +115,5 @@ def load_trained(model: SamSegmenter, path: str | Path) -> dict[str, object]:
             f"{path} does not fit the model: missing {missing[:8]}, unexpected {unexpected[:8]}, "
             f"other shapes {misshapen[:8]}"
         )
-    model.load_state_dict(tensors, strict=False)
+    model.load_state_dict(tensors, strict=meta.get("contents") == "whole model")
     return meta

@@ -1,0 +1,102 @@
+"""The training configuration: typed, validated, with the paper's recipe as defaults."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tunesam.peft.strategy import Strategy
+
+# The paper's recipes (section 4.1; few-shot: section 4.4).
+FULL = {"epochs": 200, "patience": 20, "batch_size": 4}
+FEW_SHOT = {"epochs": 1000, "patience": 0, "batch_size": 2}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on; written to ``RUN/config.yaml`` resolved.
+
+    ``epochs``, ``patience`` and ``batch_size`` default to the paper's recipe (200 / 20 / 4,
+    or 1000 / none / 2 with ``few_shot``); ``patience`` 0 disables early stopping.
+    """
+
+    data: str
+    out: str
+    arch: str
+    tune: str
+    method: str
+    checkpoint: str | None = None
+    pixel_norm: str | None = None
+    adapter_blocks: str = "default"
+    lora_rank: int = 4
+    mode: str = "auto"
+    few_shot: int | None = None
+    epochs: int | None = None
+    patience: int | None = None
+    batch_size: int | None = None
+    lr: float = 1e-4
+    weight_decay: float = 0.1
+    warmup: int = 200
+    constant_lr: bool = False
+    image_size: int = 1024
+    device: str = "auto"
+    seed: int = 0
+    num_workers: int | None = None
+    checkpointing: bool = False
+    tensorboard: bool = False
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        self.strategy()  # validates tune / method / mode
+        if self.few_shot is not None and self.few_shot < 1:
+            raise ValueError(f"--few-shot must be >= 1, got {self.few_shot}")
+        for name in ("epochs", "batch_size"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+        if self.lr <= 0:
+            raise ValueError(f"--lr must be positive, got {self.lr}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        if self.interpolation not in ("bilinear", "nearest"):
+            raise ValueError("--interpolation must be bilinear or nearest")
+
+    def strategy(self) -> Strategy:
+        return Strategy(self.tune, self.method, self.mode, self.adapter_blocks, lora_rank=self.lora_rank)
+
+    def resolved(self) -> TrainConfig:
+        """Recipe defaults filled in."""
+        recipe = FEW_SHOT if self.few_shot else FULL
+        return dataclasses.replace(
+            self,
+            epochs=self.epochs or recipe["epochs"],
+            patience=recipe["patience"] if self.patience is None else self.patience,
+            batch_size=self.batch_size or recipe["batch_size"],
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown training options {unknown}")
+        return cls(**d)
+
+
+def save_config(cfg: TrainConfig, path: Path) -> None:
+    from tunesam.io import atomic_write
+
+    text = "# tunesam training configuration (resolved)\n" + yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def load_config(path: Path) -> TrainConfig:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path.parent}: not a training run (no config.yaml)")
+    return TrainConfig.from_dict(yaml.safe_load(path.read_text()))

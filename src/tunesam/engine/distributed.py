@@ -1,0 +1,88 @@
+"""Single-process or DDP (``torchrun``): rank, device, and an epoch-seeded sharded sampler."""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+
+@dataclass(frozen=True)
+class Context:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def setup(device_pref: str) -> tuple[Context, torch.device]:
+    """Join the process group when started by torchrun; pick the device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    want_cuda = device_pref.startswith("cuda") or (device_pref == "auto" and torch.cuda.is_available())
+    if device_pref.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but no CUDA device is available")
+    if world > 1:
+        ctx = Context(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if want_cuda else "gloo")
+    else:
+        ctx = Context()
+    if want_cuda:
+        index = ctx.local_rank if ctx.distributed else (torch.device(device_pref).index or 0 if ":" in device_pref else 0)
+        torch.cuda.set_device(index)
+        return ctx, torch.device("cuda", index)
+    return ctx, torch.device("cpu")
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """A permutation fixed by (seed, epoch), padded to a multiple of the world size and
+    sharded by rank: the same on every process and after a resume.
+
+    It yields ``(index, epoch)`` pairs, so the dataset knows the epoch even inside
+    persistent DataLoader workers (which never see a ``set_epoch`` made in the main process).
+    """
+
+    def __init__(self, n: int, seed: int, ctx: Context, shuffle: bool = True) -> None:
+        self.n, self.seed, self.ctx, self.shuffle = n, seed, ctx, shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _order(self) -> list[int]:
+        if not self.shuffle:
+            order = list(range(self.n))
+        else:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        pad = (-len(order)) % self.ctx.world
+        return order + order[:pad]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter([(i, self.epoch) for i in self._order()[self.ctx.rank :: self.ctx.world]])
+
+    def __len__(self) -> int:
+        return (self.n + self.ctx.world - 1) // self.ctx.world
+
+
+def all_mean(values: torch.Tensor, ctx: Context) -> torch.Tensor:
+    """Sum ``values`` over processes (callers pass sums and counts, then divide)."""
+    if ctx.distributed:
+        values = values.clone()
+        dist.all_reduce(values)
+    return values

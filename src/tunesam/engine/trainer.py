@@ -1,0 +1,361 @@
+"""``tunesam train``: the paper's task-specific fine-tuning, one readable loop.
+
+A run folder holds ``config.yaml`` (resolved), ``log.csv`` (one row per epoch),
+``weights/{best,last}.safetensors`` with ``weights/base.json`` (base checkpoint path and
+sha256), ``last.pt`` (resume state), ``preprocessing.json`` (the data's preprocessing and
+labels, so ``predict`` needs no data folder) and ``curves.png``. Everything is written
+atomically; ``--resume`` continues from the end of the last completed epoch and, on the
+CPU, reproduces the uninterrupted run exactly: every random choice is a function of
+(seed, epoch, slice).
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from tunesam.data.dataset import SliceDataset, few_shot_rows
+from tunesam.data.readers import DataError
+from tunesam.data.store import PreparedData
+from tunesam.engine import distributed as D
+from tunesam.engine.config import TrainConfig, load_config, save_config
+from tunesam.engine.losses import dice_bce_loss, dice_ce_loss
+from tunesam.engine.schedule import lr_at
+from tunesam.io import atomic_path, atomic_write, write_json
+from tunesam.models.build import build_model
+from tunesam.models.segmenter import SamSegmenter
+from tunesam.peft.saving import save_tensors, trained_meta
+from tunesam.peft.strategy import apply_strategy
+
+log = logging.getLogger("tunesam.train")
+STATE_VERSION = 1
+LOG_FIELDS = ["epoch", "train_loss", "val_dsc", "lr", "seconds"]
+
+
+@dataclass
+class State:
+    """What ``last.pt`` restores besides the weights."""
+
+    epoch: int = 0  # next epoch to run
+    step: int = 0
+    best: float = -math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+# -- set-up ---------------------------------------------------------------------------------
+def _prepare_run_folder(cfg: TrainConfig, resume: bool) -> Path:
+    run = Path(cfg.out)
+    if resume:
+        saved = load_config(run / "config.yaml")
+        diffs = {k: (v, getattr(cfg, k)) for k, v in saved.to_dict().items()
+                 if k not in ("device", "num_workers", "epochs") and getattr(cfg, k) != v}
+        if diffs:
+            raise ValueError(f"{run}: --resume with other options than the run had: "
+                             + "; ".join(f"{k}: run {a!r}, now {b!r}" for k, (a, b) in diffs.items()))
+        return run
+    if run.exists() and any(run.iterdir()):
+        kind = "a training run" if (run / "config.yaml").exists() else "a non-empty folder"
+        raise ValueError(f"{run}: already exists ({kind}); use --resume to continue it, or another --out")
+    return run
+
+
+def _make_model(cfg: TrainConfig, num_classes: int, device: torch.device) -> SamSegmenter:
+    model = build_model(cfg.arch, cfg.checkpoint, num_classes, cfg.image_size, cfg.pixel_norm)
+    apply_strategy(model, cfg.strategy())
+    model.image_encoder.grad_checkpointing = cfg.checkpointing
+    return model.to(device)
+
+
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW; weight decay on matrices only (biases, norms, tokens and tables are not decayed)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == "cuda")
+
+
+def _datasets(data: PreparedData, cfg: TrainConfig) -> tuple[SliceDataset, SliceDataset]:
+    common = {"image_size": cfg.image_size, "interpolation": cfg.interpolation, "mode": cfg.mode, "seed": cfg.seed}
+    train_rows = val_rows = None
+    if cfg.few_shot:
+        train_rows = few_shot_rows(data, "train", cfg.few_shot, cfg.seed)
+        val_rows = few_shot_rows(data, "val", cfg.few_shot, cfg.seed)
+    train = SliceDataset(data, "train", include_empty=True, rows=train_rows, augment=True, **common)
+    val = SliceDataset(data, "val", include_empty=False, rows=val_rows, **common)
+    for ds, name in ((train, "train"), (val, "val")):
+        if len(ds) == 0:
+            raise DataError(f"{data.folder}: the {name} set has no usable slices")
+    return train, val
+
+
+def _loader(ds: SliceDataset, cfg: TrainConfig, ctx: D.Context, device: torch.device, shuffle: bool) -> DataLoader:
+    workers = cfg.num_workers if cfg.num_workers is not None else min(4, max(0, (os.cpu_count() or 1) - 1))
+    sampler = D.EpochSampler(len(ds), cfg.seed, ctx, shuffle)
+    return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers,
+                      pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+
+
+# -- one step, one validation ------------------------------------------------------------
+def _forward_loss(model: torch.nn.Module, batch: dict[str, Any], mode: str, device: torch.device) -> torch.Tensor:
+    images = batch["image"].to(device, non_blocking=True)
+    target = batch["mask"].to(device, non_blocking=True).long()
+    if mode == "auto":
+        return dice_ce_loss(model(images), target)
+    if mode == "box":
+        logits = model(images, boxes=batch["box"].to(device))
+    else:
+        pts = batch["point"].to(device)[:, None, :]
+        logits = model(images, points=(pts, torch.ones(pts.shape[:2], dtype=torch.long, device=device)))
+    return dice_bce_loss(logits, target)
+
+
+@torch.no_grad()
+def _validate(model: torch.nn.Module, loader: DataLoader, mode: str, num_classes: int, device: torch.device,
+              ctx: D.Context, autocast: Any) -> float:
+    """Mean 2D DSC (percent) over val slices per class, then over classes, on the valid region."""
+    model.eval()
+    classes = range(1, num_classes + 1) if mode == "auto" else range(1, 2)
+    sums = torch.zeros(len(classes), 2, dtype=torch.float64)  # (sum of DSC, images scored)
+    for batch in loader:
+        images = batch["image"].to(device)
+        with autocast():
+            if mode == "auto":
+                pred = model(images).argmax(1).cpu()
+            elif mode == "box":
+                pred = (model(images, boxes=batch["box"].to(device))[:, 0] > 0).long().cpu()
+            else:
+                pts = batch["point"].to(device)[:, None, :]
+                lab = torch.ones(pts.shape[:2], dtype=torch.long, device=device)
+                pred = (model(images, points=(pts, lab))[:, 0] > 0).long().cpu()
+        target = batch["mask"].long()
+        for b in range(len(target)):
+            rh, rw = batch["valid"][b].tolist()
+            p, t = pred[b, :rh, :rw], target[b, :rh, :rw]
+            for j, c in enumerate(classes):
+                a, r = p == c, t == c
+                denom = int(a.sum() + r.sum())
+                if denom:
+                    sums[j, 0] += 2.0 * int((a & r).sum()) / denom
+                    sums[j, 1] += 1
+    sums = D.all_mean(sums, ctx)
+    per_class = [s / n for s, n in sums.tolist() if n > 0]
+    return 100.0 * float(np.mean(per_class)) if per_class else 0.0
+
+
+# -- saving ----------------------------------------------------------------------------------
+def _save_weights(model: SamSegmenter, run: Path, name: str, whole: bool) -> None:
+    save_tensors(model, run / "weights" / f"{name}.safetensors", whole)
+
+
+def _save_state(run: Path, state: State, opt: torch.optim.Optimizer) -> None:
+    payload = {
+        "version": STATE_VERSION,
+        "epoch": state.epoch, "step": state.step, "best": state.best, "best_epoch": state.best_epoch,
+        "bad_epochs": state.bad_epochs, "rows": state.rows,
+        "optimizer": opt.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+    }
+    with atomic_path(run / "last.pt") as tmp:
+        torch.save(payload, tmp)
+
+
+def _load_state(run: Path, model: SamSegmenter, opt: torch.optim.Optimizer) -> State:
+    from safetensors.torch import load_file
+
+    path = run / "last.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run}: nothing to resume (no last.pt: the first epoch never finished)")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if payload.get("version") != STATE_VERSION:
+        raise ValueError(f"{path}: resume state version {payload.get('version')} is not {STATE_VERSION}")
+    weights = load_file(str(run / "weights" / "last.safetensors"), device="cpu")
+    missing = model.load_state_dict(weights, strict=False)
+    if missing.unexpected_keys:
+        raise ValueError(f"{run}: last weights do not fit the model: {missing.unexpected_keys[:5]}")
+    opt.load_state_dict(payload["optimizer"])
+    torch.set_rng_state(payload["torch_rng"])
+    return State(payload["epoch"], payload["step"], payload["best"], payload["best_epoch"],
+                 payload["bad_epochs"], list(payload["rows"]))
+
+
+def _write_log(run: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=LOG_FIELDS)
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: r[k] for k in LOG_FIELDS})
+    atomic_write(run / "log.csv", lambda tmp: tmp.write_text(buf.getvalue()))
+
+
+def _write_preprocessing(run: Path, data: PreparedData) -> None:
+    m = data.manifest
+    write_json(run / "preprocessing.json", {
+        "data": str(data.folder.resolve()), "options": m["options"], "labels": m["labels"],
+        "label_values": m["label_values"], "fingerprint": m["fingerprint"],
+    })
+
+
+# -- the loop --------------------------------------------------------------------------------
+def _progress(epoch: int, epochs: int, i: int, n: int, loss: float) -> None:
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\repoch {epoch + 1}/{epochs} [{'#' * (20 * i // n):<20}] {i}/{n} loss {loss:.4f}")
+        sys.stderr.flush()
+
+
+def _cpu_warning(seconds_per_step: float, steps: int) -> None:
+    total = seconds_per_step * steps
+    if total < 600:
+        return
+    try:
+        import resource
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        mem = f", about {rss:.1f} GiB of memory"
+    except (ImportError, AttributeError):
+        mem = ""
+    log.warning("training on the CPU: about %.1f s per step, %d steps to go: roughly %.1f hours%s. "
+                "A GPU (--device cuda) is much faster; so are vit_t and a smaller --image-size.",
+                seconds_per_step, steps, total / 3600, mem)
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> Path:
+    """Fine-tune as ``cfg`` says; returns the run folder."""
+    cfg = cfg.resolved()
+    ctx, device = D.setup(cfg.device)
+    try:
+        return _train(cfg, resume, ctx, device)
+    finally:
+        D.teardown()
+
+
+def _train(cfg: TrainConfig, resume: bool, ctx: D.Context, device: torch.device) -> Path:
+    run = _prepare_run_folder(cfg, resume)
+    data = PreparedData.open(cfg.data)
+    num_classes = data.num_classes if cfg.mode == "auto" else 1
+    torch.manual_seed(cfg.seed)
+    model = _make_model(cfg, num_classes, device)
+    opt = _optimizer(model, cfg, device)
+    train_ds, val_ds = _datasets(data, cfg)
+    train_loader = _loader(train_ds, cfg, ctx, device, shuffle=True)
+    val_loader = _loader(val_ds, cfg, ctx, device, shuffle=False)
+    whole = cfg.checkpoint is None
+    if ctx.is_main and not resume:
+        (run / "weights").mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run / "config.yaml")
+        _write_preprocessing(run, data)
+        write_json(run / "weights" / "base.json", trained_meta(model, cfg.checkpoint))
+    state = _load_state(run, model, opt) if resume else State()
+    net: torch.nn.Module = model
+    if ctx.distributed:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    cuda = device.type == "cuda"
+
+    def autocast() -> Any:
+        return torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+
+    epochs = int(cfg.epochs or 1)
+    steps_per_epoch = len(train_loader)
+    total = epochs * steps_per_epoch
+    writer = _tensorboard(run, cfg, ctx)
+    if ctx.is_main:
+        log.info("%s: %d train / %d val slices, %d steps per epoch, %d epochs, device %s",
+                 run, len(train_ds), len(val_ds), steps_per_epoch, epochs, device)
+    for epoch in range(state.epoch, epochs):
+        t0 = time.perf_counter()
+        train_loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]
+        net.train()
+        losses = []
+        lr = cfg.lr
+        for i, batch in enumerate(train_loader):
+            lr = lr_at(state.step, cfg.lr, cfg.warmup, total, constant=cfg.constant_lr)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            t_step = time.perf_counter()
+            with autocast():
+                loss = _forward_loss(net, batch, cfg.mode, device)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            state.step += 1
+            losses.append(float(loss.detach()))
+            if ctx.is_main:
+                if epoch == state.epoch and i == 1 and device.type == "cpu":  # step 0 includes warm-up
+                    _cpu_warning(time.perf_counter() - t_step, total - state.step)
+                _progress(epoch, epochs, i + 1, steps_per_epoch, losses[-1])
+        val_dsc = _validate(net, val_loader, cfg.mode, num_classes, device, ctx, autocast)
+        loss_sum, loss_n = D.all_mean(torch.tensor([sum(losses), len(losses)], dtype=torch.float64), ctx).tolist()
+        train_loss = loss_sum / max(1.0, loss_n)
+        row = {"epoch": epoch + 1, "train_loss": round(train_loss, 6), "val_dsc": round(val_dsc, 4),
+               "lr": lr, "seconds": round(time.perf_counter() - t0, 3)}
+        state.rows.append(row)
+        state.epoch = epoch + 1
+        improved = val_dsc > state.best
+        if improved:
+            state.best, state.best_epoch, state.bad_epochs = val_dsc, epoch + 1, 0
+        else:
+            state.bad_epochs += 1
+        if ctx.is_main:
+            if sys.stderr.isatty():
+                sys.stderr.write("\n")
+            print(f"epoch {epoch + 1}/{epochs}  loss {train_loss:.4f}  val DSC {val_dsc:.2f}"
+                  f"{'  (best)' if improved else ''}  {row['seconds']:.1f}s", flush=True)
+            if improved:
+                _save_weights(model, run, "best", whole)
+            _save_weights(model, run, "last", whole)
+            _save_state(run, state, opt)
+            _write_log(run, state.rows)
+            _plot(run, state.rows)
+            if writer is not None:
+                for k in ("train_loss", "val_dsc", "lr"):
+                    writer.add_scalar(k, row[k], epoch + 1)
+        if cfg.patience and state.bad_epochs >= cfg.patience:
+            if ctx.is_main:
+                print(f"early stop: no better validation DSC for {cfg.patience} epochs "
+                      f"(best {state.best:.2f} at epoch {state.best_epoch})")
+            break
+    if writer is not None:
+        writer.close()
+    if ctx.is_main:
+        write_json(run / "summary.json", {"best_val_dsc": state.best, "best_epoch": state.best_epoch,
+                                          "epochs_run": state.epoch, "steps": state.step})
+    return run
+
+
+def _tensorboard(run: Path, cfg: TrainConfig, ctx: D.Context) -> Any:
+    if not (cfg.tensorboard and ctx.is_main):
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise RuntimeError("--tensorboard needs the tensorboard package: pip install tensorboard") from exc
+    return SummaryWriter(str(run / "tensorboard"))
+
+
+def _plot(run: Path, rows: list[dict[str, Any]]) -> None:
+    from tunesam.viz import plot_curves, save_png
+
+    save_png(run / "curves.png", plot_curves(rows))
+
+
+def describe_run(run: Path) -> dict[str, Any]:
+    """config, summary and best epoch of a run (for messages)."""
+    return {"config": load_config(run / "config.yaml").to_dict(),
+            "summary": json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else None}

@@ -1,0 +1,257 @@
+"""``tunesam evaluate``: DSC and NSD of a run (or an un-fine-tuned checkpoint) on a split.
+
+Predictions are made at the model's input size, cropped to the slice's letterboxed extent
+and resized (bilinear, on logits) back to the stored slice, which is the native slice unless
+``prepare --size`` downsampled it; spacing follows. 2D scores use the test slices with
+foreground (the paper's unit); volumetric sources also get 3D scores per case over all
+their test slices, so false positives on empty slices count.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tunesam.data.dataset import letterbox_image, letterbox_mask, letterbox_shape
+from tunesam.data.prompts import components, simulate
+from tunesam.data.readers import DataError
+from tunesam.data.store import PreparedData
+from tunesam.eval.metrics import NSD_TOLERANCE, ScoreTable, dice, score_classes, surface_dice_2d
+from tunesam.io import write_json
+from tunesam.models.segmenter import SamSegmenter
+
+MULTIMASK_VARIANTS = ("single", "highest_iou", "oracle")
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _autocast(device: torch.device) -> Any:
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def stored_spacing(case: dict[str, Any]) -> tuple[float, float]:
+    """In-plane spacing of the stored slices (native spacing scaled by any downsample)."""
+    (r, c), (nh, nw), (sh, sw) = case["plane_spacing"], case["native_plane"], case["stored_plane"]
+    if not case["geometry"].get("spacing_known", True):
+        r = c = 1.0
+    return r * nh / sh, c * nw / sw
+
+
+def _to_stored(logits: torch.Tensor, valid: Sequence[int], shape: tuple[int, int]) -> torch.Tensor:
+    """``C x S x S`` -> ``C x h x w``: crop the letterbox, resize bilinearly."""
+    crop = logits[:, : valid[0], : valid[1]].float()
+    if tuple(crop.shape[-2:]) != shape:
+        crop = F.interpolate(crop[None], size=shape, mode="bilinear", align_corners=False)[0]
+    return crop
+
+
+def predict_rows(
+    model: SamSegmenter, data: PreparedData, rows: Sequence[int], device: torch.device, batch_size: int = 8
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Automated-mode label maps (uint8, stored slice size) for store ``rows``."""
+    size = model.image_size
+    for start in range(0, len(rows), batch_size):
+        chunk = [int(r) for r in rows[start : start + batch_size]]
+        slices = [data.slice(r)[0] for r in chunk]
+        batch = torch.stack([letterbox_image(s, size) for s in slices]).to(device)
+        with torch.no_grad(), _autocast(device):
+            logits = model(batch)
+        for r, s, lg in zip(chunk, slices, logits):
+            valid = letterbox_shape(*s.shape, size)
+            yield r, _to_stored(lg, valid, s.shape).argmax(0).to(torch.uint8).cpu().numpy()
+
+
+def _prompted_masks(
+    model: SamSegmenter, image: np.ndarray, ref: np.ndarray, mode: str, device: torch.device, multimask: bool
+) -> dict[str, dict[int, np.ndarray]]:
+    """Per variant, per class: the union of the masks predicted for each component's prompt."""
+    size = model.image_size
+    valid = letterbox_shape(*image.shape, size)
+    lb_ref = letterbox_mask(ref, size).numpy()
+    out: dict[str, dict[int, np.ndarray]] = {v: {} for v in (MULTIMASK_VARIANTS if multimask else ("single",))}
+    with torch.no_grad(), _autocast(device):
+        emb = model.encode(letterbox_image(image, size)[None].to(device))
+        for c in [int(v) for v in np.unique(lb_ref) if v != 0]:
+            labels, n = components(lb_ref == c)
+            prompts = [simulate(labels == k, mode, size, None) for k in range(1, n + 1)]
+            if mode == "box":
+                kw: dict[str, Any] = {"boxes": torch.tensor([p.box for p in prompts], device=device)}
+            else:
+                pts = torch.tensor([[p.point] for p in prompts], device=device)
+                kw = {"points": (pts, torch.ones(pts.shape[:2], dtype=torch.long, device=device))}
+            single, _ = model.decode(emb, **kw)
+            variants = {"single": single[:, 0]}
+            if multimask:
+                multi, iou = model.decode(emb, multimask_output=True, with_iou=True, **kw)
+                variants["highest_iou"] = multi[torch.arange(n), iou.argmax(1)]
+                comp_ref = torch.from_numpy(np.stack([labels == k for k in range(1, n + 1)])).to(device)
+                up = F.interpolate(multi.float(), size=(size, size), mode="bilinear", align_corners=False) > 0
+                scores = torch.stack([_dice_t(up[:, j], comp_ref) for j in range(multi.shape[1])], 1)
+                variants["oracle"] = multi[torch.arange(n), scores.argmax(1)]
+            for name, low in variants.items():
+                full = F.interpolate(low[:, None].float(), size=(size, size), mode="bilinear", align_corners=False)
+                masks = [_to_stored(m, valid, image.shape)[0] > 0 for m in full]
+                out[name][c] = torch.stack(masks).any(0).cpu().numpy()
+    return out
+
+
+def _dice_t(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    inter = (a & b).flatten(1).sum(1).float()
+    return 2 * inter / (a.flatten(1).sum(1) + b.flatten(1).sum(1)).clamp(min=1).float()
+
+
+def evaluate_model(
+    model: SamSegmenter,
+    data: PreparedData,
+    split: str = "test",
+    mode: str = "auto",
+    device: str | torch.device = "auto",
+    multimask: bool = False,
+    batch_size: int = 8,
+    tolerance: float = NSD_TOLERANCE,
+) -> dict[str, Any]:
+    """Score ``model`` on a split of ``data``; returns the ``metrics.json`` content."""
+    dev = device if isinstance(device, torch.device) else pick_device(device)
+    model = model.to(dev).eval()
+    labels = {int(k): v for k, v in data.manifest["labels"].items()}
+    classes = [c for c in labels if c != 0]
+    rows = data.rows(split, include_empty=True)
+    if len(rows) == 0:
+        raise DataError(f"{data.folder}: the {split} set is empty" +
+                        (" (the given split has no test set: use --split val)" if split == "test" else ""))
+    known = all(c["geometry"].get("spacing_known", True) for c in data.manifest["cases"])
+    result: dict[str, Any] = {
+        "split": split, "mode": mode, "nsd_tolerance": tolerance, "nsd_unit": "mm" if known else "pixels",
+        "conventions": "per foreground class; a class absent from both prediction and reference is not scored; "
+                       "absent from one scores 0. 2D: test slices with foreground. mean: over images per class, "
+                       "then over classes. Percent.",
+    }
+    if mode == "auto":
+        result.update(_evaluate_auto(model, data, rows, classes, labels, dev, batch_size, tolerance))
+    else:
+        result.update(_evaluate_prompted(model, data, rows, classes, labels, mode, dev, multimask, tolerance))
+    return result
+
+
+def _evaluate_auto(model, data, rows, classes, labels, device, batch_size, tolerance) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    table = ScoreTable(labels)
+    volumes: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
+    for row, pred in predict_rows(model, data, rows, device, batch_size):
+        ref = np.asarray(data.slice(row)[1])
+        case = data.case(row)
+        idx = int(data.index[row]["slice"])
+        if ref.any():
+            table.add(score_classes(pred, ref, classes, stored_spacing(case), tolerance),
+                      case=case["id"], slice=idx)
+        if case["geometry"]["shape"] and len(case["geometry"]["shape"]) == 3:
+            volumes.setdefault(int(data.index[row]["case"]), []).append((idx, pred, ref))
+    out = {**table.aggregate(), "per_image": table.rows}
+    per_case, table3d = [], ScoreTable(labels)
+    for case_i, items in sorted(volumes.items()):
+        case = data.manifest["cases"][case_i]
+        if len(items) != case["num_slices"]:
+            continue  # only complete volumes (the test split keeps every slice)
+        items.sort(key=lambda t: t[0])
+        pred3 = np.stack([p for _, p, _ in items])
+        ref3 = np.stack([r for _, _, r in items])
+        axis_spacing = case["geometry"]["spacing"][2 - case["axis"]]
+        scores = score_classes(pred3, ref3, classes, (axis_spacing, *stored_spacing(case)), tolerance)
+        table3d.add(scores, case=case["id"])
+        per_case.append({"case": case["id"], "scores": {str(c): v for c, v in scores.items()}})
+    if per_case:
+        agg = table3d.aggregate()
+        out["per_case"] = per_case
+        out["mean_3d"] = agg["mean"]
+        out["classes_3d"] = agg["classes"]
+    return out
+
+
+def _evaluate_prompted(model, data, rows, classes, labels, mode, device, multimask, tolerance) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    tables = {v: ScoreTable(labels) for v in (MULTIMASK_VARIANTS if multimask else ("single",))}
+    for row in rows:
+        if not data.index[row]["nonempty"]:
+            continue
+        image, ref = (np.asarray(a) for a in data.slice(int(row)))
+        case = data.case(int(row))
+        spacing = stored_spacing(case)
+        for variant, per_class in _prompted_masks(model, image, ref, mode, device, multimask).items():
+            scores = {}
+            for c in classes:
+                r = ref == c
+                p = per_class.get(c, np.zeros_like(r))
+                scores[c] = {"dsc": dice(p, r), "nsd": surface_dice_2d(p, r, spacing, tolerance)}
+            tables[variant].add(scores, case=case["id"], slice=int(data.index[row]["slice"]))
+    main = tables["single"]
+    out: dict[str, Any] = {**main.aggregate(), "per_image": main.rows,
+                           "prompts": f"one {mode} per connected component of each class (deterministic: "
+                                      + ("tight box)" if mode == "box" else "point farthest from the edge)")}
+    if multimask:
+        out["multimask"] = {v: tables[v].aggregate() for v in ("highest_iou", "oracle")}
+    return out
+
+
+def format_metrics(m: dict[str, Any]) -> str:
+    """A table people read: per class DSC/NSD (percent) and the means."""
+    lines = [f"split {m['split']}, mode {m['mode']}, NSD tolerance {m['nsd_tolerance']:g} {m['nsd_unit']}"]
+    lines.append(f"{'class':<22}{'DSC':>9}{'NSD':>9}{'n':>7}")
+
+    def fmt(v: float | None) -> str:
+        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
+
+    for c, v in m["classes"].items():
+        lines.append(f"{c + ' ' + v['name']:<22}{fmt(v['dsc']):>9}{fmt(v['nsd']):>9}{v['n']:>7}")
+    lines.append(f"{'mean (2D slices)':<22}{fmt(m['mean']['dsc']):>9}{fmt(m['mean']['nsd']):>9}")
+    if "mean_3d" in m:
+        for c, v in m["classes_3d"].items():
+            lines.append(f"{c + ' ' + v['name'] + ' (3D)':<22}{fmt(v['dsc']):>9}{fmt(v['nsd']):>9}{v['n']:>7}")
+        lines.append(f"{'mean (3D cases)':<22}{fmt(m['mean_3d']['dsc']):>9}{fmt(m['mean_3d']['nsd']):>9}")
+    for variant, agg in m.get("multimask", {}).items():
+        lines.append(f"{'multimask ' + variant:<22}{fmt(agg['mean']['dsc']):>9}{fmt(agg['mean']['nsd']):>9}")
+    return "\n".join(lines)
+
+
+def evaluate_run(run_folder: str | Path, data: str | Path | None = None, split: str = "test",
+                 mode: str | None = None, device: str = "auto", batch_size: int = 8) -> dict[str, Any]:
+    """Evaluate a run's best weights and write ``RUN/metrics.json``."""
+    from tunesam.engine.run import load_run_model, open_run
+
+    run = open_run(run_folder)
+    prepared = PreparedData.open(data or run.config.data)
+    if prepared.manifest["labels"] != run.labels:
+        raise DataError(f"{prepared.folder} has labels {prepared.manifest['labels']}, the run was trained on "
+                        f"{run.labels}: evaluate on data prepared with the same labels")
+    mode = mode or run.config.mode
+    dev = pick_device(device)
+    model = load_run_model(run, "best", dev)
+    metrics = evaluate_model(model, prepared, split, mode, dev, batch_size=batch_size)
+    metrics["run"] = str(Path(run_folder).resolve())
+    metrics["data"] = str(prepared.folder.resolve())
+    write_json(Path(run_folder) / "metrics.json", metrics)
+    return metrics
+
+
+def evaluate_checkpoint(checkpoint: str | Path, arch: str, data: str | Path, mode: str, split: str = "test",
+                        image_size: int = 1024, pixel_norm: str | None = None, device: str = "auto",
+                        out: str | Path | None = None) -> dict[str, Any]:
+    """Score an un-fine-tuned SAM-format checkpoint with prompts (single, highest-IoU, oracle)."""
+    from tunesam.models.build import build_model
+
+    if mode not in ("box", "point"):
+        raise ValueError("an un-fine-tuned checkpoint is evaluated with --mode box or point")
+    prepared = PreparedData.open(data)
+    model = build_model(arch, checkpoint, 1, image_size, pixel_norm)
+    metrics = evaluate_model(model, prepared, split, mode, device, multimask=True)
+    metrics.update({"checkpoint": str(checkpoint), "arch": arch, "data": str(prepared.folder.resolve())})
+    if out is not None:
+        write_json(out, metrics)
+    return metrics

@@ -1,0 +1,1 @@
+"""Prediction on new scans, written back in the scans' own geometry."""

@@ -1,0 +1,255 @@
+"""``tunesam predict``: masks for new scans, in each scan's own format and geometry.
+
+The preprocessing of the run's training data is replayed from ``RUN/preprocessing.json``
+(slicing axis, intensity rule, storage size); each slice is letterboxed to the model input,
+predicted in batches, and the logits are cropped and resized back to the slice's native
+size before the argmax. NIfTI/MHA/NRRD in -> the same format out; a DICOM series in ->
+NIfTI out; PNG/JPG/BMP/TIFF in -> PNG out (class indices). Spacing, origin and direction
+are copied from the input exactly.
+
+Prompt files (point/box runs) are JSON objects keyed by input file name::
+
+    {"scan.nii.gz": [{"slice": 40, "box": [x0, y0, x1, y1]},
+                     {"slice": 41, "points": [[x, y]], "point_labels": [1], "label": 2}],
+     "image.png":   [{"box": [30, 40, 120, 160]}]}
+
+Coordinates are pixels of the slice (x = column, y = row) taken along the run's slicing
+axis; ``slice`` is omitted for 2D images; ``label`` (default 1) is the value written where
+the prompted object is predicted.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tunesam.data.dataset import letterbox_image, letterbox_shape
+from tunesam.data.preprocess import downsample, percentile_to_uint8, stored_shape, window_to_uint8
+from tunesam.data.readers import DataError, Geometry, PillowReader, SimpleITKReader, read_image
+from tunesam.eval.evaluate import _autocast, pick_device
+from tunesam.io import atomic_path
+from tunesam.models.segmenter import SamSegmenter
+
+
+@dataclass
+class Preprocessing:
+    """The part of a prepared dataset's options that predict replays."""
+
+    axis: int
+    size: int
+    channel: int
+    intensity: dict[str, Any]
+
+    @classmethod
+    def from_options(cls, opts: dict[str, Any]) -> Preprocessing:
+        return cls(int(opts["axis"]), int(opts["size"]), int(opts.get("channel", 0)), opts["intensity"])
+
+    def to_uint8(self, arr: np.ndarray, is_2d: bool) -> np.ndarray:
+        if self.intensity["method"] == "window":
+            level, width = self.intensity["level_width"]
+            return window_to_uint8(arr, level, width)
+        if is_2d and arr.dtype == np.uint8:
+            return arr
+        return percentile_to_uint8(arr, tuple(self.intensity.get("percentiles", (0.5, 99.5))))
+
+
+def output_name(path: Path) -> str:
+    """File name of the mask written for ``path``."""
+    if path.is_dir():
+        return f"{path.name}.nii.gz"
+    lower = path.name.lower()
+    for ext in SimpleITKReader.suffixes:
+        if lower.endswith(ext):
+            return path.name
+    for ext in PillowReader.suffixes:
+        if lower.endswith(ext):
+            return path.name[: -len(ext)] + ".png"
+    raise DataError(f"{path}: unknown file type")
+
+
+def _slices(arr: np.ndarray, geom: Geometry, pre: Preprocessing, where: Path) -> tuple[np.ndarray, int]:
+    """Normalised ``n x h x w`` uint8 slices and the axis they were taken along."""
+    if arr.ndim == geom.ndim + 1:
+        if pre.channel >= arr.shape[-1]:
+            raise DataError(f"{where}: the run uses channel {pre.channel}, the image has {arr.shape[-1]}")
+        arr = arr[..., pre.channel]
+    if arr.ndim not in (2, 3):
+        raise DataError(f"{where}: expected a 2D image or a 3D volume, found {arr.ndim} dimensions {arr.shape}")
+    is_2d = arr.ndim == 2
+    pixels = pre.to_uint8(arr, is_2d)
+    if is_2d:
+        return pixels[None], 0
+    return np.moveaxis(pixels, pre.axis, 0), pre.axis
+
+
+class Predictor:
+    """A run's model plus its preprocessing, ready to segment files."""
+
+    def __init__(self, model: SamSegmenter, pre: Preprocessing, labels: dict[str, str], mode: str,
+                 device: torch.device, batch_size: int = 8) -> None:
+        self.model, self.pre, self.labels, self.mode = model.to(device).eval(), pre, labels, mode
+        self.device, self.batch_size = device, batch_size
+
+    @classmethod
+    def from_run(cls, run_folder: str | Path, device: str = "auto", batch_size: int = 8) -> Predictor:
+        from tunesam.engine.run import load_run_model, open_run
+
+        run = open_run(run_folder)
+        dev = pick_device(device)
+        model = load_run_model(run, "best", dev)
+        return cls(model, Preprocessing.from_options(run.preprocessing["options"]), run.labels,
+                   run.config.mode, dev, batch_size)
+
+    def _model_input(self, sl: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        shape = stored_shape(*sl.shape, self.pre.size)
+        stored = downsample(sl[None], np.zeros((1, *sl.shape), np.uint8), shape)[0][0] if shape != sl.shape else sl
+        size = self.model.image_size
+        return letterbox_image(stored, size), letterbox_shape(*stored.shape, size)
+
+    def _to_native(self, logits: torch.Tensor, valid: tuple[int, int], native: tuple[int, int]) -> torch.Tensor:
+        crop = logits[..., : valid[0], : valid[1]].float()
+        return F.interpolate(crop[None], size=native, mode="bilinear", align_corners=False)[0]
+
+    def segment_slices(self, slices: np.ndarray, want_probs: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Automated mode: ``n x h x w`` uint8 slices -> labels (and ``C x n x h x w`` probabilities)."""
+        n, h, w = slices.shape
+        labels = np.zeros((n, h, w), np.uint8)
+        probs = np.zeros((len(self.labels), n, h, w), np.float16) if want_probs else None
+        for start in range(0, n, self.batch_size):
+            items = [self._model_input(slices[i]) for i in range(start, min(n, start + self.batch_size))]
+            batch = torch.stack([x for x, _ in items]).to(self.device)
+            with torch.no_grad(), _autocast(self.device):
+                logits = self.model(batch)
+            for j, ((_, valid), lg) in enumerate(zip(items, logits)):
+                native = self._to_native(lg, valid, (h, w))
+                labels[start + j] = native.argmax(0).to(torch.uint8).cpu().numpy()
+                if probs is not None:
+                    probs[:, start + j] = native.softmax(0).cpu().numpy().astype(np.float16)
+        return labels, probs
+
+    def segment_prompted(self, slices: np.ndarray, prompts: list[dict[str, Any]], where: str) -> np.ndarray:
+        """Point/box mode: one binary object per prompt, written with its ``label``."""
+        n, h, w = slices.shape
+        labels = np.zeros((n, h, w), np.uint8)
+        for k, p in enumerate(prompts):
+            i = int(p.get("slice", 0))
+            if not 0 <= i < n:
+                raise DataError(f"{where}: prompt {k} names slice {i}, the input has {n} slices along the run's axis")
+            x, valid = self._model_input(slices[i])
+            scale = (valid[1] / w, valid[0] / h)  # native pixel -> model input pixel
+            kw: dict[str, Any] = {}
+            if "box" in p:
+                x0, y0, x1, y1 = (float(v) for v in p["box"])
+                kw["boxes"] = torch.tensor([[x0 * scale[0], y0 * scale[1], x1 * scale[0], y1 * scale[1]]], device=self.device)
+            elif "points" in p:
+                pts = torch.tensor([[[px * scale[0], py * scale[1]] for px, py in p["points"]]], device=self.device)
+                lab = torch.tensor([p.get("point_labels", [1] * pts.shape[1])], device=self.device)
+                kw["points"] = (pts, lab)
+            else:
+                raise DataError(f"{where}: prompt {k} has neither 'box' nor 'points'")
+            with torch.no_grad(), _autocast(self.device):
+                logits = self.model(x[None].to(self.device), **kw)[0]
+            mask = (self._to_native(logits, valid, (h, w))[0] > 0).cpu().numpy()
+            labels[i][mask] = int(p.get("label", 1))
+        return labels
+
+    def predict_file(self, path: Path, out_dir: Path, prompts: list[dict[str, Any]] | None = None,
+                     save_probabilities: bool = False, overlay: bool = False, overwrite: bool = False) -> Path:
+        """Segment one input; returns the written mask's path."""
+        target = out_dir / output_name(path)
+        if target.exists() and not overwrite:
+            raise DataError(f"{target}: exists; use --overwrite to replace it")
+        arr, geom = read_image(path)
+        slices, axis = _slices(arr, geom, self.pre, path)
+        probs = None
+        if self.mode == "auto":
+            labels, probs = self.segment_slices(slices, save_probabilities)
+        else:
+            if not prompts:
+                raise DataError(f"{path}: this run was trained with {self.mode} prompts; give them with --prompts FILE")
+            labels = self.segment_prompted(slices, prompts, str(path))
+        volume = labels[0] if geom.ndim == 2 else np.moveaxis(labels, 0, axis)
+        _write_mask(target, volume, geom)
+        if probs is not None:
+            p = probs[:, 0] if geom.ndim == 2 else np.moveaxis(probs, 1, axis + 1)
+            with atomic_path(out_dir / f"{_stem(target)}.probabilities.npz") as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez_compressed(f, probabilities=p, labels=np.array(list(self.labels.values())))
+        if overlay:
+            _write_overlay(out_dir / f"{_stem(target)}.overlay.png", slices, labels)
+        return target
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for ext in (".nii.gz",) + SimpleITKReader.suffixes + (".png",):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return path.stem
+
+
+def _write_mask(target: Path, labels: np.ndarray, geom: Geometry) -> None:
+    """Write class indices with the input's geometry exactly (PNG for 2D image inputs)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(target.suffixes[-2:]) if target.name.lower().endswith(".nii.gz") else target.suffix
+    with atomic_path(target) as tmp:
+        staged = tmp.with_name(tmp.name + suffix)  # the writers pick the format by ending
+        try:
+            if target.suffix.lower() == ".png":
+                from PIL import Image
+
+                Image.fromarray(labels.astype(np.uint8)).save(staged, format="PNG")
+            else:
+                import SimpleITK as sitk
+
+                image = sitk.GetImageFromArray(labels.astype(np.uint8))
+                image.SetSpacing(geom.spacing)
+                image.SetOrigin(geom.origin)
+                image.SetDirection(geom.direction)
+                sitk.WriteImage(image, str(staged), useCompression=True)
+            os.replace(staged, tmp)
+        finally:
+            if staged.exists():
+                staged.unlink()
+
+
+def _write_overlay(path: Path, slices: np.ndarray, labels: np.ndarray) -> None:
+    from tunesam.viz import montage, overlay, save_png
+
+    fg = labels.reshape(len(labels), -1).astype(bool).sum(1)
+    picks = sorted(set([len(slices) // 2] + [int(i) for i in np.argsort(-fg)[:2] if fg[i] > 0]))
+    tiles = [np.concatenate([np.repeat(slices[i][..., None], 3, 2), overlay(slices[i], labels[i])], 1) for i in picks]
+    save_png(path, montage(tiles, cols=1))
+
+
+def read_prompts(path: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """Load and check a prompts file (see the module docstring for its schema)."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: not a readable JSON prompts file ({exc})") from exc
+    if not isinstance(obj, dict) or not all(isinstance(v, list) for v in obj.values()):
+        raise DataError(f"{path}: expected {{\"input file name\": [prompt, ...]}}")
+    return obj
+
+
+def predict(run: str | Path, inputs: list[str | Path], out: str | Path, prompts: str | Path | None = None,
+            save_probabilities: bool = False, overlay: bool = False, overwrite: bool = False,
+            device: str = "auto", batch_size: int = 8) -> list[Path]:
+    """Segment every input with the run's best weights; returns the written mask paths."""
+    predictor = Predictor.from_run(run, device, batch_size)
+    table = read_prompts(prompts) if prompts else {}
+    out_dir = Path(out)
+    written = []
+    for item in inputs:
+        p = Path(item)
+        entry = table.get(str(item)) or table.get(p.name)
+        written.append(predictor.predict_file(p, out_dir, entry, save_probabilities, overlay, overwrite))
+    return written

@@ -1,0 +1,112 @@
+"""Training learns, resumes exactly after a kill, and runs under 2-process DDP on the CPU."""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from data_factory import learnable_pngs
+from tunesam.data.prepare import PrepareOptions, prepare
+from tunesam.engine.config import TrainConfig
+from tunesam.engine.trainer import train
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("learn")
+    learnable_pngs(root / "src")
+    prepare(root / "src", root / "prep", PrepareOptions(split="6:2:2"))
+    return root / "prep"
+
+
+def _rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "log.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def _cli(prepared: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "tunesam", "train", "--data", str(prepared), "--out", str(out),
+            "--arch", "vit_t_test", "--tune", "encoder-decoder", "--method", "vanilla", "--image-size", "64",
+            "--lr", "2e-3", "--warmup", "5", "--batch-size", "4", "--device", "cpu", "--num-workers", "0",
+            "--patience", "0", *extra]
+
+
+def test_loss_falls_and_validation_dsc_rises(prepared: Path, tmp_path: Path) -> None:
+    cfg = TrainConfig(data=str(prepared), out=str(tmp_path / "run"), arch="vit_test", tune="encoder-decoder",
+                      method="vanilla", image_size=64, epochs=12, batch_size=4, lr=2e-3, warmup=5,
+                      device="cpu", num_workers=0, patience=0)
+    run = train(cfg)
+    rows = _rows(run)
+    assert len(rows) == 12
+    first, last = rows[0], rows[-1]
+    assert float(last["train_loss"]) < 0.7 * float(first["train_loss"])
+    best = max(float(r["val_dsc"]) for r in rows)
+    assert best > float(first["val_dsc"]) + 20 and best > 60
+    for name in ("config.yaml", "log.csv", "last.pt", "curves.png", "preprocessing.json",
+                 "weights/best.safetensors", "weights/last.safetensors", "weights/base.json"):
+        assert (run / name).is_file(), name
+    with pytest.raises(ValueError, match="already exists"):
+        train(cfg)
+
+
+def test_prompted_training_runs(prepared: Path, tmp_path: Path) -> None:
+    for mode in ("box", "point"):
+        cfg = TrainConfig(data=str(prepared), out=str(tmp_path / mode), arch="vit_t_test", tune="decoder",
+                          method="lora", mode=mode, image_size=64, epochs=2, batch_size=4, lr=1e-3, warmup=2,
+                          device="cpu", num_workers=0)
+        rows = _rows(train(cfg))
+        assert len(rows) == 2 and all(float(r["train_loss"]) > 0 for r in rows)
+
+
+def test_killed_run_resumes_to_the_same_weights(prepared: Path, tmp_path: Path) -> None:
+    epochs = "5"
+    full = tmp_path / "full"
+    subprocess.run(_cli(prepared, full, "--epochs", epochs), check=True, env=ENV, capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(prepared, killed, "--epochs", epochs), env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if (killed / "log.csv").exists() and len(_rows(killed)) >= 2:
+            break
+        time.sleep(0.05)
+    time.sleep(0.2)  # into the next epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(_rows(killed))
+    assert 2 <= done < int(epochs), "the kill came too late to test resuming"
+    subprocess.run(_cli(prepared, killed, "--epochs", epochs, "--resume"), check=True, env=ENV, capture_output=True)
+    assert len(_rows(killed)) == int(epochs)
+    a = load_file(str(full / "weights" / "last.safetensors"))
+    b = load_file(str(killed / "weights" / "last.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["train_loss"] for r in _rows(full)] == [r["train_loss"] for r in _rows(killed)]
+
+
+def test_resume_refuses_other_options(prepared: Path, tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    subprocess.run(_cli(prepared, run, "--epochs", "1"), check=True, env=ENV, capture_output=True)
+    res = subprocess.run(_cli(prepared, run, "--epochs", "2", "--resume", "--lr", "1e-3"), env=ENV,
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "lr: run 0.002, now 0.001" in res.stderr
+
+
+def test_two_process_ddp_on_cpu(prepared: Path, tmp_path: Path) -> None:
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "tunesam", *_cli(prepared, run, "--epochs", "2")[3:]]
+    res = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert len(_rows(run)) == 2
+    assert (run / "weights" / "best.safetensors").is_file()

@@ -1,0 +1,141 @@
+"""predict: masks in the input's exact geometry and format; evaluate end to end; bad input."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from PIL import Image
+
+from data_factory import learnable_pngs, nnunet_dataset, write_dicom_series, write_nifti
+from tunesam.cli import main
+from tunesam.data.prepare import PrepareOptions, prepare
+from tunesam.data.readers import DataError
+from tunesam.engine.config import TrainConfig
+from tunesam.engine.trainer import train
+from tunesam.eval.evaluate import evaluate_run
+from tunesam.inference.predictor import predict
+
+
+@pytest.fixture(scope="module")
+def volume_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("vol")
+    nnunet_dataset(root / "src", n_cases=6)
+    prepare(root / "src", root / "prep", PrepareOptions(split="4:1:1"))
+    cfg = TrainConfig(data=str(root / "prep"), out=str(root / "run"), arch="vit_test", tune="decoder",
+                      method="lora", image_size=64, epochs=1, batch_size=4, warmup=1, device="cpu", num_workers=0)
+    return train(cfg)
+
+
+def test_nifti_geometry_round_trips_exactly(volume_run: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    vol = rng.normal(0, 1, (7, 20, 18)).astype(np.float32)
+    direction = (0.0, 0.0, 1.0, 0.0, 1.0, 0.0, -1.0, 0.0, 0.0)  # axes swapped and flipped
+    write_nifti(tmp_path / "scan.nii.gz", vol, spacing=(0.37, 1.91, 4.2), origin=(-33.5, 12.25, 7.0),
+                direction=direction)
+    (out,) = predict(volume_run, [tmp_path / "scan.nii.gz"], tmp_path / "pred", save_probabilities=True,
+                     overlay=True)
+    src = sitk.ReadImage(str(tmp_path / "scan.nii.gz"))
+    got = sitk.ReadImage(str(out))
+    assert out.name == "scan.nii.gz"
+    assert got.GetSize() == src.GetSize()
+    assert got.GetSpacing() == src.GetSpacing() and got.GetOrigin() == src.GetOrigin()
+    assert got.GetDirection() == src.GetDirection()
+    labels = sitk.GetArrayFromImage(got)
+    assert labels.dtype == np.uint8 and set(np.unique(labels)) <= {0, 1, 2}
+    probs = np.load(tmp_path / "pred" / "scan.probabilities.npz")["probabilities"]
+    assert probs.shape == (3, 7, 20, 18)
+    assert np.array_equal(probs.argmax(0), labels) or (probs.argmax(0) != labels).mean() < 0.01  # fp16 ties
+    assert (tmp_path / "pred" / "scan.overlay.png").is_file()
+    with pytest.raises(DataError, match="exists; use --overwrite"):
+        predict(volume_run, [tmp_path / "scan.nii.gz"], tmp_path / "pred")
+
+
+def test_mha_and_nrrd_keep_their_format(volume_run: Path, tmp_path: Path) -> None:
+    for ext in (".mha", ".nrrd"):
+        img = sitk.GetImageFromArray(np.random.default_rng(1).normal(size=(4, 10, 12)).astype(np.float32))
+        img.SetSpacing((0.5, 0.6, 2.0))
+        img.SetOrigin((1.0, 2.0, 3.0))
+        sitk.WriteImage(img, str(tmp_path / f"v{ext}"))
+        (out,) = predict(volume_run, [tmp_path / f"v{ext}"], tmp_path / "o")
+        assert out.suffix == ext
+        got = sitk.ReadImage(str(out))
+        assert got.GetSize() == img.GetSize() and got.GetSpacing() == img.GetSpacing()
+        assert got.GetOrigin() == img.GetOrigin()
+
+
+def test_dicom_series_gives_nifti_with_its_geometry(volume_run: Path, tmp_path: Path) -> None:
+    vol = (np.random.default_rng(2).normal(size=(5, 16, 14)) * 100).astype(np.int16)
+    write_dicom_series(tmp_path / "series", vol, "1.2.826.0.1.3680043.2.1125.7")
+    (out,) = predict(volume_run, [tmp_path / "series"], tmp_path / "o")
+    assert out.name == "series.nii.gz"
+    src_reader = sitk.ImageSeriesReader()
+    src_reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(tmp_path / "series")))
+    src = src_reader.Execute()
+    got = sitk.ReadImage(str(out))
+    assert got.GetSize() == src.GetSize()
+    assert np.allclose(got.GetSpacing(), src.GetSpacing()) and np.allclose(got.GetOrigin(), src.GetOrigin())
+    assert np.allclose(got.GetDirection(), src.GetDirection())
+
+
+def test_png_in_png_out_and_wrong_dimensionality(volume_run: Path, tmp_path: Path) -> None:
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (30, 40), dtype=np.uint8)).save(tmp_path / "a.jpg")
+    (out,) = predict(volume_run, [tmp_path / "a.jpg"], tmp_path / "o")
+    assert out.name == "a.png" and np.asarray(Image.open(out)).shape == (30, 40)
+    four = sitk.JoinSeries([sitk.GetImageFromArray(np.zeros((3, 4, 5), np.float32))] * 2)
+    sitk.WriteImage(four, str(tmp_path / "4d.nii.gz"))
+    # a two-channel volume: the run uses channel 0, so this works; a 1D line would not be an image at all
+    predict(volume_run, [tmp_path / "4d.nii.gz"], tmp_path / "o")
+    with pytest.raises(DataError, match="not a training run"):
+        predict(tmp_path, [tmp_path / "a.jpg"], tmp_path / "o2")
+
+
+def test_evaluate_run_writes_metrics_with_3d_scores(volume_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["evaluate", str(volume_run), "--device", "cpu"]) == 0
+    assert "mean (3D cases)" in capsys.readouterr().out
+    m = json.loads((volume_run / "metrics.json").read_text())
+    assert m["split"] == "test" and m["nsd_unit"] == "mm" and m["nsd_tolerance"] == 2.0
+    assert set(m["classes"]) == {"1", "2"} and m["classes"]["1"]["name"] == "gland"
+    assert len(m["per_case"]) == 1 and "mean_3d" in m
+    assert all(0 <= v["dsc"] <= 100 for v in m["classes"].values() if v["dsc"] is not None)
+
+
+def test_evaluate_refuses_data_with_other_labels(volume_run: Path, tmp_path: Path) -> None:
+    learnable_pngs(tmp_path / "src", patients=5)
+    prepare(tmp_path / "src", tmp_path / "other", PrepareOptions(split="3:1:1"))
+    with pytest.raises(DataError, match="evaluate on data prepared with the same labels"):
+        evaluate_run(volume_run, tmp_path / "other", device="cpu")
+
+
+def test_unfine_tuned_checkpoint_with_box_prompts(tmp_path: Path) -> None:
+    import torch
+
+    from tunesam.models.registry import build_sam
+
+    learnable_pngs(tmp_path / "src", patients=5)
+    prepare(tmp_path / "src", tmp_path / "prep", PrepareOptions(split="3:1:1"))
+    torch.save(build_sam("vit_t_test", image_size=64).state_dict(), tmp_path / "w.pth")
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "w.pth"), "--arch", "vit_t_test", "--image-size",
+                 "64", "--data", str(tmp_path / "prep"), "--mode", "box", "--device", "cpu",
+                 "--out", str(tmp_path / "m.json")]) == 0
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert set(m["multimask"]) == {"highest_iou", "oracle"}
+    # the oracle picks, per object, the best of the three masks: never worse than the highest-IoU pick
+    assert m["multimask"]["oracle"]["mean"]["dsc"] >= m["multimask"]["highest_iou"]["mean"]["dsc"] - 1e-6
+
+
+def test_prompted_run_predicts_from_a_prompt_file(tmp_path: Path) -> None:
+    learnable_pngs(tmp_path / "src", patients=5)
+    prepare(tmp_path / "src", tmp_path / "prep", PrepareOptions(split="3:1:1"))
+    cfg = TrainConfig(data=str(tmp_path / "prep"), out=str(tmp_path / "run"), arch="vit_t_test", tune="decoder",
+                      method="vanilla", mode="box", image_size=64, epochs=1, batch_size=4, warmup=1,
+                      device="cpu", num_workers=0)
+    run = train(cfg)
+    image = tmp_path / "src" / "images" / "patient0_s0.png"
+    (tmp_path / "prompts.json").write_text(json.dumps({"patient0_s0.png": [{"box": [5, 5, 30, 30], "label": 1}]}))
+    (out,) = predict(run, [image], tmp_path / "o", prompts=tmp_path / "prompts.json")
+    assert np.asarray(Image.open(out)).shape == (48, 48)
+    with pytest.raises(DataError, match="give them with --prompts"):
+        predict(run, [image], tmp_path / "o2")
