@@ -117,6 +117,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from tunesam.demo import demo
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("tunesam.prepare").setLevel(logging.WARNING)
     demo(args.out, args.checkpoint, args.epochs, args.image_size, args.device, args.force)
     return 0
 
