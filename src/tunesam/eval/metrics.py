@@ -32,6 +32,14 @@ def dice(pred: np.ndarray, ref: np.ndarray) -> float:
     return 2.0 * int(np.logical_and(pred, ref).sum()) / (a + b)
 
 
+def _empty_policy(pred: np.ndarray, ref: np.ndarray) -> float | None:
+    """``nan`` when both masks are empty, 0 when one is, ``None`` when both hold foreground."""
+    has_p, has_r = bool(pred.any()), bool(ref.any())
+    if not has_p and not has_r:
+        return math.nan
+    return None if has_p and has_r else 0.0
+
+
 def _contour_lengths(spacing: tuple[float, float]) -> np.ndarray:
     """Boundary length inside each 2 x 2 pixel neighbourhood, by its 4-bit code.
 
@@ -62,11 +70,9 @@ def surface_dice_2d(
     pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float] = (1.0, 1.0), tolerance: float = NSD_TOLERANCE
 ) -> float:
     """NSD of two boolean ``h x w`` masks with (row, column) ``spacing``; ``nan`` if both empty."""
-    has_p, has_r = bool(pred.any()), bool(ref.any())
-    if not has_p and not has_r:
-        return math.nan
-    if has_p != has_r:
-        return 0.0
+    empty = _empty_policy(pred, ref)
+    if empty is not None:
+        return empty
     sp = (float(spacing[0]), float(spacing[1]))
     border_p, len_p = _surface_2d(pred, sp)
     border_r, len_r = _surface_2d(ref, sp)
@@ -81,11 +87,9 @@ def surface_dice_3d(
     pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], tolerance: float = NSD_TOLERANCE
 ) -> float:
     """NSD of two boolean ``d x h x w`` masks, ``spacing`` in array order (MONAI, subvoxels)."""
-    has_p, has_r = bool(pred.any()), bool(ref.any())
-    if not has_p and not has_r:
-        return math.nan
-    if has_p != has_r:
-        return 0.0
+    empty = _empty_policy(pred, ref)
+    if empty is not None:
+        return empty
     import torch
     from monai.metrics import compute_surface_dice
 
