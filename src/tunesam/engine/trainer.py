@@ -248,6 +248,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
 
 def _train(cfg: TrainConfig, resume: bool, ctx: D.Context, device: torch.device) -> Path:
     run = _prepare_run_folder(cfg, resume)
+    if ctx.distributed:  # every rank checks the folder before rank 0 writes into it
+        torch.distributed.barrier()
     data = PreparedData.open(cfg.data)
     num_classes = data.num_classes if cfg.mode == "auto" else 1
     torch.manual_seed(cfg.seed)
