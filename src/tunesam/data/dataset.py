@@ -55,12 +55,12 @@ def letterbox_mask(mask: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
     return F.pad(m.to(torch.uint8), (0, size - rw, 0, size - rh))[0, 0]
 
 
-def unletterbox(logits: torch.Tensor, valid: tuple[int, int], native: tuple[int, int]) -> torch.Tensor:
-    """``C x S x S`` model output -> ``C x H x W`` at the native slice size (crop, bilinear)."""
-    cropped = logits[..., : valid[0], : valid[1]]
-    if tuple(cropped.shape[-2:]) == tuple(native):
+def unletterbox(logits: torch.Tensor, valid: Sequence[int], shape: Sequence[int]) -> torch.Tensor:
+    """``C x S x S`` model output -> ``C x h x w`` float32: crop the letterbox, resize bilinearly."""
+    cropped = logits[..., : valid[0], : valid[1]].float()
+    if tuple(cropped.shape[-2:]) == tuple(shape):
         return cropped
-    return F.interpolate(cropped[None].float(), size=native, mode="bilinear", align_corners=False)[0]
+    return F.interpolate(cropped[None], size=tuple(shape), mode="bilinear", align_corners=False)[0]
 
 
 class SliceDataset(Dataset):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import logging
 import math
 import os
@@ -355,9 +354,3 @@ def _plot(run: Path, rows: list[dict[str, Any]]) -> None:
     from tunesam.viz import plot_curves, save_png
 
     save_png(run / "curves.png", plot_curves(rows))
-
-
-def describe_run(run: Path) -> dict[str, Any]:
-    """config, summary and best epoch of a run (for messages)."""
-    return {"config": load_config(run / "config.yaml").to_dict(),
-            "summary": json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else None}

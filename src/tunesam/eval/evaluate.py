@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tunesam.data.dataset import letterbox_image, letterbox_mask, letterbox_shape
+from tunesam.data.dataset import letterbox_image, letterbox_mask, letterbox_shape, unletterbox
 from tunesam.data.prompts import components, simulate
 from tunesam.data.readers import DataError
 from tunesam.data.store import PreparedData
@@ -47,14 +47,6 @@ def stored_spacing(case: dict[str, Any]) -> tuple[float, float]:
     return r * nh / sh, c * nw / sw
 
 
-def _to_stored(logits: torch.Tensor, valid: Sequence[int], shape: tuple[int, int]) -> torch.Tensor:
-    """``C x S x S`` -> ``C x h x w``: crop the letterbox, resize bilinearly."""
-    crop = logits[:, : valid[0], : valid[1]].float()
-    if tuple(crop.shape[-2:]) != shape:
-        crop = F.interpolate(crop[None], size=shape, mode="bilinear", align_corners=False)[0]
-    return crop
-
-
 def predict_rows(
     model: SamSegmenter, data: PreparedData, rows: Sequence[int], device: torch.device, batch_size: int = 8
 ) -> Iterator[tuple[int, np.ndarray]]:
@@ -68,7 +60,7 @@ def predict_rows(
             logits = model(batch)
         for r, s, lg in zip(chunk, slices, logits):
             valid = letterbox_shape(*s.shape, size)
-            yield r, _to_stored(lg, valid, s.shape).argmax(0).to(torch.uint8).cpu().numpy()
+            yield r, unletterbox(lg, valid, s.shape).argmax(0).to(torch.uint8).cpu().numpy()
 
 
 def _prompted_masks(
@@ -100,7 +92,7 @@ def _prompted_masks(
                 variants["oracle"] = multi[torch.arange(n), scores.argmax(1)]
             for name, low in variants.items():
                 full = F.interpolate(low[:, None].float(), size=(size, size), mode="bilinear", align_corners=False)
-                masks = [_to_stored(m, valid, image.shape)[0] > 0 for m in full]
+                masks = [unletterbox(m, valid, image.shape)[0] > 0 for m in full]
                 out[name][c] = torch.stack(masks).any(0).cpu().numpy()
     return out
 

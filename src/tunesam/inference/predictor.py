@@ -27,9 +27,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from tunesam.data.dataset import letterbox_image, letterbox_shape
+from tunesam.data.dataset import letterbox_image, letterbox_shape, unletterbox
 from tunesam.data.preprocess import downsample, percentile_to_uint8, stored_shape, window_to_uint8
 from tunesam.data.readers import DataError, Geometry, PillowReader, SimpleITKReader, read_image
 from tunesam.eval.evaluate import _autocast, pick_device
@@ -112,10 +111,6 @@ class Predictor:
         size = self.model.image_size
         return letterbox_image(stored, size), letterbox_shape(*stored.shape, size)
 
-    def _to_native(self, logits: torch.Tensor, valid: tuple[int, int], native: tuple[int, int]) -> torch.Tensor:
-        crop = logits[..., : valid[0], : valid[1]].float()
-        return F.interpolate(crop[None], size=native, mode="bilinear", align_corners=False)[0]
-
     def segment_slices(self, slices: np.ndarray, want_probs: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """Automated mode: ``n x h x w`` uint8 slices -> labels (and ``C x n x h x w`` probabilities)."""
         n, h, w = slices.shape
@@ -127,7 +122,7 @@ class Predictor:
             with torch.no_grad(), _autocast(self.device):
                 logits = self.model(batch)
             for j, ((_, valid), lg) in enumerate(zip(items, logits)):
-                native = self._to_native(lg, valid, (h, w))
+                native = unletterbox(lg, valid, (h, w))
                 labels[start + j] = native.argmax(0).to(torch.uint8).cpu().numpy()
                 if probs is not None:
                     probs[:, start + j] = native.softmax(0).cpu().numpy().astype(np.float16)
@@ -155,7 +150,7 @@ class Predictor:
                 raise DataError(f"{where}: prompt {k} has neither 'box' nor 'points'")
             with torch.no_grad(), _autocast(self.device):
                 logits = self.model(x[None].to(self.device), **kw)[0]
-            mask = (self._to_native(logits, valid, (h, w))[0] > 0).cpu().numpy()
+            mask = (unletterbox(logits, valid, (h, w))[0] > 0).cpu().numpy()
             labels[i][mask] = int(p.get("label", 1))
         return labels
 
