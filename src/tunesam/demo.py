@@ -59,7 +59,7 @@ def demo(out: str | Path = "tunesam-demo", checkpoint: str | None = None, epochs
 
 def _figure(run: Path, data_dir: Path, path: Path, device: str) -> None:
     from tunesam.engine.run import load_run_model, open_run
-    from tunesam.eval.evaluate import pick_device
+    from tunesam.engine.distributed import pick_device
 
     data = PreparedData.open(data_dir)
     rows = data.rows("test", include_empty=False)

@@ -88,12 +88,18 @@ def stored_shape(h: int, w: int, size: int) -> tuple[int, int]:
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
+def downsample_images(images: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``n x h x w`` uint8 slices to ``shape`` by area averaging."""
+    if images.shape[1:] == shape:
+        return images
+    img = torch.from_numpy(np.ascontiguousarray(images)).float().unsqueeze(1)
+    return F.interpolate(img, size=shape, mode="area").round().clamp(0, 255).to(torch.uint8).squeeze(1).numpy()
+
+
 def downsample(images: np.ndarray, masks: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """``n x h x w`` uint8 slices to ``shape``: images by area averaging, masks nearest."""
     if images.shape[1:] == shape:
         return images, masks
-    img = torch.from_numpy(np.ascontiguousarray(images)).float().unsqueeze(1)
-    img = F.interpolate(img, size=shape, mode="area").round().clamp(0, 255).to(torch.uint8)
     msk = torch.from_numpy(np.ascontiguousarray(masks)).unsqueeze(1)
     msk = F.interpolate(msk.float(), size=shape, mode="nearest-exact").to(torch.uint8)
-    return img.squeeze(1).numpy(), msk.squeeze(1).numpy()
+    return downsample_images(images, shape), msk.squeeze(1).numpy()

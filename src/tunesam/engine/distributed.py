@@ -1,6 +1,7 @@
 """Single-process or DDP (``torchrun``): rank, device, and an epoch-seeded sharded sampler."""
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ class Context:
 def setup(device_pref: str) -> tuple[Context, torch.device]:
     """Join the process group when started by torchrun; pick the device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    want_cuda = device_pref.startswith("cuda") or (device_pref == "auto" and torch.cuda.is_available())
+    want_cuda = pick_device(device_pref).type == "cuda"
     if device_pref.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for, but no CUDA device is available")
     if world > 1:
@@ -80,7 +81,19 @@ class EpochSampler(Sampler[tuple[int, int]]):
         return (self.n + self.ctx.world - 1) // self.ctx.world
 
 
-def all_mean(values: torch.Tensor, ctx: Context) -> torch.Tensor:
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` is CUDA when present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; nothing on the CPU (fp32 there)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def all_sum(values: torch.Tensor, ctx: Context) -> torch.Tensor:
     """Sum ``values`` over processes (callers pass sums and counts, then divide)."""
     if ctx.distributed:
         values = values.clone()

@@ -10,7 +10,6 @@ CPU, reproduces the uninterrupted run exactly: every random choice is a function
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import logging
@@ -128,14 +127,14 @@ def _forward_loss(model: torch.nn.Module, batch: dict[str, Any], mode: str, devi
 
 @torch.no_grad()
 def _validate(model: torch.nn.Module, loader: DataLoader, mode: str, num_classes: int, device: torch.device,
-              ctx: D.Context, autocast: Any) -> float:
+              ctx: D.Context) -> float:
     """Mean 2D DSC (percent) over val slices per class, then over classes, on the valid region."""
     model.eval()
     classes = range(1, num_classes + 1) if mode == "auto" else range(1, 2)
     sums = torch.zeros(len(classes), 2, dtype=torch.float64)  # (sum of DSC, images scored)
     for batch in loader:
         images = batch["image"].to(device)
-        with autocast():
+        with D.autocast_for(device):
             if mode == "auto":
                 pred = model(images).argmax(1).cpu()
             elif mode == "box":
@@ -154,7 +153,7 @@ def _validate(model: torch.nn.Module, loader: DataLoader, mode: str, num_classes
                 if denom:
                     sums[j, 0] += 2.0 * int((a & r).sum()) / denom
                     sums[j, 1] += 1
-    sums = D.all_mean(sums, ctx)
+    sums = D.all_sum(sums, ctx)
     per_class = [s / n for s, n in sums.tolist() if n > 0]
     return 100.0 * float(np.mean(per_class)) if per_class else 0.0
 
@@ -267,11 +266,6 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.Context, device: torch.device)
     net: torch.nn.Module = model
     if ctx.distributed:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    cuda = device.type == "cuda"
-
-    def autocast() -> Any:
-        return torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
-
     epochs = int(cfg.epochs or 1)
     steps_per_epoch = len(train_loader)
     total = epochs * steps_per_epoch
@@ -290,7 +284,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.Context, device: torch.device)
             for g in opt.param_groups:
                 g["lr"] = lr
             t_step = time.perf_counter()
-            with autocast():
+            with D.autocast_for(device):
                 loss = _forward_loss(net, batch, cfg.mode, device)
             loss.backward()
             opt.step()
@@ -301,8 +295,8 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.Context, device: torch.device)
                 if epoch == state.epoch and i == 1 and device.type == "cpu":  # step 0 includes warm-up
                     _cpu_warning(time.perf_counter() - t_step, total - state.step)
                 _progress(epoch, epochs, i + 1, steps_per_epoch, losses[-1])
-        val_dsc = _validate(net, val_loader, cfg.mode, num_classes, device, ctx, autocast)
-        loss_sum, loss_n = D.all_mean(torch.tensor([sum(losses), len(losses)], dtype=torch.float64), ctx).tolist()
+        val_dsc = _validate(net, val_loader, cfg.mode, num_classes, device, ctx)
+        loss_sum, loss_n = D.all_sum(torch.tensor([sum(losses), len(losses)], dtype=torch.float64), ctx).tolist()
         train_loss = loss_sum / max(1.0, loss_n)
         row = {"epoch": epoch + 1, "train_loss": round(train_loss, 6), "val_dsc": round(val_dsc, 4),
                "lr": lr, "seconds": round(time.perf_counter() - t0, 3)}

@@ -8,7 +8,6 @@ their test slices, so false positives on empty slices count.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -22,21 +21,12 @@ from tunesam.data.dataset import letterbox_image, letterbox_mask, letterbox_shap
 from tunesam.data.prompts import components, simulate
 from tunesam.data.readers import DataError
 from tunesam.data.store import PreparedData
+from tunesam.engine.distributed import autocast_for, pick_device
 from tunesam.eval.metrics import NSD_TOLERANCE, ScoreTable, dice, score_classes, surface_dice_2d
 from tunesam.io import write_json
 from tunesam.models.segmenter import SamSegmenter
 
 MULTIMASK_VARIANTS = ("single", "highest_iou", "oracle")
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _autocast(device: torch.device) -> Any:
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def stored_spacing(case: dict[str, Any]) -> tuple[float, float]:
@@ -56,7 +46,7 @@ def predict_rows(
         chunk = [int(r) for r in rows[start : start + batch_size]]
         slices = [data.slice(r)[0] for r in chunk]
         batch = torch.stack([letterbox_image(s, size) for s in slices]).to(device)
-        with torch.no_grad(), _autocast(device):
+        with torch.no_grad(), autocast_for(device):
             logits = model(batch)
         for r, s, lg in zip(chunk, slices, logits):
             valid = letterbox_shape(*s.shape, size)
@@ -71,7 +61,7 @@ def _prompted_masks(
     valid = letterbox_shape(*image.shape, size)
     lb_ref = letterbox_mask(ref, size).numpy()
     out: dict[str, dict[int, np.ndarray]] = {v: {} for v in (MULTIMASK_VARIANTS if multimask else ("single",))}
-    with torch.no_grad(), _autocast(device):
+    with torch.no_grad(), autocast_for(device):
         emb = model.encode(letterbox_image(image, size)[None].to(device))
         for c in [int(v) for v in np.unique(lb_ref) if v != 0]:
             labels, n = components(lb_ref == c)

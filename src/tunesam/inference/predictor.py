@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from tunesam.data.dataset import letterbox_image, letterbox_shape, unletterbox
-from tunesam.data.preprocess import downsample, percentile_to_uint8, stored_shape, window_to_uint8
+from tunesam.data.preprocess import downsample_images, percentile_to_uint8, stored_shape, window_to_uint8
 from tunesam.data.readers import DataError, Geometry, PillowReader, SimpleITKReader, read_image
-from tunesam.eval.evaluate import _autocast, pick_device
+from tunesam.engine.distributed import autocast_for, pick_device
 from tunesam.io import atomic_path
 from tunesam.models.segmenter import SamSegmenter
 
@@ -107,7 +107,7 @@ class Predictor:
 
     def _model_input(self, sl: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         shape = stored_shape(*sl.shape, self.pre.size)
-        stored = downsample(sl[None], np.zeros((1, *sl.shape), np.uint8), shape)[0][0] if shape != sl.shape else sl
+        stored = downsample_images(sl[None], shape)[0]
         size = self.model.image_size
         return letterbox_image(stored, size), letterbox_shape(*stored.shape, size)
 
@@ -119,7 +119,7 @@ class Predictor:
         for start in range(0, n, self.batch_size):
             items = [self._model_input(slices[i]) for i in range(start, min(n, start + self.batch_size))]
             batch = torch.stack([x for x, _ in items]).to(self.device)
-            with torch.no_grad(), _autocast(self.device):
+            with torch.no_grad(), autocast_for(self.device):
                 logits = self.model(batch)
             for j, ((_, valid), lg) in enumerate(zip(items, logits)):
                 native = unletterbox(lg, valid, (h, w))
@@ -148,7 +148,7 @@ class Predictor:
                 kw["points"] = (pts, lab)
             else:
                 raise DataError(f"{where}: prompt {k} has neither 'box' nor 'points'")
-            with torch.no_grad(), _autocast(self.device):
+            with torch.no_grad(), autocast_for(self.device):
                 logits = self.model(x[None].to(self.device), **kw)[0]
             mask = (unletterbox(logits, valid, (h, w))[0] > 0).cpu().numpy()
             labels[i][mask] = int(p.get("label", 1))
