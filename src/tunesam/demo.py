@@ -49,6 +49,10 @@ def demo(out: str | Path = "tunesam-demo", checkpoint: str | None = None, epochs
     train(cfg, resume=False)
     metrics = evaluate_run(run, split="test", device=device)
     print(format_metrics(metrics))
+    print("The test slabs are parts of one brain. 'pooled' scores all their pixels together, as that brain's "
+          "test region; the 2D and 3D rows average over slices and slabs, where a slice or slab at the brain's "
+          "ends with a few white-matter pixels weighs as much as a whole mid-brain one. "
+          "scripts/resolution_ceiling.py shows the most any model can score at this input size.")
     figure = out / "overlays.png"
     _figure(run, out / "data", figure, device)
     print(f"overlay figure (image | reference | prediction): {figure}")
@@ -58,8 +62,8 @@ def demo(out: str | Path = "tunesam-demo", checkpoint: str | None = None, epochs
 
 
 def _figure(run: Path, data_dir: Path, path: Path, device: str) -> None:
-    from tunesam.engine.run import load_run_model, open_run
     from tunesam.engine.distributed import pick_device
+    from tunesam.engine.run import load_run_model, open_run
 
     data = PreparedData.open(data_dir)
     rows = data.rows("test", include_empty=False)

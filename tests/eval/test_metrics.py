@@ -6,8 +6,19 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
-from tunesam.eval.metrics import ScoreTable, dice, score_classes, surface_dice_2d, surface_dice_3d
+from tunesam.eval.metrics import (
+    PooledScores,
+    ScoreTable,
+    class_counts_2d,
+    counts_2d,
+    dice,
+    score_classes,
+    surface_counts_2d,
+    surface_dice_2d,
+    surface_dice_3d,
+)
 
 
 def test_dice_by_hand() -> None:
@@ -102,3 +113,36 @@ def test_score_table_means_over_images_then_classes() -> None:
     assert agg["classes"]["1"]["n"] == 1  # the empty image is not scored
     assert agg["classes"]["2"]["dsc"] == pytest.approx(100.0)
     assert agg["mean"]["dsc"] == pytest.approx((100 * 2 / 3 + 100) / 2)
+
+
+def test_pooled_scores_weigh_pixels_not_images() -> None:
+    # image 1: a 2 x 2 square predicted 2 x 3 (DSC 0.8); image 2: a single missed pixel (DSC 0)
+    big_ref, big_pred = np.zeros((8, 8), int), np.zeros((8, 8), int)
+    big_ref[2:4, 2:4] = 1
+    big_pred[2:4, 2:5] = 1
+    small_ref = np.zeros((8, 8), int)
+    small_ref[5, 5] = 1
+    pooled, table = PooledScores({0: "bg", 1: "a"}), ScoreTable({0: "bg", 1: "a"})
+    for pred, ref in ((big_pred, big_ref), (np.zeros((8, 8), int), small_ref), (np.zeros((8, 8), int),) * 2):
+        counts = class_counts_2d(pred, ref, [1], (1.0, 1.0))
+        pooled.add(counts)
+        table.add({c: n.scores() for c, n in counts.items()})
+    by_image, by_pixel = table.aggregate()["classes"]["1"], pooled.aggregate()["classes"]["1"]
+    assert by_image["dsc"] == pytest.approx(100 * (0.8 + 0.0) / 2)
+    assert by_pixel["dsc"] == pytest.approx(100 * 2 * 4 / (6 + 4 + 1))
+    assert by_pixel["n"] == 2  # the empty image adds nothing
+    # NSD: the square's boundary is all within 1 px; the missed pixel's boundary counts as far
+    _, lengths = surface_counts_2d(small_ref == 1, np.zeros((8, 8), bool), (1.0, 1.0), 1.0)
+    close, total = surface_counts_2d(big_pred == 1, big_ref == 1, (1.0, 1.0), 2.0)
+    assert close == total
+    assert by_pixel["nsd"] == pytest.approx(100 * close / (total + lengths))
+
+
+def test_counts_give_the_per_image_scores() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        pred = ndimage.binary_opening(rng.random((24, 20)) > 0.5)
+        ref = ndimage.binary_opening(rng.random((24, 20)) > 0.5)
+        s = counts_2d(pred, ref, (0.7, 1.3), 2.0).scores()
+        assert s["dsc"] == pytest.approx(dice(pred, ref))
+        assert s["nsd"] == pytest.approx(surface_dice_2d(pred, ref, (0.7, 1.3), 2.0))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -94,12 +95,18 @@ def test_png_in_png_out_and_wrong_dimensionality(volume_run: Path, tmp_path: Pat
 
 def test_evaluate_run_writes_metrics_with_3d_scores(volume_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["evaluate", str(volume_run), "--device", "cpu"]) == 0
-    assert "mean (3D cases)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "mean (3D cases)" in out
     m = json.loads((volume_run / "metrics.json").read_text())
     assert m["split"] == "test" and m["nsd_unit"] == "mm" and m["nsd_tolerance"] == 2.0
     assert set(m["classes"]) == {"1", "2"} and m["classes"]["1"]["name"] == "gland"
     assert len(m["per_case"]) == 1 and "mean_3d" in m
     assert all(0 <= v["dsc"] <= 100 for v in m["classes"].values() if v["dsc"] is not None)
+    # one test volume: its pixels pooled over its slices are its 3D DSC
+    for c, v in m["per_case"][0]["scores"].items():
+        if not math.isnan(v["dsc"]):
+            assert m["pooled"]["classes"][c]["dsc"] == pytest.approx(100 * v["dsc"], abs=1e-3)
+    assert "(pooled)" in out
 
 
 def test_evaluate_refuses_data_with_other_labels(volume_run: Path, tmp_path: Path) -> None:

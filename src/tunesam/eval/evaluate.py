@@ -22,7 +22,14 @@ from tunesam.data.prompts import components, simulate
 from tunesam.data.readers import DataError
 from tunesam.data.store import PreparedData
 from tunesam.engine.distributed import autocast_for, pick_device
-from tunesam.eval.metrics import NSD_TOLERANCE, ScoreTable, dice, score_classes, surface_dice_2d
+from tunesam.eval.metrics import (
+    NSD_TOLERANCE,
+    PooledScores,
+    ScoreTable,
+    class_counts_2d,
+    counts_2d,
+    score_classes,
+)
 from tunesam.io import write_json
 from tunesam.models.segmenter import SamSegmenter
 
@@ -126,18 +133,19 @@ def evaluate_model(
 
 
 def _evaluate_auto(model, data, rows, classes, labels, device, batch_size, tolerance) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    table = ScoreTable(labels)
+    table, pooled = ScoreTable(labels), PooledScores(labels)
     volumes: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
     for row, pred in predict_rows(model, data, rows, device, batch_size):
         ref = np.asarray(data.slice(row)[1])
         case = data.case(row)
         idx = int(data.index[row]["slice"])
+        counts = class_counts_2d(pred, ref, classes, stored_spacing(case), tolerance)
+        pooled.add(counts)  # every slice: false positives on empty ones count
         if ref.any():
-            table.add(score_classes(pred, ref, classes, stored_spacing(case), tolerance),
-                      case=case["id"], slice=idx)
+            table.add({c: n.scores() for c, n in counts.items()}, case=case["id"], slice=idx)
         if case["geometry"]["shape"] and len(case["geometry"]["shape"]) == 3:
             volumes.setdefault(int(data.index[row]["case"]), []).append((idx, pred, ref))
-    out = {**table.aggregate(), "per_image": table.rows}
+    out = {**table.aggregate(), "per_image": table.rows, "pooled": pooled.aggregate()}
     per_case, table3d = [], ScoreTable(labels)
     for case_i, items in sorted(volumes.items()):
         case = data.manifest["cases"][case_i]
@@ -160,6 +168,7 @@ def _evaluate_auto(model, data, rows, classes, labels, device, batch_size, toler
 
 def _evaluate_prompted(model, data, rows, classes, labels, mode, device, multimask, tolerance) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     tables = {v: ScoreTable(labels) for v in (MULTIMASK_VARIANTS if multimask else ("single",))}
+    pooled = PooledScores(labels)
     for row in rows:
         if not data.index[row]["nonempty"]:
             continue
@@ -167,14 +176,15 @@ def _evaluate_prompted(model, data, rows, classes, labels, mode, device, multima
         case = data.case(int(row))
         spacing = stored_spacing(case)
         for variant, per_class in _prompted_masks(model, image, ref, mode, device, multimask).items():
-            scores = {}
-            for c in classes:
-                r = ref == c
-                p = per_class.get(c, np.zeros_like(r))
-                scores[c] = {"dsc": dice(p, r), "nsd": surface_dice_2d(p, r, spacing, tolerance)}
-            tables[variant].add(scores, case=case["id"], slice=int(data.index[row]["slice"]))
+            # a class map per class (prompted masks of different classes may overlap)
+            counts = {c: counts_2d(per_class.get(c, np.zeros(ref.shape, bool)), ref == c, spacing, tolerance)
+                      for c in classes}
+            if variant == "single":
+                pooled.add(counts)
+            tables[variant].add({c: n.scores() for c, n in counts.items()}, case=case["id"],
+                                slice=int(data.index[row]["slice"]))
     main = tables["single"]
-    out: dict[str, Any] = {**main.aggregate(), "per_image": main.rows,
+    out: dict[str, Any] = {**main.aggregate(), "per_image": main.rows, "pooled": pooled.aggregate(),
                            "prompts": f"one {mode} per connected component of each class (deterministic: "
                                       + ("tight box)" if mode == "box" else "point farthest from the edge)")}
     if multimask:
@@ -193,6 +203,10 @@ def format_metrics(m: dict[str, Any]) -> str:
     for c, v in m["classes"].items():
         lines.append(f"{c + ' ' + v['name']:<22}{fmt(v['dsc']):>9}{fmt(v['nsd']):>9}{v['n']:>7}")
     lines.append(f"{'mean (2D slices)':<22}{fmt(m['mean']['dsc']):>9}{fmt(m['mean']['nsd']):>9}")
+    if "pooled" in m:
+        for c, v in m["pooled"]["classes"].items():
+            lines.append(f"{c + ' ' + v['name'] + ' (pooled)':<22}{fmt(v['dsc']):>9}{fmt(v['nsd']):>9}{v['n']:>7}")
+        lines.append(f"{'mean (pooled)':<22}{fmt(m['pooled']['mean']['dsc']):>9}{fmt(m['pooled']['mean']['nsd']):>9}")
     if "mean_3d" in m:
         for c, v in m["classes_3d"].items():
             lines.append(f"{c + ' ' + v['name'] + ' (3D)':<22}{fmt(v['dsc']):>9}{fmt(v['nsd']):>9}{v['n']:>7}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -66,6 +67,22 @@ def _surface_2d(mask: np.ndarray, spacing: tuple[float, float]) -> tuple[np.ndar
     return border, _contour_lengths(spacing)[code]
 
 
+def surface_counts_2d(
+    pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float] = (1.0, 1.0), tolerance: float = NSD_TOLERANCE
+) -> tuple[float, float]:
+    """(boundary length within ``tolerance`` of the other boundary, total boundary length), both masks."""
+    sp = (float(spacing[0]), float(spacing[1]))
+    border_p, len_p = _surface_2d(pred, sp)
+    border_r, len_r = _surface_2d(ref, sp)
+    lp, lr = len_p[border_p], len_r[border_r]
+    if not pred.any() or not ref.any():
+        return 0.0, float(lp.sum() + lr.sum())
+    dist_to_r = ndimage.distance_transform_edt(~border_r, sampling=sp)
+    dist_to_p = ndimage.distance_transform_edt(~border_p, sampling=sp)
+    close = lp[dist_to_r[border_p] <= tolerance].sum() + lr[dist_to_p[border_r] <= tolerance].sum()
+    return float(close), float(lp.sum() + lr.sum())
+
+
 def surface_dice_2d(
     pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float] = (1.0, 1.0), tolerance: float = NSD_TOLERANCE
 ) -> float:
@@ -73,14 +90,39 @@ def surface_dice_2d(
     empty = _empty_policy(pred, ref)
     if empty is not None:
         return empty
-    sp = (float(spacing[0]), float(spacing[1]))
-    border_p, len_p = _surface_2d(pred, sp)
-    border_r, len_r = _surface_2d(ref, sp)
-    dist_to_r = ndimage.distance_transform_edt(~border_r, sampling=sp)
-    dist_to_p = ndimage.distance_transform_edt(~border_p, sampling=sp)
-    lp, lr = len_p[border_p], len_r[border_r]
-    close = lp[dist_to_r[border_p] <= tolerance].sum() + lr[dist_to_p[border_r] <= tolerance].sum()
-    return float(close / (lp.sum() + lr.sum()))
+    close, total = surface_counts_2d(pred, ref, spacing, tolerance)
+    return close / total
+
+
+@dataclass(frozen=True)
+class Counts:
+    """What DSC and NSD of one class on one 2D image are made of; sums of them give pooled scores."""
+
+    inter: int
+    pred: int
+    ref: int
+    close: float
+    boundary: float
+
+    def scores(self) -> dict[str, float]:
+        if self.pred + self.ref == 0:
+            return {"dsc": math.nan, "nsd": math.nan}
+        nsd = self.close / self.boundary if self.pred and self.ref else 0.0
+        return {"dsc": 2.0 * self.inter / (self.pred + self.ref), "nsd": nsd}
+
+
+def class_counts_2d(
+    pred: np.ndarray, ref: np.ndarray, classes: Sequence[int], spacing: Sequence[float],
+    tolerance: float = NSD_TOLERANCE,
+) -> dict[int, Counts]:
+    """Per foreground class, the :class:`Counts` of two 2D label maps."""
+    return {c: counts_2d(pred == c, ref == c, spacing, tolerance) for c in classes}
+
+
+def counts_2d(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], tolerance: float = NSD_TOLERANCE) -> Counts:
+    """The :class:`Counts` of two boolean 2D masks."""
+    close, boundary = surface_counts_2d(pred, ref, spacing, tolerance)
+    return Counts(int(np.logical_and(pred, ref).sum()), int(pred.sum()), int(ref.sum()), close, boundary)
 
 
 def surface_dice_3d(
@@ -116,11 +158,12 @@ def score_classes(
     tolerance: float = NSD_TOLERANCE,
 ) -> dict[int, dict[str, float]]:
     """DSC and NSD (fractions) per foreground class of two label maps (2D or 3D)."""
-    nsd = surface_dice_2d if pred.ndim == 2 else surface_dice_3d
+    if pred.ndim == 2:
+        return {c: n.scores() for c, n in class_counts_2d(pred, ref, classes, spacing, tolerance).items()}
     out = {}
     for c in classes:
         p, r = pred == c, ref == c
-        out[c] = {"dsc": dice(p, r), "nsd": nsd(p, r, spacing, tolerance)}
+        out[c] = {"dsc": dice(p, r), "nsd": surface_dice_3d(p, r, spacing, tolerance)}
     return out
 
 
@@ -152,6 +195,36 @@ class ScoreTable:
                 "nsd": _pct_mean(vals["nsd"]),
                 "n": len(scored),
             }
+        means = {k: _mean([v[k] for v in classes.values() if v[k] is not None]) for k in ("dsc", "nsd")}
+        return {"classes": classes, "mean": means}
+
+
+class PooledScores:
+    """Every scored pixel of a split together, the "global Dice" of LiTS and Metrics Reloaded.
+
+    Per class: DSC = 2 sum|A n B| / sum(|A| + |B|) over all images, NSD = the boundary length
+    within tolerance over the total boundary length of all images. Unlike a mean over images, a
+    tiny structure weighs by its size, so it reads as the score of the whole region scored
+    (for slabs of one volume: of that volume's part in the split).
+    """
+
+    def __init__(self, class_names: dict[int, str]) -> None:
+        self.class_names = {c: n for c, n in class_names.items() if c != 0}
+        self.sums = {c: np.zeros(5) for c in self.class_names}
+        self.images = {c: 0 for c in self.class_names}
+
+    def add(self, counts: dict[int, Counts]) -> None:
+        for c, n in counts.items():
+            self.sums[c] += (n.inter, n.pred, n.ref, n.close, n.boundary)
+            self.images[c] += int(n.pred + n.ref > 0)
+
+    def aggregate(self) -> dict[str, object]:
+        classes: dict[str, dict[str, object]] = {}
+        for c, name in self.class_names.items():
+            inter, pred, ref, close, boundary = self.sums[c]
+            s = Counts(int(inter), int(pred), int(ref), float(close), float(boundary)).scores()
+            classes[str(c)] = {"name": name, "n": self.images[c],
+                               **{k: None if math.isnan(v) else round(100.0 * v, 4) for k, v in s.items()}}
         means = {k: _mean([v[k] for v in classes.values() if v[k] is not None]) for k in ("dsc", "nsd")}
         return {"classes": classes, "mean": means}
 
