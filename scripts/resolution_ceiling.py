@@ -40,7 +40,9 @@ def ideal_prediction(ref: np.ndarray, num_labels: int, size: int) -> np.ndarray:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("data")
     parser.add_argument("--split", default="test")
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 256, 512, 1024])

@@ -193,26 +193,28 @@ def _evaluate_prompted(model, data, rows, classes, labels, mode, device, multima
 
 
 def format_metrics(m: dict[str, Any]) -> str:
-    """A table people read: per class DSC/NSD (percent) and the means."""
-    lines = [f"split {m['split']}, mode {m['mode']}, NSD tolerance {m['nsd_tolerance']:g} {m['nsd_unit']}"]
-    lines.append(f"{'class':<22}{'DSC':>9}{'NSD':>9}{'n':>7}")
+    """A table people read: per class DSC/NSD (percent) and the means, per 2D slice, per 3D
+    case and pooled where present."""
 
     def fmt(v: float | None) -> str:
         return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
 
-    for c, v in m["classes"].items():
-        lines.append(f"{c + ' ' + v['name']:<22}{fmt(v['dsc']):>9}{fmt(v['nsd']):>9}{v['n']:>7}")
-    lines.append(f"{'mean (2D slices)':<22}{fmt(m['mean']['dsc']):>9}{fmt(m['mean']['nsd']):>9}")
+    rows: list[tuple[str, float | None, float | None, object]] = []
+    for key, mean_key, tag, mean_name in (("classes", "mean", "", "mean (2D slices)"),
+                                          ("classes_3d", "mean_3d", " (3D)", "mean (3D cases)")):
+        if key in m:
+            rows += [(f"{c} {v['name']}{tag}", v["dsc"], v["nsd"], v["n"]) for c, v in m[key].items()]
+            rows.append((mean_name, m[mean_key]["dsc"], m[mean_key]["nsd"], ""))
     if "pooled" in m:
-        for c, v in m["pooled"]["classes"].items():
-            lines.append(f"{c + ' ' + v['name'] + ' (pooled)':<22}{fmt(v['dsc']):>9}{fmt(v['nsd']):>9}{v['n']:>7}")
-        lines.append(f"{'mean (pooled)':<22}{fmt(m['pooled']['mean']['dsc']):>9}{fmt(m['pooled']['mean']['nsd']):>9}")
-    if "mean_3d" in m:
-        for c, v in m["classes_3d"].items():
-            lines.append(f"{c + ' ' + v['name'] + ' (3D)':<22}{fmt(v['dsc']):>9}{fmt(v['nsd']):>9}{v['n']:>7}")
-        lines.append(f"{'mean (3D cases)':<22}{fmt(m['mean_3d']['dsc']):>9}{fmt(m['mean_3d']['nsd']):>9}")
+        pooled = m["pooled"]["classes"].items()
+        rows += [(f"{c} {v['name']} (pooled)", v["dsc"], v["nsd"], v["n"]) for c, v in pooled]
+        rows.append(("mean (pooled)", m["pooled"]["mean"]["dsc"], m["pooled"]["mean"]["nsd"], ""))
     for variant, agg in m.get("multimask", {}).items():
-        lines.append(f"{'multimask ' + variant:<22}{fmt(agg['mean']['dsc']):>9}{fmt(agg['mean']['nsd']):>9}")
+        rows.append((f"multimask {variant}", agg["mean"]["dsc"], agg["mean"]["nsd"], ""))
+    width = max(22, *(len(r[0]) + 2 for r in rows))
+    lines = [f"split {m['split']}, mode {m['mode']}, NSD tolerance {m['nsd_tolerance']:g} {m['nsd_unit']}",
+             f"{'class':<{width}}{'DSC':>9}{'NSD':>9}{'n':>7}"]
+    lines += [f"{name:<{width}}{fmt(d):>9}{fmt(n):>9}{k!s:>7}".rstrip() for name, d, n, k in rows]
     return "\n".join(lines)
 
 

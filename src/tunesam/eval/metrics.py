@@ -119,7 +119,9 @@ def class_counts_2d(
     return {c: counts_2d(pred == c, ref == c, spacing, tolerance) for c in classes}
 
 
-def counts_2d(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], tolerance: float = NSD_TOLERANCE) -> Counts:
+def counts_2d(
+    pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], tolerance: float = NSD_TOLERANCE
+) -> Counts:
     """The :class:`Counts` of two boolean 2D masks."""
     close, boundary = surface_counts_2d(pred, ref, spacing, tolerance)
     return Counts(int(np.logical_and(pred, ref).sum()), int(pred.sum()), int(ref.sum()), close, boundary)
