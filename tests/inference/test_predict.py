@@ -131,6 +131,9 @@ def test_unfine_tuned_checkpoint_with_box_prompts(tmp_path: Path) -> None:
     assert set(m["multimask"]) == {"highest_iou", "oracle"}
     # the oracle picks, per object, the best of the three masks: never worse than the highest-IoU pick
     assert m["multimask"]["oracle"]["mean"]["dsc"] >= m["multimask"]["highest_iou"]["mean"]["dsc"] - 1e-6
+    # pooled DSC is a size-weighted mean of the per-image DSCs: it lies between their extremes
+    per_image = [r["scores"]["1"]["dsc"] for r in m["per_image"]]
+    assert 100 * min(per_image) - 1e-6 <= m["pooled"]["classes"]["1"]["dsc"] <= 100 * max(per_image) + 1e-6
 
 
 def test_prompted_run_predicts_from_a_prompt_file(tmp_path: Path) -> None:
