@@ -16,8 +16,9 @@ from tunesam.data.store import PreparedData
 from tunesam.engine.config import TrainConfig
 from tunesam.engine.trainer import train
 from tunesam.eval.evaluate import evaluate_run, format_metrics, predict_rows
+from tunesam.eval.metrics import dice
 from tunesam.models.checkpoint import PUBLISHED
-from tunesam.viz import montage, overlay, save_png
+from tunesam.viz import caption, montage, overlay, save_png
 
 DEMO_EPOCHS = 14
 # 224 = 7 x 32: TinyViT's windows (7, 14, 7) tile its stages without padding, 1.6x faster than 256.
@@ -25,7 +26,7 @@ DEMO_IMAGE_SIZE = 224
 
 
 def demo(out: str | Path = "tunesam-demo", checkpoint: str | None = None, epochs: int = DEMO_EPOCHS,
-         image_size: int = DEMO_IMAGE_SIZE, device: str = "auto", force: bool = False) -> dict:
+         image_size: int = DEMO_IMAGE_SIZE, device: str = "auto", force: bool = False, arch: str = "vit_t") -> dict:
     out = Path(out)
     t0 = time.perf_counter()
     if checkpoint is None:
@@ -35,7 +36,7 @@ def demo(out: str | Path = "tunesam-demo", checkpoint: str | None = None, epochs
     print(prepared.summary())
     run = out / "run"
     cfg = TrainConfig(
-        data=str(out / "data"), out=str(run), arch="vit_t", tune="encoder-decoder",
+        data=str(out / "data"), out=str(run), arch=arch, tune="encoder-decoder",
         # From random weights everything must learn; from a checkpoint, the paper's best
         # small set-up (ViT-T, encoder+decoder, adapters).
         method="vanilla" if checkpoint is None else "adapter",
@@ -62,10 +63,13 @@ def demo(out: str | Path = "tunesam-demo", checkpoint: str | None = None, epochs
 
 
 def _figure(run: Path, data_dir: Path, path: Path, device: str) -> None:
+    """Four test slices from small to large foreground: image | reference | prediction, captioned
+    with the slice's DSC per class."""
     from tunesam.engine.distributed import pick_device
     from tunesam.engine.run import load_run_model, open_run
 
     data = PreparedData.open(data_dir)
+    names = {int(k): v for k, v in data.manifest["labels"].items() if int(k) != 0}
     rows = data.rows("test", include_empty=False)
     fg = np.array([int((np.asarray(data.slice(int(r))[1]) > 0).sum()) for r in rows])
     picks = rows[np.argsort(-fg)[:: max(1, len(rows) // 4)][:4]]
@@ -75,5 +79,12 @@ def _figure(run: Path, data_dir: Path, path: Path, device: str) -> None:
     for row, pred in predict_rows(model, data, sorted(int(r) for r in picks), dev):
         image, ref = (np.asarray(a) for a in data.slice(row))
         grey = np.repeat(image[..., None], 3, 2)
-        tiles.append(np.concatenate([grey, overlay(image, ref), overlay(image, pred)], 1))
+        scores = "  ".join(f"{name} DSC {_pct(dice(pred == c, ref == c))}" for c, name in names.items())
+        where = f"{data.case(row)['id']} slice {int(data.index[row]['slice'])}"
+        tile = np.concatenate([grey, overlay(image, ref), overlay(image, pred)], 1)
+        tiles.append(caption(tile, f"{where}: {scores}   (image | reference | prediction)"))
     save_png(path, montage(tiles, cols=1))
+
+
+def _pct(v: float) -> str:
+    return "-" if np.isnan(v) else f"{100 * v:.0f}"

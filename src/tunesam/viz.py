@@ -48,6 +48,15 @@ def montage(tiles: Sequence[np.ndarray], cols: int, pad: int = 4) -> np.ndarray:
     return canvas
 
 
+def caption(rgb: np.ndarray, text: str, height: int = 14) -> np.ndarray:
+    """``rgb`` with a white strip of ``text`` above it (Pillow's built-in font)."""
+    from PIL import Image, ImageDraw
+
+    strip = Image.new("RGB", (rgb.shape[1], height), (255, 255, 255))
+    ImageDraw.Draw(strip).text((2, 1), text, fill=(0, 0, 0))
+    return np.concatenate([np.asarray(strip), rgb], 0)
+
+
 def save_png(path: str | Path, rgb: np.ndarray) -> None:
     """Write an RGB (or grey) uint8 array as PNG, atomically."""
     from PIL import Image
