@@ -4,7 +4,8 @@ Predictions are made at the model's input size, cropped to the slice's letterbox
 and resized (bilinear, on logits) back to the stored slice, which is the native slice unless
 ``prepare --size`` downsampled it; spacing follows. 2D scores use the test slices with
 foreground (the paper's unit); volumetric sources also get 3D scores per case over all
-their test slices, so false positives on empty slices count.
+their test slices, so false positives on empty slices count; ``pooled`` scores take every
+pixel of the split together.
 """
 from __future__ import annotations
 
@@ -123,7 +124,7 @@ def evaluate_model(
         "split": split, "mode": mode, "nsd_tolerance": tolerance, "nsd_unit": "mm" if known else "pixels",
         "conventions": "per foreground class; a class absent from both prediction and reference is not scored; "
                        "absent from one scores 0. 2D: test slices with foreground. mean: over images per class, "
-                       "then over classes. Percent.",
+                       "then over classes. pooled: all pixels of the split's slices together. Percent.",
     }
     if mode == "auto":
         result.update(_evaluate_auto(model, data, rows, classes, labels, dev, batch_size, tolerance))
