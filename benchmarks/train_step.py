@@ -17,6 +17,7 @@ import time
 import torch
 
 from tunesam.engine.losses import dice_ce_loss
+from tunesam.models import image_encoder
 from tunesam.models.registry import build_sam
 from tunesam.peft.strategy import Strategy, apply_strategy
 
@@ -52,7 +53,7 @@ def measure(arch: str, tune: str, method: str, batch: int, size: int, device: st
     return {
         "arch": arch, "tune": tune, "method": method, "batch": batch, "image_size": size,
         "device": torch.cuda.get_device_name() if cuda else "cpu",
-        "bf16": cuda, "checkpointing": checkpointing,
+        "bf16": cuda, "checkpointing": checkpointing, "rel_pos_in_qk": image_encoder.REL_POS_IN_QK,
         "s_per_step": round(statistics.median(times), 4),
         "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
         "trainable_params": sum(p.numel() for p in params),
@@ -71,7 +72,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--checkpointing", action="store_true", help="activation checkpointing in the encoder")
+    p.add_argument("--rel-pos-mask", action="store_true",
+                   help="pass ViT's relative-position bias as an attention mask instead of folding it into q, k")
     args = p.parse_args()
+    if args.rel_pos_mask:
+        image_encoder.REL_POS_IN_QK = False
     for arch in args.arch:
         for tune in args.tune:
             for method in args.method:

@@ -109,3 +109,24 @@ def test_cuda_matches_cpu_and_bf16_trains() -> None:
             loss = model(x.cuda()).float().logsumexp(1).mean()
         loss.backward()
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("size", [(6, 5), (4, 4)])
+def test_rel_pos_folded_into_qk_equals_the_mask_form(monkeypatch: pytest.MonkeyPatch, size: tuple[int, int]) -> None:
+    from tunesam.models import image_encoder
+    from tunesam.models.image_encoder import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(32, num_heads=2, use_rel_pos=True, input_size=size)
+    with torch.no_grad():  # official checkpoints hold non-zero tables; zeros would hide a wrong fold
+        attn.rel_pos_h.normal_()
+        attn.rel_pos_w.normal_()
+    x = torch.randn(3, *size, 32, requires_grad=True)
+    results = []
+    for folded in (True, False):
+        monkeypatch.setattr(image_encoder, "REL_POS_IN_QK", folded)
+        out = attn(x)
+        grads = torch.autograd.grad(out.square().sum(), [x, attn.rel_pos_h, attn.qkv.weight])
+        results.append((out, *grads))
+    for a, b in zip(*results):
+        assert max_diff(a, b) < 1e-4 * max(1.0, b.abs().max().item())

@@ -44,6 +44,11 @@ def resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).to(pos.dtype)
 
 
+# Fold the relative-position bias into q and k (see Attention._attend_rel_pos); False passes
+# it as an attention mask instead (for comparison: benchmarks/train_step.py --rel-pos-mask).
+REL_POS_IN_QK = True
+
+
 def rel_pos_lookup(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
     """Relative-position embeddings for every (query, key) pair along one axis.
 
@@ -91,23 +96,48 @@ class Attention(nn.Module):
         dim = self.num_heads * self.head_dim
         return torch.arange(0, dim), torch.arange(2 * dim, 3 * dim)
 
-    def _rel_pos_bias(self, q: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """Decomposed relative-position bias, ``B x heads x HW x HW``, from unscaled q."""
+    def _rel_pos_terms(self, q: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAM's decomposed relative-position bias from unscaled ``q``: ``B x heads x HW x h`` (query
+        to key row) and ``B x heads x HW x w`` (query to key column)."""
         rh = rel_pos_lookup(h, h, self.rel_pos_h).to(q.dtype)  # h x h x c
         rw = rel_pos_lookup(w, w, self.rel_pos_w).to(q.dtype)  # w x w x c
         b, nh = q.shape[:2]
         grid_q = q.reshape(b, nh, h, w, self.head_dim)
-        bias_h = torch.einsum("bnhwc,hkc->bnhwk", grid_q, rh)
-        bias_w = torch.einsum("bnhwc,wkc->bnhwk", grid_q, rw)
-        bias = bias_h[..., :, None] + bias_w[..., None, :]
-        return bias.reshape(b, nh, h * w, h * w)
+        bias_h = torch.einsum("bnhwc,hkc->bnhwk", grid_q, rh).reshape(b, nh, h * w, h)
+        bias_w = torch.einsum("bnhwc,wkc->bnhwk", grid_q, rw).reshape(b, nh, h * w, w)
+        return bias_h, bias_w
+
+    def _attend_rel_pos(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Attention with the relative-position bias.
+
+        The bias of query i to key j = (row r_j, column c_j) is ``bias_h[i, r_j] + bias_w[i, c_j]``.
+        With ``REL_POS_IN_QK`` it is folded into the dot product, ``[q_i * s, bias_h[i], bias_w[i]]
+        . [k_j, onehot(r_j), onehot(c_j)]``, so attention runs without an ``HW x HW`` mask (kernels
+        that take no mask; nothing of that size is stored for backward); otherwise the bias is
+        materialised and passed as the mask. Both compute the same function.
+        """
+        bias_h, bias_w = self._rel_pos_terms(q, h, w)
+        if not REL_POS_IN_QK:
+            bias = (bias_h.unflatten(2, (h, w))[..., :, None] + bias_w.unflatten(2, (h, w))[..., None, :])
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.reshape(*q.shape[:2], h * w, h * w))
+        rows = torch.arange(h, device=q.device).repeat_interleave(w)
+        cols = torch.arange(w, device=q.device).repeat(h)
+        keys = torch.cat([F.one_hot(rows, h), F.one_hot(cols, w)], 1).to(k.dtype)
+        qa = torch.cat([q * self.head_dim**-0.5, bias_h, bias_w], -1)
+        ka = torch.cat([k, keys.expand(*k.shape[:2], -1, -1)], -1)
+        pad = -qa.shape[-1] % 8  # fused kernels want head sizes in multiples of 8
+        if pad:
+            qa, ka = F.pad(qa, (0, pad)), F.pad(ka, (0, pad))
+        return F.scaled_dot_product_attention(qa, ka, v, scale=1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, c = x.shape
         qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each B x heads x HW x c
-        bias = self._rel_pos_bias(q, h, w) if self.use_rel_pos else None
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        if self.use_rel_pos:
+            out = self._attend_rel_pos(q, k, v, h, w)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
         out = out.transpose(1, 2).reshape(b, h, w, c)
         return self.proj(out)
 
