@@ -63,8 +63,8 @@ def demo(out: str | Path = "tunesam-demo", checkpoint: str | None = None, epochs
 
 
 def _figure(run: Path, data_dir: Path, path: Path, device: str) -> None:
-    """Four test slices from small to large foreground: image | reference | prediction, captioned
-    with the slice's DSC per class."""
+    """Four test slices across the range of foreground sizes, in slab order: image | reference |
+    prediction, captioned with the slice's DSC per class."""
     from tunesam.engine.distributed import pick_device
     from tunesam.engine.run import load_run_model, open_run
 
