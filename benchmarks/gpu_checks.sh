@@ -7,15 +7,7 @@
 #   4. (STEP_TABLE=1) one bf16 training step at 1024, batch 4, for all strategies on ViT-H/B/T.
 # Official reference packages travel as wheels in .whl/ (pure Python).
 # SMALL=1 runs the same script on tiny settings on a CPU, to check it before spending GPU time.
-set -uo pipefail
-OUT=${OUT:-/tmp/gpu_out}
-mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-  [ -d .whl/stub ] && export PYTHONPATH=$PYTHONPATH:$PWD/.whl/stub  # data-only stand-ins (the MNI152 files)
-fi
-export PYTHONPATH="$PWD/src:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
-PY=${PY:-python3}
+source "$(dirname "$0")/gpu_env.sh"
 T="$PY -m tunesam"
 W=/tmp/gpu_work
 rm -rf "$W"

@@ -4,15 +4,7 @@
 # quarter-resolution output sets (scripts/resolution_ceiling.py)? Same data, same split.
 #   SIZES="448 1024" EPOCHS=40 bash benchmarks/gpu_demo_resolution.sh
 # SMALL=1 runs it on the CPU at toy length, to check the script before spending GPU time.
-set -uo pipefail
-OUT=${OUT:-/tmp/gpu_out}
-mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-  [ -d .whl/stub ] && export PYTHONPATH=$PYTHONPATH:$PWD/.whl/stub  # data-only stand-ins (the MNI152 files)
-fi
-export PYTHONPATH="$PWD/src:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
-PY=${PY:-python3}
+source "$(dirname "$0")/gpu_env.sh"
 T="$PY -m tunesam"
 W=/tmp/gpu_res
 rm -rf "$W"

@@ -2,14 +2,7 @@
 # ViT's relative-position bias folded into q and k (default) against passing it as an attention
 # mask: one training step at 1024, batch 4, bf16, and the two forms' outputs in bf16 on CUDA.
 # SMALL=1 runs the same on the CPU at toy size first.
-set -uo pipefail
-OUT=${OUT:-/tmp/gpu_out}
-mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="$PWD/src:$PWD/tests:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
-PY=${PY:-python3}
+source "$(dirname "$0")/gpu_env.sh"
 if [ "${SMALL:-0}" = 1 ]; then A=vit_test; H=vit_test; SIZE=64; DEV=cpu; else A=vit_b; H=vit_h; SIZE=1024; DEV=cuda; fi
 {
   $PY -m pytest -q -p no:cacheprovider tests/models/test_forward_backward.py 2>&1 | tail -3
