@@ -63,7 +63,7 @@ def main() -> None:
             counts = class_counts_2d(pred, ref, classes, stored_spacing(data.case(row)))
             pooled.add(counts)
             if ref.any():
-                table.add({c: n.scores() for c, n in counts.items()})
+                table.add_counts(counts)
         by_image, by_pixel = table.aggregate()["classes"], pooled.aggregate()["classes"]
         cells = [f"{by_image[str(c)]['dsc']:.1f} | {by_pixel[str(c)]['dsc']:.1f}" for c in classes]
         print(f"| {size} | {size // OUTPUT_STRIDE} | " + " | ".join(cells) + " |")

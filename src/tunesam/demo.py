@@ -16,7 +16,6 @@ from tunesam.data.store import PreparedData
 from tunesam.engine.config import TrainConfig
 from tunesam.engine.trainer import train
 from tunesam.eval.evaluate import evaluate_run, format_metrics, predict_rows
-from tunesam.eval.metrics import dice
 from tunesam.models.checkpoint import PUBLISHED
 from tunesam.viz import caption, montage, overlay, save_png
 
@@ -55,21 +54,21 @@ def demo(out: str | Path = "tunesam-demo", checkpoint: str | None = None, epochs
           "ends with a few white-matter pixels weighs as much as a whole mid-brain one. "
           "scripts/resolution_ceiling.py shows the most any model can score at this input size.")
     figure = out / "overlays.png"
-    _figure(run, out / "data", figure, device)
+    _figure(run, out / "data", figure, device, metrics)
     print(f"overlay figure (image | reference | prediction): {figure}")
     print(f"run folder: {run}  (log.csv, curves.png, weights/, metrics.json)")
     print(f"demo finished in {time.perf_counter() - t0:.0f} s")
     return metrics
 
 
-def _figure(run: Path, data_dir: Path, path: Path, device: str) -> None:
+def _figure(run: Path, data_dir: Path, path: Path, device: str, metrics: dict) -> None:
     """Four test slices across the range of foreground sizes, in slab order: image | reference |
-    prediction, captioned with the slice's DSC per class."""
+    prediction, captioned with the slice's DSC per class from ``metrics``."""
     from tunesam.engine.distributed import pick_device
     from tunesam.engine.run import load_run_model, open_run
 
     data = PreparedData.open(data_dir)
-    names = {int(k): v for k, v in data.manifest["labels"].items() if int(k) != 0}
+    scored = {(r["case"], r["slice"]): r["scores"] for r in metrics["per_image"]}
     rows = data.rows("test", include_empty=False)
     fg = np.array([int((np.asarray(data.slice(int(r))[1]) > 0).sum()) for r in rows])
     picks = rows[np.argsort(-fg)[:: max(1, len(rows) // 4)][:4]]
@@ -79,12 +78,14 @@ def _figure(run: Path, data_dir: Path, path: Path, device: str) -> None:
     for row, pred in predict_rows(model, data, sorted(int(r) for r in picks), dev):
         image, ref = (np.asarray(a) for a in data.slice(row))
         grey = np.repeat(image[..., None], 3, 2)
-        scores = "  ".join(f"{name} DSC {_pct(dice(pred == c, ref == c))}" for c, name in names.items())
-        where = f"{data.case(row)['id']} slice {int(data.index[row]['slice'])}"
+        case, index = data.case(row)["id"], int(data.index[row]["slice"])
+        scores = "  ".join(f"{metrics['classes'][c]['name']} DSC {_pct(v['dsc'])}"
+                           for c, v in scored[case, index].items())
+        where = f"{case} slice {index}"
         tile = np.concatenate([grey, overlay(image, ref), overlay(image, pred)], 1)
         tiles.append(caption(tile, f"{where}: {scores}   (image | reference | prediction)"))
     save_png(path, montage(tiles, cols=1))
 
 
-def _pct(v: float) -> str:
-    return "-" if np.isnan(v) else f"{100 * v:.0f}"
+def _pct(v: float | None) -> str:
+    return "-" if v is None or np.isnan(v) else f"{100 * v:.0f}"

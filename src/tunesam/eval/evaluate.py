@@ -143,7 +143,7 @@ def _evaluate_auto(model, data, rows, classes, labels, device, batch_size, toler
         counts = class_counts_2d(pred, ref, classes, stored_spacing(case), tolerance)
         pooled.add(counts)  # every slice: false positives on empty ones count
         if ref.any():
-            table.add({c: n.scores() for c, n in counts.items()}, case=case["id"], slice=idx)
+            table.add_counts(counts, case=case["id"], slice=idx)
         if case["geometry"]["shape"] and len(case["geometry"]["shape"]) == 3:
             volumes.setdefault(int(data.index[row]["case"]), []).append((idx, pred, ref))
     out = {**table.aggregate(), "per_image": table.rows, "pooled": pooled.aggregate()}
@@ -182,8 +182,7 @@ def _evaluate_prompted(model, data, rows, classes, labels, mode, device, multima
                       for c in classes}
             if variant == "single":
                 pooled.add(counts)
-            tables[variant].add({c: n.scores() for c, n in counts.items()}, case=case["id"],
-                                slice=int(data.index[row]["slice"]))
+            tables[variant].add_counts(counts, case=case["id"], slice=int(data.index[row]["slice"]))
     main = tables["single"]
     out: dict[str, Any] = {**main.aggregate(), "per_image": main.rows, "pooled": pooled.aggregate(),
                            "prompts": f"one {mode} per connected component of each class (deterministic: "

@@ -182,6 +182,9 @@ class ScoreTable:
     def add(self, scores: dict[int, dict[str, float]], **info: object) -> None:
         self.rows.append({**info, "scores": {str(c): v for c, v in scores.items()}})
 
+    def add_counts(self, counts: dict[int, Counts], **info: object) -> None:
+        self.add({c: n.scores() for c, n in counts.items()}, **info)
+
     def reset(self) -> None:
         self.rows.clear()
 
