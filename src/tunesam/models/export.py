@@ -14,10 +14,9 @@ from safetensors.torch import save_file
 
 from tunesam.io import atomic_write
 from tunesam.models.image_encoder import resize_pos_embed, resize_rel_pos
-from tunesam.models.registry import build_sam
+from tunesam.models.registry import build_sam, get_spec
 from tunesam.models.segmenter import SamSegmenter
 
-OFFICIAL_SIZE = 1024
 _CLASS_KEYS = (
     "mask_decoder.mask_tokens.weight",
     "mask_decoder.iou_prediction_head.layers.2.weight",
@@ -34,7 +33,7 @@ def export_state_dicts(
 
     state = merged_state_dict(model)
     with torch.device("meta"):
-        reference = build_sam(model.arch, image_size=OFFICIAL_SIZE).state_dict()
+        reference = build_sam(model.arch, image_size=get_spec(model.arch).native_size).state_dict()
     official: dict[str, torch.Tensor] = {}
     side: dict[str, torch.Tensor] = {}
     notes: list[str] = []

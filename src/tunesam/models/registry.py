@@ -19,7 +19,11 @@ class ArchSpec:
 
     ``family`` is ``vit`` (SAM's ViT: ``embed_dim``, ``depth``, ``num_heads``,
     ``global_attn_indexes``, ``window_size``) or ``tinyvit`` (MobileSAM: per-stage
-    ``embed_dims``, ``depths``, ``stage_heads``, ``window_sizes``).
+    ``embed_dims``, ``depths``, ``stage_heads``, ``window_sizes``; ``stem_stride`` and
+    ``classifier`` tell MobileSAM's TinyViT from LiteMedSAM's). ``patch_size`` is the
+    encoder's total stride (input pixels per embedding cell); ``native_size`` the input the
+    published weights were trained at, the default input; ``pixel_norm`` the intensity
+    normalisation those weights expect.
     """
 
     name: str
@@ -40,6 +44,10 @@ class ArchSpec:
     mask_in_chans: int = 16
     iou_hidden_dim: int = 256
     patch_size: int = 16
+    stem_stride: int = 4
+    classifier: bool = True
+    native_size: int = 1024
+    pixel_norm: str = "sam"
     official_checkpoints: tuple[str, ...] = field(default=())
     test_only: bool = False
 
@@ -65,6 +73,12 @@ ARCHS: dict[str, ArchSpec] = {
             depths=(2, 2, 6, 2), stage_heads=(2, 4, 5, 10), window_sizes=(7, 7, 14, 7),
             official_checkpoints=("mobile_sam.pt",),
         ),
+        ArchSpec(
+            "litemedsam", "tinyvit", "LiteMedSAM (TinyViT-5M, stride-1 stem, input 256)",
+            embed_dims=(64, 128, 160, 320), depths=(2, 2, 6, 2), stage_heads=(2, 4, 5, 10),
+            window_sizes=(7, 7, 14, 7), stem_stride=1, classifier=False, patch_size=4, native_size=256,
+            pixel_norm="minmax", official_checkpoints=("lite_medsam.pth",),
+        ),
         # Tiny variants for fast CPU tests: same code paths (windows with padding, global
         # attention, several heads, every TinyViT stage), a few thousand parameters.
         ArchSpec(
@@ -77,6 +91,12 @@ ARCHS: dict[str, ArchSpec] = {
             depths=(1, 2, 2, 2), stage_heads=(1, 2, 2, 2), window_sizes=(2, 2, 3, 2),
             prompt_dim=32, decoder_mlp_dim=64, decoder_heads=2, mask_in_chans=8,
             iou_hidden_dim=32, test_only=True,
+        ),
+        ArchSpec(
+            "litemedsam_test", "tinyvit", "test-only tiny LiteMedSAM-style TinyViT", embed_dims=(8, 16, 24, 32),
+            depths=(1, 2, 2, 2), stage_heads=(1, 2, 2, 2), window_sizes=(2, 2, 3, 2), stem_stride=1,
+            classifier=False, patch_size=4, native_size=64, pixel_norm="minmax", prompt_dim=32,
+            decoder_mlp_dim=64, decoder_heads=2, mask_in_chans=8, iou_hidden_dim=32, test_only=True,
         ),
     )
 }
@@ -99,14 +119,21 @@ def build_image_encoder(spec: ArchSpec, image_size: int) -> nn.Module:
     return TinyViT(
         img_size=image_size, embed_dims=spec.embed_dims, depths=spec.depths,
         num_heads=spec.stage_heads, window_sizes=spec.window_sizes, out_chans=spec.prompt_dim,
+        stem_stride=spec.stem_stride, classifier=spec.classifier,
     )
 
 
 def build_sam(
-    arch: str, num_classes: int = 1, image_size: int = 1024, pixel_norm: str = "sam"
+    arch: str, num_classes: int = 1, image_size: int | None = None, pixel_norm: str | None = None
 ) -> SamSegmenter:
-    """A randomly initialised segmenter (see :func:`tunesam.build_model` for weights)."""
+    """A randomly initialised segmenter (see :func:`tunesam.build_model` for weights).
+
+    ``image_size`` and ``pixel_norm`` default to the architecture's own (``native_size``,
+    ``pixel_norm``): 1024 and SAM's mean/std, or 256 and per-image min-max for LiteMedSAM.
+    """
     spec = get_spec(arch)
+    image_size = image_size or spec.native_size
+    pixel_norm = pixel_norm or spec.pixel_norm
     if image_size % 32 or image_size < 32:
         raise ValueError(f"image_size must be a positive multiple of 32, got {image_size}")
     grid = image_size // spec.patch_size

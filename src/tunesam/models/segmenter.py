@@ -10,10 +10,12 @@ from torch import nn
 from tunesam.models.mask_decoder import MaskDecoder
 from tunesam.models.prompt_encoder import PromptEncoder
 
-# Per-channel mean and std applied to 0-255 RGB input. MedSAM was trained on 0-1 input.
+# Per-channel mean and std applied to 0-255 RGB input. MedSAM was trained on 0-1 input;
+# LiteMedSAM on each image scaled to 0-1 by its own minimum and maximum ("minmax").
 PIXEL_NORMS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
     "sam": ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),
     "unit": ((0.0, 0.0, 0.0), (255.0, 255.0, 255.0)),
+    "minmax": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # statistics per image, see preprocess
 }
 
 
@@ -31,8 +33,11 @@ class SamSegmenter(nn.Module):
 
     ``images`` are ``B x 3 x S x S`` (or ``B x 1 x S x S`` grey, repeated to three
     channels) with values in 0-255; the pixel normalisation that belongs to the weights
-    (``pixel_norm``) is applied here. When no encoder parameter requires grad, the
-    encoder runs without autograd.
+    (``pixel_norm``) is applied here. ``valid`` (``B x 2``: rows, columns of real pixels
+    at the top left, the rest letterbox padding) makes the padding zero after
+    normalisation, as SAM's and LiteMedSAM's own preprocessing pad the normalised image,
+    and restricts ``minmax`` statistics to the real pixels. When no encoder parameter
+    requires grad, the encoder runs without autograd.
     """
 
     def __init__(
@@ -67,7 +72,7 @@ class SamSegmenter(nn.Module):
 
     # -- configuration -------------------------------------------------------------
     def set_pixel_norm(self, name: str) -> None:
-        """Use the named pixel normalisation (``sam`` or ``unit``)."""
+        """Use the named pixel normalisation (``sam``, ``unit`` or ``minmax``)."""
         if name not in PIXEL_NORMS:
             raise ValueError(f"unknown pixel normalisation {name!r}; expected one of {sorted(PIXEL_NORMS)}")
         mean, std = PIXEL_NORMS[name]
@@ -98,8 +103,8 @@ class SamSegmenter(nn.Module):
         return self
 
     # -- the three stages ----------------------------------------------------------
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """Validate and normalise ``B x {1,3} x S x S`` 0-255 images."""
+    def preprocess(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Validate and normalise ``B x {1,3} x S x S`` 0-255 images (``valid``: see the class)."""
         if images.ndim != 4 or images.shape[1] not in (1, 3):
             raise ValueError(
                 f"images must be B x 3 x {self.image_size} x {self.image_size} (or 1 channel), got {tuple(images.shape)}"
@@ -113,11 +118,26 @@ class SamSegmenter(nn.Module):
             images = images.expand(-1, 3, -1, -1)
         if not images.is_floating_point():  # uint8 straight from the data loader
             images = images.to(self.pixel_mean.dtype)
-        return (images - self.pixel_mean) / self.pixel_std
+        inside = None
+        if valid is not None:
+            valid = torch.as_tensor(valid, device=images.device).view(-1, 2)
+            rows = torch.arange(images.shape[-2], device=images.device)
+            cols = torch.arange(images.shape[-1], device=images.device)
+            inside = (rows[None, :, None] < valid[:, 0, None, None]) & (cols[None, None, :] < valid[:, 1, None, None])
+            inside = inside[:, None]  # B x 1 x S x S
+        if self.pixel_norm == "minmax":
+            real = images if inside is None else images.masked_fill(~inside, float("inf"))
+            lo = real.amin(dim=(1, 2, 3), keepdim=True)
+            real = images if inside is None else images.masked_fill(~inside, float("-inf"))
+            hi = real.amax(dim=(1, 2, 3), keepdim=True)
+            x = (images - lo) / (hi - lo).clamp(min=1e-8)
+        else:
+            x = (images - self.pixel_mean) / self.pixel_std
+        return x if inside is None else x * inside
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Image embeddings ``B x C x S/16 x S/16``."""
-        x = self.preprocess(images)
+    def encode(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Image embeddings ``B x C x S/g x S/g`` (``g``: the encoder's stride, 16 or 4)."""
+        x = self.preprocess(images, valid)
         ctx = torch.no_grad() if self.encoder_is_frozen() else contextlib.nullcontext()
         with ctx:
             return self.image_encoder(x)
@@ -130,7 +150,8 @@ class SamSegmenter(nn.Module):
         multimask_output: bool = False,
         with_iou: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Low-resolution logits ``B x M x S/4 x S/4`` (and IoU scores ``B x M``).
+        """Low-resolution logits ``B x M x 4h x 4w`` for an ``h x w`` embedding grid (S/4 for
+        SAM, S for LiteMedSAM) and IoU scores ``B x M``.
 
         Without prompts ``M = K + 1`` class logits; with prompts ``M`` is 1 or 3.
         """
@@ -153,7 +174,8 @@ class SamSegmenter(nn.Module):
         points: tuple[torch.Tensor, torch.Tensor] | None = None,
         boxes: torch.Tensor | None = None,
         multimask_output: bool = False,
+        valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits at the input size, ``B x M x S x S`` (see :meth:`decode`)."""
-        low_res, _ = self.decode(self.encode(images), points, boxes, multimask_output)
+        low_res, _ = self.decode(self.encode(images, valid), points, boxes, multimask_output)
         return F.interpolate(low_res, size=images.shape[-2:], mode="bilinear", align_corners=False)

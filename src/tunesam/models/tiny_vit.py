@@ -1,4 +1,5 @@
-"""TinyViT, MobileSAM's "ViT-T" image encoder, key-compatible with ``mobile_sam.pt``.
+"""TinyViT, MobileSAM's "ViT-T" image encoder, key-compatible with ``mobile_sam.pt`` and
+LiteMedSAM's ``lite_medsam.pth``.
 
 Four stages: a convolutional stage of MBConv blocks, then three stages of windowed
 attention blocks with a depth-wise "local" convolution between attention and MLP. Patch
@@ -7,7 +8,9 @@ the output grid is ``S/16`` like SAM's ViT. Unlike the official code the grid si
 the input size, so inputs other than 1024 work.
 
 The classifier (``norm_head``, ``head``) is unused by SAM; it is kept, frozen, only so the
-official checkpoint loads strictly.
+official checkpoint loads strictly. LiteMedSAM's variant has no classifier and a stride-1
+stem of two 1x1 convolutions (``stem_stride=1``): at its native 256 px input the stages run
+at 256, 128, 64 and 64, the token counts of MobileSAM at 1024, and the output grid is S/4.
 """
 from __future__ import annotations
 
@@ -46,14 +49,21 @@ class Conv2d_BN(nn.Sequential):  # noqa: N801 - official module name, part of th
 
 
 class PatchEmbed(nn.Module):
-    """Two stride-2 convolutions: ``B x 3 x S x S`` -> ``B x D x S/4 x S/4``."""
+    """The stem: ``B x 3 x S x S`` -> ``B x D x S/r x S/r``.
 
-    def __init__(self, in_chans: int, embed_dim: int) -> None:
+    ``stride`` 4 (MobileSAM): two 3x3 stride-2 convolutions; ``stride`` 1 (LiteMedSAM): two
+    1x1 convolutions.
+    """
+
+    def __init__(self, in_chans: int, embed_dim: int, stride: int = 4) -> None:
         super().__init__()
+        if stride not in (1, 4):
+            raise ValueError(f"TinyViT's stem has stride 4 (MobileSAM) or 1 (LiteMedSAM), got {stride}")
+        kernel, step, pad = (3, 2, 1) if stride == 4 else (1, 1, 0)
         self.seq = nn.Sequential(
-            Conv2d_BN(in_chans, embed_dim // 2, 3, 2, 1),
+            Conv2d_BN(in_chans, embed_dim // 2, kernel, step, pad),
             nn.GELU(),
-            Conv2d_BN(embed_dim // 2, embed_dim, 3, 2, 1),
+            Conv2d_BN(embed_dim // 2, embed_dim, kernel, step, pad),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -268,7 +278,10 @@ class BasicLayer(_Stage):
 
 
 class TinyViT(nn.Module):
-    """MobileSAM's image encoder: ``B x 3 x S x S`` -> ``B x out_chans x S/16 x S/16``."""
+    """MobileSAM's image encoder: ``B x 3 x S x S`` -> ``B x out_chans x S/g x S/g``.
+
+    ``g`` is 16 with the stride-4 stem (MobileSAM), 4 with the stride-1 stem (LiteMedSAM).
+    """
 
     def __init__(
         self,
@@ -283,14 +296,16 @@ class TinyViT(nn.Module):
         mbconv_expand_ratio: float = 4.0,
         local_conv_size: int = 3,
         out_chans: int = 256,
+        stem_stride: int = 4,
+        classifier: bool = True,
     ) -> None:
         super().__init__()
         if len(embed_dims) != 4:
             raise ValueError("TinyViT has exactly four stages")
         self.img_size = img_size
-        self.patch_embed = PatchEmbed(in_chans, embed_dims[0])
-        res = img_size // 4
-        # Stage i runs at S/4 / 2**i except the last, which keeps the third's resolution.
+        self.patch_embed = PatchEmbed(in_chans, embed_dims[0], stem_stride)
+        res = img_size // stem_stride
+        # Stage i runs at S/r / 2**i except the last, which keeps the third's resolution.
         resolutions = [res, res // 2, res // 4, res // 4]
         self.out_grid = resolutions[-1]
         self.layers = nn.ModuleList()
@@ -308,8 +323,11 @@ class TinyViT(nn.Module):
                     mlp_ratio, local_conv_size, downsample,
                 )
             self.layers.append(layer)
-        self.norm_head = nn.LayerNorm(embed_dims[-1])
-        self.head = nn.Linear(embed_dims[-1], num_classes)
+        self.norm_head: nn.Module | None = None
+        self.head: nn.Module | None = None
+        if classifier:
+            self.norm_head = nn.LayerNorm(embed_dims[-1])
+            self.head = nn.Linear(embed_dims[-1], num_classes)
         self.apply(self._init_weights)
         self.neck = make_neck(embed_dims[-1], out_chans)
 

@@ -172,7 +172,7 @@ def apply_strategy(model: SamSegmenter, strategy: Strategy) -> SamSegmenter:
         if i not in heads:
             _set_trainable(decoder.output_hypernetworks_mlps[i], False)
             frozen[f"mask_decoder.output_hypernetworks_mlps.{i}"] = f"output head unused in {s.mode} mode"
-    if isinstance(model.image_encoder, TinyViT):
+    if isinstance(model.image_encoder, TinyViT) and model.image_encoder.head is not None:
         _set_trainable(model.image_encoder.head, False)
         _set_trainable(model.image_encoder.norm_head, False)
         frozen["image_encoder.norm_head, image_encoder.head"] = "MobileSAM's unused classifier (kept to load strictly)"

