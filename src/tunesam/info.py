@@ -41,22 +41,28 @@ def count_parameters(model: nn.Module) -> dict[str, Any]:
 
 
 def describe(
-    arch: str,
+    arch: str | None,
     strategy: Strategy,
     num_classes: int = 1,
-    image_size: int = 1024,
+    image_size: int | None = None,
     checkpoint: str | Path | None = None,
 ) -> dict[str, Any]:
     """Build the model (on the ``meta`` device unless weights are given), apply the
-    strategy, and report its parameters, frozen parts and what loading did."""
+    strategy, and report its parameters, frozen parts and what loading did.
+
+    ``arch`` ``None`` is read from the checkpoint; ``image_size`` defaults to the
+    architecture's native input."""
     if checkpoint is None:
+        if arch is None:
+            raise ValueError("give --arch (or a --checkpoint to read the architecture from)")
         with torch.device("meta"):
             model = build_sam(arch, num_classes, image_size)
     else:
         model = build_model(arch, checkpoint, num_classes, image_size)
+    image_size = model.image_size
     apply_strategy(model, strategy)
     out: dict[str, Any] = {
-        "arch": arch,
+        "arch": model.arch,
         "tune": strategy.tune,
         "method": strategy.method,
         "mode": strategy.mode,

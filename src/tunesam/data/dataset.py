@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import Dataset
 
 from tunesam.data.augment import augment as augment_slice
@@ -28,17 +29,27 @@ def letterbox_shape(h: int, w: int, size: int) -> tuple[int, int]:
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
+INTERPOLATIONS = ("bilinear", "nearest", "area")
+
+
 def letterbox_image(image: np.ndarray | torch.Tensor, size: int, mode: str = "bilinear") -> torch.Tensor:
     """``h x w`` uint8 (0-255) -> ``1 x size x size`` uint8, resized and zero-padded.
 
-    uint8 keeps DataLoader traffic four times smaller than float; the model takes 0-255
-    input of any dtype.
+    ``mode``: ``bilinear`` (anti-aliased when shrinking), ``nearest`` (the paper's reference
+    code), or ``area``: pixel-area averaging when shrinking and bilinear when enlarging, as
+    OpenCV's ``INTER_AREA`` that LiteMedSAM's own preprocessing uses. uint8 keeps DataLoader
+    traffic four times smaller than float; the model takes 0-255 input of any dtype.
     """
+    if mode not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {mode!r}")
     img = torch.tensor(np.asarray(image), dtype=torch.uint8)[None, None]
     h, w = img.shape[-2:]
     rh, rw = letterbox_shape(h, w, size)
     if (rh, rw) != (h, w):
-        if mode == "nearest":
+        if mode == "area" and rh <= h and rw <= w:
+            small = Image.fromarray(img[0, 0].numpy()).resize((rw, rh), Image.Resampling.BOX)
+            img = torch.from_numpy(np.asarray(small).copy())[None, None]
+        elif mode == "nearest":
             img = F.interpolate(img, size=(rh, rw), mode="nearest-exact")
         else:
             img = F.interpolate(img, size=(rh, rw), mode="bilinear", align_corners=False, antialias=rh < h)
@@ -76,7 +87,8 @@ class SliceDataset(Dataset):
         image_size: the model's input side S.
         include_empty: keep slices whose mask is empty (default: only for ``test``).
         rows: explicit store rows (e.g. a few-shot sample) instead of the whole split.
-        interpolation: ``bilinear`` (default) or ``nearest`` for images.
+        interpolation: image resize, ``bilinear`` (default), ``nearest`` or ``area`` (see
+            :func:`letterbox_image`).
         augment: apply the training augmentation (histogram equalisation, jitter).
         mode: ``auto``, or ``box``/``point``: each item then prompts one connected component
             of one class (``box`` 4 floats x0 y0 x1 y1, ``point`` 2 floats x y, in model-input

@@ -20,12 +20,15 @@ class TrainConfig:
     """Everything a training run depends on; written to ``RUN/config.yaml`` resolved.
 
     ``epochs``, ``patience`` and ``batch_size`` default to the paper's recipe (200 / 20 / 4,
-    or 1000 / none / 2 with ``few_shot``); ``patience`` 0 disables early stopping.
+    or 1000 / none / 2 with ``few_shot``); ``patience`` 0 disables early stopping. ``arch``
+    ``None`` is read from the checkpoint; ``image_size`` defaults to the architecture's native
+    input (1024, LiteMedSAM 256), ``pixel_norm`` to the one that belongs to the weights and
+    ``interpolation`` (the image resize to the input) to the architecture's (LiteMedSAM: area).
     """
 
     data: str
     out: str
-    arch: str
+    arch: str | None
     tune: str
     method: str
     checkpoint: str | None = None
@@ -41,13 +44,13 @@ class TrainConfig:
     weight_decay: float = 0.1
     warmup: int = 200
     constant_lr: bool = False
-    image_size: int = 1024
+    image_size: int | None = None
     device: str = "auto"
     seed: int = 0
     num_workers: int | None = None
     checkpointing: bool = False
     tensorboard: bool = False
-    interpolation: str = "bilinear"
+    interpolation: str | None = None
 
     def __post_init__(self) -> None:
         self.strategy()  # validates tune / method / mode
@@ -61,17 +64,30 @@ class TrainConfig:
             raise ValueError(f"--lr must be positive, got {self.lr}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"--device must be auto, cpu or cuda, got {self.device!r}")
-        if self.interpolation not in ("bilinear", "nearest"):
-            raise ValueError("--interpolation must be bilinear or nearest")
+        if self.interpolation not in (None, "bilinear", "nearest", "area"):
+            raise ValueError("--interpolation must be bilinear, nearest or area")
 
     def strategy(self) -> Strategy:
         return Strategy(self.tune, self.method, self.mode, self.adapter_blocks, lora_rank=self.lora_rank)
 
     def resolved(self) -> TrainConfig:
-        """Recipe defaults filled in."""
+        """Recipe defaults filled in; a named checkpoint resolved to its (verified) file."""
+        from tunesam.models.build import infer_arch, pixel_norm_rule
+        from tunesam.models.known import resolve_checkpoint
+        from tunesam.models.registry import get_spec
+
         recipe = FEW_SHOT if self.few_shot else FULL
+        checkpoint = str(resolve_checkpoint(self.checkpoint)) if self.checkpoint else None
+        if not self.arch and checkpoint is None:
+            raise ValueError("give --arch (or a --checkpoint to read the architecture from)")
+        arch = self.arch or infer_arch(checkpoint)  # type: ignore[arg-type]
         return dataclasses.replace(
             self,
+            arch=arch,
+            checkpoint=checkpoint,
+            image_size=self.image_size or get_spec(arch).native_size,
+            pixel_norm=self.pixel_norm or pixel_norm_rule(arch, checkpoint)[0],
+            interpolation=self.interpolation or get_spec(arch).interpolation,
             epochs=self.epochs or recipe["epochs"],
             patience=recipe["patience"] if self.patience is None else self.patience,
             batch_size=self.batch_size or recipe["batch_size"],

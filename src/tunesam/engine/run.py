@@ -60,6 +60,7 @@ def load_run_model(run: Run, which: str = "best", device: str | torch.device = "
         if sha256_of(checkpoint) != base["sha256"]:
             raise DataError(f"{checkpoint} has changed since {run.folder} was trained on it (sha256 differs)")
     model = build_model(cfg.arch, checkpoint, run.num_classes, cfg.image_size, cfg.pixel_norm)
+    model.interpolation = cfg.interpolation or "bilinear"  # runs from before the option had a default
     apply_strategy(model, cfg.strategy())
     load_trained(model, weights, meta_path=run.folder / "weights" / "base.json")
     return model.to(device).eval()

@@ -75,6 +75,7 @@ def _prepare_run_folder(cfg: TrainConfig, resume: bool) -> Path:
 
 def _make_model(cfg: TrainConfig, num_classes: int, device: torch.device) -> SamSegmenter:
     model = build_model(cfg.arch, cfg.checkpoint, num_classes, cfg.image_size, cfg.pixel_norm)
+    model.interpolation = cfg.interpolation
     apply_strategy(model, cfg.strategy())
     model.image_encoder.grad_checkpointing = cfg.checkpointing
     return model.to(device)
@@ -115,13 +116,14 @@ def _loader(ds: SliceDataset, cfg: TrainConfig, ctx: D.Context, device: torch.de
 def _forward_loss(model: torch.nn.Module, batch: dict[str, Any], mode: str, device: torch.device) -> torch.Tensor:
     images = batch["image"].to(device, non_blocking=True)
     target = batch["mask"].to(device, non_blocking=True).long()
+    valid = batch["valid"].to(device)
     if mode == "auto":
-        return dice_ce_loss(model(images), target)
+        return dice_ce_loss(model(images, valid=valid), target)
     if mode == "box":
-        logits = model(images, boxes=batch["box"].to(device))
+        logits = model(images, boxes=batch["box"].to(device), valid=valid)
     else:
         pts = batch["point"].to(device)[:, None, :]
-        logits = model(images, points=(pts, torch.ones(pts.shape[:2], dtype=torch.long, device=device)))
+        logits = model(images, points=(pts, torch.ones(pts.shape[:2], dtype=torch.long, device=device)), valid=valid)
     return dice_bce_loss(logits, target)
 
 
@@ -134,15 +136,16 @@ def _validate(model: torch.nn.Module, loader: DataLoader, mode: str, num_classes
     sums = torch.zeros(len(classes), 2, dtype=torch.float64)  # (sum of DSC, images scored)
     for batch in loader:
         images = batch["image"].to(device)
+        valid = batch["valid"].to(device)
         with D.autocast_for(device):
             if mode == "auto":
-                pred = model(images).argmax(1).cpu()
+                pred = model(images, valid=valid).argmax(1).cpu()
             elif mode == "box":
-                pred = (model(images, boxes=batch["box"].to(device))[:, 0] > 0).long().cpu()
+                pred = (model(images, boxes=batch["box"].to(device), valid=valid)[:, 0] > 0).long().cpu()
             else:
                 pts = batch["point"].to(device)[:, None, :]
                 lab = torch.ones(pts.shape[:2], dtype=torch.long, device=device)
-                pred = (model(images, points=(pts, lab))[:, 0] > 0).long().cpu()
+                pred = (model(images, points=(pts, lab), valid=valid)[:, 0] > 0).long().cpu()
         target = batch["mask"].long()
         for b in range(len(target)):
             rh, rw = batch["valid"][b].tolist()

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tunesam.data.dataset import letterbox_image, letterbox_mask, letterbox_shape, unletterbox
+from tunesam.data.dataset import letterbox_image, letterbox_shape, unletterbox
 from tunesam.data.prompts import components, simulate
 from tunesam.data.readers import DataError
 from tunesam.data.store import PreparedData
@@ -53,49 +53,60 @@ def predict_rows(
     for start in range(0, len(rows), batch_size):
         chunk = [int(r) for r in rows[start : start + batch_size]]
         slices = [data.slice(r)[0] for r in chunk]
-        batch = torch.stack([letterbox_image(s, size) for s in slices]).to(device)
+        batch = torch.stack([letterbox_image(s, size, model.interpolation) for s in slices]).to(device)
+        valids = [letterbox_shape(*s.shape, size) for s in slices]
         with torch.no_grad(), autocast_for(device):
-            logits = model(batch)
-        for r, s, lg in zip(chunk, slices, logits):
-            valid = letterbox_shape(*s.shape, size)
+            logits = model(batch, valid=torch.tensor(valids, device=device))
+        for r, s, lg, valid in zip(chunk, slices, logits, valids):
             yield r, unletterbox(lg, valid, s.shape).argmax(0).to(torch.uint8).cpu().numpy()
 
 
 def _prompted_masks(
-    model: SamSegmenter, image: np.ndarray, ref: np.ndarray, mode: str, device: torch.device, multimask: bool
+    model: SamSegmenter, image: np.ndarray, ref: np.ndarray, mode: str, device: torch.device, multimask: bool,
+    embedding: torch.Tensor | None = None,
 ) -> dict[str, dict[int, np.ndarray]]:
-    """Per variant, per class: the union of the masks predicted for each component's prompt."""
+    """Per variant, per class: the union of the masks predicted for each component's prompt.
+
+    Components and their prompts are taken on the stored (native) slice, as a user would draw
+    them, then scaled into the model's input like SAM's own ``ResizeLongestSide`` (times
+    ``S / max(h, w)``). ``embedding`` (``1 x C x g x g``) skips the encoder when given.
+    """
     size = model.image_size
     valid = letterbox_shape(*image.shape, size)
-    lb_ref = letterbox_mask(ref, size).numpy()
+    scale = size / max(image.shape)
     out: dict[str, dict[int, np.ndarray]] = {v: {} for v in (MULTIMASK_VARIANTS if multimask else ("single",))}
+
+    def native(low: torch.Tensor) -> torch.Tensor:  # n x g' x g' logits -> n x h x w booleans
+        full = F.interpolate(low[:, None].float(), size=(size, size), mode="bilinear", align_corners=False)
+        return torch.stack([unletterbox(m, valid, image.shape)[0] > 0 for m in full])
+
     with torch.no_grad(), autocast_for(device):
-        emb = model.encode(letterbox_image(image, size)[None].to(device))
-        for c in [int(v) for v in np.unique(lb_ref) if v != 0]:
-            labels, n = components(lb_ref == c)
-            prompts = [simulate(labels == k, mode, size, None) for k in range(1, n + 1)]
+        emb = embedding.to(device) if embedding is not None else model.encode(
+            letterbox_image(image, size, model.interpolation)[None].to(device), torch.tensor([valid], device=device))
+        for c in [int(v) for v in np.unique(ref) if v != 0]:
+            labels, n = components(ref == c)
+            prompts = [simulate(labels == k, mode, max(image.shape), None) for k in range(1, n + 1)]
             if mode == "box":
-                kw: dict[str, Any] = {"boxes": torch.tensor([p.box for p in prompts], device=device)}
+                kw: dict[str, Any] = {"boxes": torch.tensor([p.box for p in prompts], device=device) * scale}
             else:
-                pts = torch.tensor([[p.point] for p in prompts], device=device)
+                pts = torch.tensor([[p.point] for p in prompts], device=device) * scale
                 kw = {"points": (pts, torch.ones(pts.shape[:2], dtype=torch.long, device=device))}
             single, _ = model.decode(emb, **kw)
-            variants = {"single": single[:, 0]}
+            variants = {"single": native(single[:, 0])}
             if multimask:
                 multi, iou = model.decode(emb, multimask_output=True, with_iou=True, **kw)
-                variants["highest_iou"] = multi[torch.arange(n), iou.argmax(1)]
-                comp_ref = torch.from_numpy(np.stack([labels == k for k in range(1, n + 1)])).to(device)
-                up = F.interpolate(multi.float(), size=(size, size), mode="bilinear", align_corners=False) > 0
-                scores = torch.stack([_dice_t(up[:, j], comp_ref) for j in range(multi.shape[1])], 1)
-                variants["oracle"] = multi[torch.arange(n), scores.argmax(1)]
-            for name, low in variants.items():
-                full = F.interpolate(low[:, None].float(), size=(size, size), mode="bilinear", align_corners=False)
-                masks = [unletterbox(m, valid, image.shape)[0] > 0 for m in full]
-                out[name][c] = torch.stack(masks).any(0).cpu().numpy()
+                outs = [native(multi[:, j]) for j in range(multi.shape[1])]  # each n x h x w
+                variants["highest_iou"] = torch.stack(outs, 1)[torch.arange(n), iou.argmax(1).cpu()]
+                comp_ref = torch.from_numpy(np.stack([labels == k for k in range(1, n + 1)]))
+                scores = torch.stack([_dice_t(o.cpu(), comp_ref) for o in outs], 1)
+                variants["oracle"] = torch.stack(outs, 1)[torch.arange(n), scores.argmax(1)]
+            for name, masks in variants.items():
+                out[name][c] = masks.any(0).cpu().numpy()
     return out
 
 
 def _dice_t(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """DSC of boolean ``n x ...`` masks, per item."""
     inter = (a & b).flatten(1).sum(1).float()
     return 2 * inter / (a.flatten(1).sum(1) + b.flatten(1).sum(1)).clamp(min=1).float()
 
@@ -238,10 +249,14 @@ def evaluate_run(run_folder: str | Path, data: str | Path | None = None, split: 
     return metrics
 
 
-def evaluate_checkpoint(checkpoint: str | Path, arch: str, data: str | Path, mode: str, split: str = "test",
-                        image_size: int = 1024, pixel_norm: str | None = None, device: str = "auto",
+def evaluate_checkpoint(checkpoint: str | Path, arch: str | None, data: str | Path, mode: str, split: str = "test",
+                        image_size: int | None = None, pixel_norm: str | None = None, device: str = "auto",
                         out: str | Path | None = None) -> dict[str, Any]:
-    """Score an un-fine-tuned SAM-format checkpoint with prompts (single, highest-IoU, oracle)."""
+    """Score an un-fine-tuned SAM-format checkpoint with prompts (single, highest-IoU, oracle).
+
+    ``checkpoint`` may be a known name (``litemedsam``); ``arch`` ``None`` is read from the
+    file, ``image_size`` ``None`` is the architecture's native input.
+    """
     from tunesam.models.build import build_model
 
     if mode not in ("box", "point"):
@@ -249,7 +264,8 @@ def evaluate_checkpoint(checkpoint: str | Path, arch: str, data: str | Path, mod
     prepared = PreparedData.open(data)
     model = build_model(arch, checkpoint, 1, image_size, pixel_norm)
     metrics = evaluate_model(model, prepared, split, mode, device, multimask=True)
-    metrics.update({"checkpoint": str(checkpoint), "arch": arch, "data": str(prepared.folder.resolve())})
+    metrics.update({"checkpoint": str(checkpoint), "arch": model.arch, "image_size": model.image_size,
+                    "pixel_norm": model.pixel_norm, "data": str(prepared.folder.resolve())})
     if out is not None:
         write_json(out, metrics)
     return metrics

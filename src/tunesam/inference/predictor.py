@@ -109,7 +109,7 @@ class Predictor:
         shape = stored_shape(*sl.shape, self.pre.size)
         stored = downsample_images(sl[None], shape)[0]
         size = self.model.image_size
-        return letterbox_image(stored, size), letterbox_shape(*stored.shape, size)
+        return letterbox_image(stored, size, self.model.interpolation), letterbox_shape(*stored.shape, size)
 
     def segment_slices(self, slices: np.ndarray, want_probs: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """Automated mode: ``n x h x w`` uint8 slices -> labels (and ``C x n x h x w`` probabilities)."""
@@ -119,8 +119,9 @@ class Predictor:
         for start in range(0, n, self.batch_size):
             items = [self._model_input(slices[i]) for i in range(start, min(n, start + self.batch_size))]
             batch = torch.stack([x for x, _ in items]).to(self.device)
+            valids = torch.tensor([v for _, v in items], device=self.device)
             with torch.no_grad(), autocast_for(self.device):
-                logits = self.model(batch)
+                logits = self.model(batch, valid=valids)
             for j, ((_, valid), lg) in enumerate(zip(items, logits)):
                 native = unletterbox(lg, valid, (h, w))
                 labels[start + j] = native.argmax(0).to(torch.uint8).cpu().numpy()
@@ -149,7 +150,7 @@ class Predictor:
             else:
                 raise DataError(f"{where}: prompt {k} has neither 'box' nor 'points'")
             with torch.no_grad(), autocast_for(self.device):
-                logits = self.model(x[None].to(self.device), **kw)[0]
+                logits = self.model(x[None].to(self.device), valid=torch.tensor([valid], device=self.device), **kw)[0]
             mask = (unletterbox(logits, valid, (h, w))[0] > 0).cpu().numpy()
             labels[i][mask] = int(p.get("label", 1))
         return labels

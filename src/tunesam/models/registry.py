@@ -23,7 +23,8 @@ class ArchSpec:
     ``classifier`` tell MobileSAM's TinyViT from LiteMedSAM's). ``patch_size`` is the
     encoder's total stride (input pixels per embedding cell); ``native_size`` the input the
     published weights were trained at, the default input; ``pixel_norm`` the intensity
-    normalisation those weights expect.
+    normalisation those weights expect and ``interpolation`` the image resize of their own
+    preprocessing.
     """
 
     name: str
@@ -48,6 +49,7 @@ class ArchSpec:
     classifier: bool = True
     native_size: int = 1024
     pixel_norm: str = "sam"
+    interpolation: str = "bilinear"
     official_checkpoints: tuple[str, ...] = field(default=())
     test_only: bool = False
 
@@ -77,7 +79,7 @@ ARCHS: dict[str, ArchSpec] = {
             "litemedsam", "tinyvit", "LiteMedSAM (TinyViT-5M, stride-1 stem, input 256)",
             embed_dims=(64, 128, 160, 320), depths=(2, 2, 6, 2), stage_heads=(2, 4, 5, 10),
             window_sizes=(7, 7, 14, 7), stem_stride=1, classifier=False, patch_size=4, native_size=256,
-            pixel_norm="minmax", official_checkpoints=("lite_medsam.pth",),
+            pixel_norm="minmax", interpolation="area", official_checkpoints=("lite_medsam.pth",),
         ),
         # Tiny variants for fast CPU tests: same code paths (windows with padding, global
         # attention, several heads, every TinyViT stage), a few thousand parameters.
@@ -95,7 +97,7 @@ ARCHS: dict[str, ArchSpec] = {
         ArchSpec(
             "litemedsam_test", "tinyvit", "test-only tiny LiteMedSAM-style TinyViT", embed_dims=(8, 16, 24, 32),
             depths=(1, 2, 2, 2), stage_heads=(1, 2, 2, 2), window_sizes=(2, 2, 3, 2), stem_stride=1,
-            classifier=False, patch_size=4, native_size=64, pixel_norm="minmax", prompt_dim=32,
+            classifier=False, patch_size=4, native_size=64, pixel_norm="minmax", interpolation="area", prompt_dim=32,
             decoder_mlp_dim=64, decoder_heads=2, mask_in_chans=8, iou_hidden_dim=32, test_only=True,
         ),
     )
@@ -152,7 +154,9 @@ def build_sam(
         num_multimask_outputs=max(3, num_classes + 1),
         iou_head_hidden_dim=spec.iou_hidden_dim,
     )
-    return SamSegmenter(
+    model = SamSegmenter(
         build_image_encoder(spec, image_size), prompt_encoder, decoder,
         num_classes=num_classes, pixel_norm=pixel_norm, arch=arch,
     )
+    model.interpolation = spec.interpolation
+    return model

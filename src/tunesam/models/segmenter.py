@@ -65,6 +65,9 @@ class SamSegmenter(nn.Module):
         self.strategy: object | None = None  # set by tunesam.peft.apply_strategy
         self.frozen_parts: dict[str, str] = {}
         self.load_report: object | None = None  # set by tunesam.build_model
+        # How images are resized to the input (tunesam.data.dataset.letterbox_image); set by
+        # the registry from the architecture, by a run from its configuration.
+        self.interpolation = "bilinear"
         self.pixel_norm = ""
         self.register_buffer("pixel_mean", torch.zeros(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.ones(3, 1, 1), persistent=False)
@@ -170,12 +173,22 @@ class SamSegmenter(nn.Module):
 
     def forward(
         self,
-        images: torch.Tensor,
+        images: torch.Tensor | None,
         points: tuple[torch.Tensor, torch.Tensor] | None = None,
         boxes: torch.Tensor | None = None,
         multimask_output: bool = False,
         valid: torch.Tensor | None = None,
+        embeddings: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits at the input size, ``B x M x S x S`` (see :meth:`decode`)."""
-        low_res, _ = self.decode(self.encode(images, valid), points, boxes, multimask_output)
-        return F.interpolate(low_res, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        """Logits at the input size, ``B x M x S x S`` (see :meth:`decode`).
+
+        ``embeddings`` (from :meth:`encode`, e.g. cached for a frozen encoder) replace
+        ``images``, which may then be ``None``.
+        """
+        if embeddings is None:
+            if images is None:
+                raise ValueError("give images or their embeddings")
+            embeddings = self.encode(images, valid)
+        low_res, _ = self.decode(embeddings, points, boxes, multimask_output)
+        size = (self.image_size, self.image_size)
+        return F.interpolate(low_res, size=size, mode="bilinear", align_corners=False)
