@@ -6,6 +6,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from tunesam.models.known import LITEMEDSAM
 from tunesam.models.registry import ARCHS
 from tunesam.peft.strategy import ADAPTER_BLOCKS, METHODS, MODES, TUNES, Strategy
 
@@ -86,6 +87,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         warmup=args.warmup, constant_lr=args.constant_lr, image_size=args.image_size, device=args.device,
         seed=args.seed, num_workers=args.num_workers, checkpointing=args.checkpointing,
         tensorboard=args.tensorboard, interpolation=args.interpolation,
+        cache_embeddings=args.cache_embeddings, embedding_cache=args.embedding_cache,
     )
     run = train(cfg, resume=args.resume)
     print(f"run written to {run}")
@@ -101,8 +103,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if not (args.data and args.mode):
             raise ValueError("--checkpoint needs --data and --mode box|point (and --arch unless it can be read "
                              "from the file)")
+        cache = None
+        if args.cache_embeddings or args.embedding_cache:
+            cache = args.embedding_cache or f"{args.data}/embeddings"
         metrics = evaluate_checkpoint(args.checkpoint, args.arch, args.data, args.mode, args.split,
-                                      args.image_size, args.pixel_norm, args.device, args.out)
+                                      args.image_size, args.pixel_norm, args.device, args.out, cache)
     elif args.run:
         metrics = evaluate_run(args.run, args.data, args.split, args.mode, args.device, args.batch_size)
     else:
@@ -128,7 +133,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("tunesam.prepare").setLevel(logging.WARNING)
-    demo(args.out, args.checkpoint, args.epochs, args.image_size, args.device, args.force)
+    demo(args.out, args.checkpoint, args.epochs, args.image_size, args.device, args.force, args.arch)
     return 0
 
 
@@ -196,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--interpolation", choices=["bilinear", "nearest", "area"],
                     help="image resize to the model input (default: the architecture's: bilinear; litemedsam area, "
                          "as its own preprocessing)")
+    tr.add_argument("--cache-embeddings", action="store_true",
+                    help="decoder-only strategies: compute the frozen encoder's embeddings once and train on them "
+                         "(many times faster; the images are then not augmented)")
+    tr.add_argument("--embedding-cache", metavar="DIR", help="where they are kept (default: DATA/embeddings)")
     tr.add_argument("--device", default="auto", help="auto, cpu or cuda")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--num-workers", type=int, help="data loader workers (default: up to 4)")
@@ -215,6 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--image-size", type=int, help=IMAGE_SIZE_HELP)
     ev.add_argument("--pixel-norm", choices=PIXEL_NORMS, help=PIXEL_NORM_HELP)
     ev.add_argument("--out", help="with --checkpoint: write the metrics JSON here")
+    ev.add_argument("--cache-embeddings", action="store_true",
+                    help="with --checkpoint: keep the encoder's embeddings in DATA/embeddings for reuse by "
+                         "decoder-only training on the same weights (a run trained with the cache uses it anyway)")
+    ev.add_argument("--embedding-cache", metavar="DIR", help="with --checkpoint: the cache folder")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--batch-size", type=int, default=8)
     ev.set_defaults(func=_cmd_evaluate)
@@ -231,11 +244,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=int, default=8)
     pr.set_defaults(func=_cmd_predict)
 
-    dm = sub.add_parser("demo", help="the whole pipeline on the embedded MNI152 example (CPU, minutes)")
+    dm = sub.add_parser("demo", help="the whole pipeline on the embedded MNI152 example (CPU, minutes)",
+                        description="Prepare the MNI152 example; from LiteMedSAM's weights (when installed: "
+                                    f"{LITEMEDSAM.how_to_get}) or --checkpoint, score them zero-shot with boxes and "
+                                    "fine-tune the decoder for automated grey/white matter; without weights, train "
+                                    "ViT-T from random weights. Evaluate on the test slabs and draw overlays.")
     dm.add_argument("--out", default="tunesam-demo")
-    dm.add_argument("--checkpoint", help="start from these SAM-format weights (vit_t: mobile_sam.pt)")
-    dm.add_argument("--epochs", type=int, default=14)
-    dm.add_argument("--image-size", type=int, default=224)
+    dm.add_argument("--checkpoint", help="start from these weights instead (default: litemedsam when installed)")
+    dm.add_argument("--arch", choices=list(ARCHS), metavar="ARCH", help="with --checkpoint: default read from it")
+    dm.add_argument("--epochs", type=int, help="default 10 from pretrained weights, 14 from random")
+    dm.add_argument("--image-size", type=int, help="default: the weights' native input (random weights: 224)")
     dm.add_argument("--device", default="auto")
     dm.add_argument("--force", action="store_true", help="replace an earlier demo in --out")
     dm.set_defaults(func=_cmd_demo)

@@ -89,7 +89,10 @@ class SliceDataset(Dataset):
         rows: explicit store rows (e.g. a few-shot sample) instead of the whole split.
         interpolation: image resize, ``bilinear`` (default), ``nearest`` or ``area`` (see
             :func:`letterbox_image`).
-        augment: apply the training augmentation (histogram equalisation, jitter).
+        augment: training randomness: random prompts and, with ``augment_images``, the image
+            augmentation (histogram equalisation, brightness/contrast jitter).
+        augment_images: augment the pixels when ``augment`` is set (off when a frozen
+            encoder's embeddings are cached: they are computed from the plain image).
         mode: ``auto``, or ``box``/``point``: each item then prompts one connected component
             of one class (``box`` 4 floats x0 y0 x1 y1, ``point`` 2 floats x y, in model-input
             pixels) and its ``mask`` is that component (0/1). Prompts are random when
@@ -109,9 +112,11 @@ class SliceDataset(Dataset):
         augment: bool = False,
         mode: str = "auto",
         seed: int = 0,
+        augment_images: bool = True,
     ) -> None:
         self.data = data if isinstance(data, PreparedData) else PreparedData.open(data)
         self.augment = augment
+        self.augment_images = augment_images
         self.mode = mode
         self.seed = seed
         self.epoch = 0
@@ -139,7 +144,7 @@ class SliceDataset(Dataset):
         image, mask = self.data.slice(row)
         h, w = image.shape
         rng = np.random.default_rng([self.seed, epoch, row]) if self.augment else None
-        if rng is not None:
+        if rng is not None and self.augment_images:
             image = augment_slice(image, rng)
         item: dict[str, Any] = {
             "image": letterbox_image(image, self.image_size, self.interpolation),

@@ -24,6 +24,9 @@ class TrainConfig:
     ``None`` is read from the checkpoint; ``image_size`` defaults to the architecture's native
     input (1024, LiteMedSAM 256), ``pixel_norm`` to the one that belongs to the weights and
     ``interpolation`` (the image resize to the input) to the architecture's (LiteMedSAM: area).
+    ``cache_embeddings`` computes a frozen encoder's embeddings once (in ``embedding_cache``,
+    default ``DATA/embeddings``) and trains the decoder on them; the images are then not
+    augmented (the paper's histogram equalisation and brightness/contrast jitter are off).
     """
 
     data: str
@@ -51,6 +54,8 @@ class TrainConfig:
     checkpointing: bool = False
     tensorboard: bool = False
     interpolation: str | None = None
+    cache_embeddings: bool = False
+    embedding_cache: str | None = None
 
     def __post_init__(self) -> None:
         self.strategy()  # validates tune / method / mode
@@ -64,6 +69,8 @@ class TrainConfig:
             raise ValueError(f"--lr must be positive, got {self.lr}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        if self.cache_embeddings and self.tune != "decoder":
+            raise ValueError("--cache-embeddings needs a frozen image encoder: use it with --tune decoder")
         if self.interpolation not in (None, "bilinear", "nearest", "area"):
             raise ValueError("--interpolation must be bilinear, nearest or area")
 
@@ -88,6 +95,8 @@ class TrainConfig:
             image_size=self.image_size or get_spec(arch).native_size,
             pixel_norm=self.pixel_norm or pixel_norm_rule(arch, checkpoint)[0],
             interpolation=self.interpolation or get_spec(arch).interpolation,
+            embedding_cache=(self.embedding_cache or str(Path(self.data) / "embeddings")) if self.cache_embeddings
+            else None,
             epochs=self.epochs or recipe["epochs"],
             patience=recipe["patience"] if self.patience is None else self.patience,
             batch_size=self.batch_size or recipe["batch_size"],

@@ -35,6 +35,7 @@ from tunesam.engine.losses import dice_bce_loss, dice_ce_loss
 from tunesam.engine.schedule import lr_at
 from tunesam.io import atomic_path, atomic_write, write_json
 from tunesam.models.build import build_model
+from tunesam.models.embedding_cache import EmbeddingCache, fill_embedding_cache
 from tunesam.models.segmenter import SamSegmenter
 from tunesam.peft.saving import save_tensors, trained_meta
 from tunesam.peft.strategy import apply_strategy
@@ -97,7 +98,8 @@ def _datasets(data: PreparedData, cfg: TrainConfig) -> tuple[SliceDataset, Slice
     if cfg.few_shot:
         train_rows = few_shot_rows(data, "train", cfg.few_shot, cfg.seed)
         val_rows = few_shot_rows(data, "val", cfg.few_shot, cfg.seed)
-    train = SliceDataset(data, "train", include_empty=True, rows=train_rows, augment=True, **common)
+    train = SliceDataset(data, "train", include_empty=True, rows=train_rows, augment=True,
+                         augment_images=not cfg.cache_embeddings, **common)
     val = SliceDataset(data, "val", include_empty=False, rows=val_rows, **common)
     for ds, name in ((train, "train"), (val, "val")):
         if len(ds) == 0:
@@ -113,39 +115,45 @@ def _loader(ds: SliceDataset, cfg: TrainConfig, ctx: D.Context, device: torch.de
 
 
 # -- one step, one validation ------------------------------------------------------------
-def _forward_loss(model: torch.nn.Module, batch: dict[str, Any], mode: str, device: torch.device) -> torch.Tensor:
-    images = batch["image"].to(device, non_blocking=True)
+def _model_inputs(batch: dict[str, Any], device: torch.device, cache: EmbeddingCache | None) -> dict[str, Any]:
+    """The image (or its cached embedding) part of a model call."""
+    if cache is not None:
+        return {"images": None, "embeddings": cache.get(batch["index"]).to(device, non_blocking=True)}
+    return {"images": batch["image"].to(device, non_blocking=True), "valid": batch["valid"].to(device)}
+
+
+def _forward_loss(model: torch.nn.Module, batch: dict[str, Any], mode: str, device: torch.device,
+                  cache: EmbeddingCache | None = None) -> torch.Tensor:
+    inputs = _model_inputs(batch, device, cache)
     target = batch["mask"].to(device, non_blocking=True).long()
-    valid = batch["valid"].to(device)
     if mode == "auto":
-        return dice_ce_loss(model(images, valid=valid), target)
+        return dice_ce_loss(model(**inputs), target)
     if mode == "box":
-        logits = model(images, boxes=batch["box"].to(device), valid=valid)
+        logits = model(boxes=batch["box"].to(device), **inputs)
     else:
         pts = batch["point"].to(device)[:, None, :]
-        logits = model(images, points=(pts, torch.ones(pts.shape[:2], dtype=torch.long, device=device)), valid=valid)
+        logits = model(points=(pts, torch.ones(pts.shape[:2], dtype=torch.long, device=device)), **inputs)
     return dice_bce_loss(logits, target)
 
 
 @torch.no_grad()
 def _validate(model: torch.nn.Module, loader: DataLoader, mode: str, num_classes: int, device: torch.device,
-              ctx: D.Context) -> float:
+              ctx: D.Context, cache: EmbeddingCache | None = None) -> float:
     """Mean 2D DSC (percent) over val slices per class, then over classes, on the valid region."""
     model.eval()
     classes = range(1, num_classes + 1) if mode == "auto" else range(1, 2)
     sums = torch.zeros(len(classes), 2, dtype=torch.float64)  # (sum of DSC, images scored)
     for batch in loader:
-        images = batch["image"].to(device)
-        valid = batch["valid"].to(device)
+        inputs = _model_inputs(batch, device, cache)
         with D.autocast_for(device):
             if mode == "auto":
-                pred = model(images, valid=valid).argmax(1).cpu()
+                pred = model(**inputs).argmax(1).cpu()
             elif mode == "box":
-                pred = (model(images, boxes=batch["box"].to(device), valid=valid)[:, 0] > 0).long().cpu()
+                pred = (model(boxes=batch["box"].to(device), **inputs)[:, 0] > 0).long().cpu()
             else:
                 pts = batch["point"].to(device)[:, None, :]
                 lab = torch.ones(pts.shape[:2], dtype=torch.long, device=device)
-                pred = (model(images, points=(pts, lab), valid=valid)[:, 0] > 0).long().cpu()
+                pred = (model(points=(pts, lab), **inputs)[:, 0] > 0).long().cpu()
         target = batch["mask"].long()
         for b in range(len(target)):
             rh, rw = batch["valid"][b].tolist()
@@ -266,6 +274,16 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.Context, device: torch.device)
         _write_preprocessing(run, data)
         write_json(run / "weights" / "base.json", trained_meta(model, cfg.checkpoint))
     state = _load_state(run, model, opt) if resume else State()
+    cache = None
+    if cfg.cache_embeddings:
+        assert cfg.embedding_cache is not None
+        rows = np.union1d(train_ds.rows, val_ds.rows)
+        if ctx.is_main:  # one process computes, the others read
+            cache = fill_embedding_cache(model, data, cfg.embedding_cache, rows, device, D.autocast_for(device))
+        if ctx.distributed:
+            torch.distributed.barrier()
+        if cache is None:
+            cache = fill_embedding_cache(model, data, cfg.embedding_cache, rows, device, verbose=False)
     net: torch.nn.Module = model
     if ctx.distributed:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -288,7 +306,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.Context, device: torch.device)
                 g["lr"] = lr
             t_step = time.perf_counter()
             with D.autocast_for(device):
-                loss = _forward_loss(net, batch, cfg.mode, device)
+                loss = _forward_loss(net, batch, cfg.mode, device, cache)
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -298,7 +316,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.Context, device: torch.device)
                 if epoch == state.epoch and i == 1 and device.type == "cpu":  # step 0 includes warm-up
                     _cpu_warning(time.perf_counter() - t_step, total - state.step)
                 _progress(epoch, epochs, i + 1, steps_per_epoch, losses[-1])
-        val_dsc = _validate(net, val_loader, cfg.mode, num_classes, device, ctx)
+        val_dsc = _validate(net, val_loader, cfg.mode, num_classes, device, ctx, cache)
         loss_sum, loss_n = D.all_sum(torch.tensor([sum(losses), len(losses)], dtype=torch.float64), ctx).tolist()
         train_loss = loss_sum / max(1.0, loss_n)
         row = {"epoch": epoch + 1, "train_loss": round(train_loss, 6), "val_dsc": round(val_dsc, 4),

@@ -32,6 +32,7 @@ from tunesam.eval.metrics import (
     score_classes,
 )
 from tunesam.io import write_json
+from tunesam.models.embedding_cache import EmbeddingCache, fill_embedding_cache
 from tunesam.models.segmenter import SamSegmenter
 
 MULTIMASK_VARIANTS = ("single", "highest_iou", "oracle")
@@ -46,17 +47,22 @@ def stored_spacing(case: dict[str, Any]) -> tuple[float, float]:
 
 
 def predict_rows(
-    model: SamSegmenter, data: PreparedData, rows: Sequence[int], device: torch.device, batch_size: int = 8
+    model: SamSegmenter, data: PreparedData, rows: Sequence[int], device: torch.device, batch_size: int = 8,
+    cache: EmbeddingCache | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Automated-mode label maps (uint8, stored slice size) for store ``rows``."""
+    """Automated-mode label maps (uint8, stored slice size) for store ``rows`` (embeddings
+    from ``cache`` when given)."""
     size = model.image_size
     for start in range(0, len(rows), batch_size):
         chunk = [int(r) for r in rows[start : start + batch_size]]
         slices = [data.slice(r)[0] for r in chunk]
-        batch = torch.stack([letterbox_image(s, size, model.interpolation) for s in slices]).to(device)
         valids = [letterbox_shape(*s.shape, size) for s in slices]
         with torch.no_grad(), autocast_for(device):
-            logits = model(batch, valid=torch.tensor(valids, device=device))
+            if cache is not None:
+                logits = model(None, embeddings=cache.get(chunk).to(device))
+            else:
+                batch = torch.stack([letterbox_image(s, size, model.interpolation) for s in slices]).to(device)
+                logits = model(batch, valid=torch.tensor(valids, device=device))
         for r, s, lg, valid in zip(chunk, slices, logits, valids):
             yield r, unletterbox(lg, valid, s.shape).argmax(0).to(torch.uint8).cpu().numpy()
 
@@ -120,16 +126,28 @@ def evaluate_model(
     multimask: bool = False,
     batch_size: int = 8,
     tolerance: float = NSD_TOLERANCE,
+    embedding_cache: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Score ``model`` on a split of ``data``; returns the ``metrics.json`` content."""
+    """Score ``model`` on a split of ``data``; returns the ``metrics.json`` content.
+
+    ``embedding_cache``: a folder where the frozen encoder's embeddings of the split are
+    cached (see :mod:`tunesam.models.embedding_cache`), shared with training and other
+    evaluations of the same encoder.
+    """
     dev = device if isinstance(device, torch.device) else pick_device(device)
     model = model.to(dev).eval()
+    if model.encoder_is_frozen():
+        model.use_inference_encoder()
     labels = {int(k): v for k, v in data.manifest["labels"].items()}
     classes = [c for c in labels if c != 0]
     rows = data.rows(split, include_empty=True)
     if len(rows) == 0:
         raise DataError(f"{data.folder}: the {split} set is empty" +
                         (" (the given split has no test set: use --split val)" if split == "test" else ""))
+    cache = None
+    if embedding_cache is not None:
+        need = rows if mode == "auto" else rows[data.index["nonempty"][rows]]
+        cache = fill_embedding_cache(model, data, embedding_cache, need, dev, autocast_for(dev))
     known = all(c["geometry"].get("spacing_known", True) for c in data.manifest["cases"])
     result: dict[str, Any] = {
         "split": split, "mode": mode, "nsd_tolerance": tolerance, "nsd_unit": "mm" if known else "pixels",
@@ -138,16 +156,16 @@ def evaluate_model(
                        "then over classes. pooled: all pixels of the split's slices together. Percent.",
     }
     if mode == "auto":
-        result.update(_evaluate_auto(model, data, rows, classes, labels, dev, batch_size, tolerance))
+        result.update(_evaluate_auto(model, data, rows, classes, labels, dev, batch_size, tolerance, cache))
     else:
-        result.update(_evaluate_prompted(model, data, rows, classes, labels, mode, dev, multimask, tolerance))
+        result.update(_evaluate_prompted(model, data, rows, classes, labels, mode, dev, multimask, tolerance, cache))
     return result
 
 
-def _evaluate_auto(model, data, rows, classes, labels, device, batch_size, tolerance) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def _evaluate_auto(model, data, rows, classes, labels, device, batch_size, tolerance, cache) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     table, pooled = ScoreTable(labels), PooledScores(labels)
     volumes: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
-    for row, pred in predict_rows(model, data, rows, device, batch_size):
+    for row, pred in predict_rows(model, data, rows, device, batch_size, cache):
         ref = np.asarray(data.slice(row)[1])
         case = data.case(row)
         idx = int(data.index[row]["slice"])
@@ -178,7 +196,7 @@ def _evaluate_auto(model, data, rows, classes, labels, device, batch_size, toler
     return out
 
 
-def _evaluate_prompted(model, data, rows, classes, labels, mode, device, multimask, tolerance) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def _evaluate_prompted(model, data, rows, classes, labels, mode, device, multimask, tolerance, cache) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     tables = {v: ScoreTable(labels) for v in (MULTIMASK_VARIANTS if multimask else ("single",))}
     pooled = PooledScores(labels)
     for row in rows:
@@ -187,7 +205,8 @@ def _evaluate_prompted(model, data, rows, classes, labels, mode, device, multima
         image, ref = (np.asarray(a) for a in data.slice(int(row)))
         case = data.case(int(row))
         spacing = stored_spacing(case)
-        for variant, per_class in _prompted_masks(model, image, ref, mode, device, multimask).items():
+        embedding = cache.get([int(row)]) if cache is not None else None
+        for variant, per_class in _prompted_masks(model, image, ref, mode, device, multimask, embedding).items():
             # a class map per class (prompted masks of different classes may overlap)
             counts = {c: counts_2d(per_class.get(c, np.zeros(ref.shape, bool)), ref == c, spacing, tolerance)
                       for c in classes}
@@ -242,7 +261,10 @@ def evaluate_run(run_folder: str | Path, data: str | Path | None = None, split: 
     mode = mode or run.config.mode
     dev = pick_device(device)
     model = load_run_model(run, "best", dev)
-    metrics = evaluate_model(model, prepared, split, mode, dev, batch_size=batch_size)
+    cache_dir = None
+    if run.config.cache_embeddings and model.encoder_is_frozen():
+        cache_dir = run.config.embedding_cache if data is None else Path(prepared.folder) / "embeddings"
+    metrics = evaluate_model(model, prepared, split, mode, dev, batch_size=batch_size, embedding_cache=cache_dir)
     metrics["run"] = str(Path(run_folder).resolve())
     metrics["data"] = str(prepared.folder.resolve())
     write_json(Path(run_folder) / "metrics.json", metrics)
@@ -251,11 +273,12 @@ def evaluate_run(run_folder: str | Path, data: str | Path | None = None, split: 
 
 def evaluate_checkpoint(checkpoint: str | Path, arch: str | None, data: str | Path, mode: str, split: str = "test",
                         image_size: int | None = None, pixel_norm: str | None = None, device: str = "auto",
-                        out: str | Path | None = None) -> dict[str, Any]:
+                        out: str | Path | None = None, embedding_cache: str | Path | None = None) -> dict[str, Any]:
     """Score an un-fine-tuned SAM-format checkpoint with prompts (single, highest-IoU, oracle).
 
     ``checkpoint`` may be a known name (``litemedsam``); ``arch`` ``None`` is read from the
-    file, ``image_size`` ``None`` is the architecture's native input.
+    file, ``image_size`` ``None`` is the architecture's native input; ``embedding_cache`` as
+    in :func:`evaluate_model`.
     """
     from tunesam.models.build import build_model
 
@@ -263,7 +286,9 @@ def evaluate_checkpoint(checkpoint: str | Path, arch: str | None, data: str | Pa
         raise ValueError("an un-fine-tuned checkpoint is evaluated with --mode box or point")
     prepared = PreparedData.open(data)
     model = build_model(arch, checkpoint, 1, image_size, pixel_norm)
-    metrics = evaluate_model(model, prepared, split, mode, device, multimask=True)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    metrics = evaluate_model(model, prepared, split, mode, device, multimask=True, embedding_cache=embedding_cache)
     metrics.update({"checkpoint": str(checkpoint), "arch": model.arch, "image_size": model.image_size,
                     "pixel_norm": model.pixel_norm, "data": str(prepared.folder.resolve())})
     if out is not None:

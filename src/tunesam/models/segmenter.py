@@ -96,9 +96,11 @@ class SamSegmenter(nn.Module):
         return not any(p.requires_grad for p in self.image_encoder.parameters())
 
     def train(self, mode: bool = True) -> SamSegmenter:
-        """Batch norms whose parameters are frozen keep their running statistics."""
+        """Batch norms whose parameters are frozen keep their running statistics; training
+        drops the inference encoder (see :meth:`use_inference_encoder`)."""
         super().train(mode)
         if mode:
+            self.__dict__.pop("_inference_encoder", None)
             for m in self.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None:
                     if not m.weight.requires_grad:
@@ -138,9 +140,25 @@ class SamSegmenter(nn.Module):
             x = (images - self.pixel_mean) / self.pixel_std
         return x if inside is None else x * inside
 
+    def use_inference_encoder(self) -> SamSegmenter:
+        """Run the (frozen) encoder through a fused inference copy (TinyViT: batch norms folded
+        into the convolutions, channels-last) until :meth:`train` is called. For evaluation,
+        prediction and embedding caches; the model's own weights are untouched."""
+        from tunesam.models.tiny_vit import TinyViT, fuse_for_inference
+
+        if not self.encoder_is_frozen():
+            raise RuntimeError("the inference encoder is for a frozen encoder (evaluation, decoder-only training)")
+        if isinstance(self.image_encoder, TinyViT):
+            object.__setattr__(self, "_inference_encoder", fuse_for_inference(self.image_encoder))
+        return self
+
     def encode(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """Image embeddings ``B x C x S/g x S/g`` (``g``: the encoder's stride, 16 or 4)."""
         x = self.preprocess(images, valid)
+        fast = self.__dict__.get("_inference_encoder")
+        if fast is not None:
+            with torch.no_grad():
+                return fast(x.contiguous(memory_format=torch.channels_last)).contiguous()
         ctx = torch.no_grad() if self.encoder_is_frozen() else contextlib.nullcontext()
         with ctx:
             return self.image_encoder(x)
