@@ -109,7 +109,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         metrics = evaluate_checkpoint(args.checkpoint, args.arch, args.data, args.mode, args.split,
                                       args.image_size, args.pixel_norm, args.device, args.out, cache)
     elif args.run:
-        metrics = evaluate_run(args.run, args.data, args.split, args.mode, args.device, args.batch_size)
+        metrics = evaluate_run(args.run, args.data, args.split, args.mode, args.device, args.batch_size, args.weights)
     else:
         raise ValueError("give a RUN folder, or --checkpoint FILE|litemedsam --data DIR --mode box|point")
     print(format_metrics(metrics))
@@ -228,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --checkpoint: keep the encoder's embeddings in DATA/embeddings for reuse by "
                          "decoder-only training on the same weights (a run trained with the cache uses it anyway)")
     ev.add_argument("--embedding-cache", metavar="DIR", help="with --checkpoint: the cache folder")
+    ev.add_argument("--weights", default="best", choices=["best", "last"],
+                    help="a run's best epoch (by validation DSC) or its last (no selection on the validation set)")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--batch-size", type=int, default=8)
     ev.set_defaults(func=_cmd_evaluate)

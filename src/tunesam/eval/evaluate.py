@@ -249,8 +249,15 @@ def format_metrics(m: dict[str, Any]) -> str:
 
 
 def evaluate_run(run_folder: str | Path, data: str | Path | None = None, split: str = "test",
-                 mode: str | None = None, device: str = "auto", batch_size: int = 8) -> dict[str, Any]:
-    """Evaluate a run's best weights and write ``RUN/metrics.json``."""
+                 mode: str | None = None, device: str = "auto", batch_size: int = 8,
+                 weights: str = "best") -> dict[str, Any]:
+    """Evaluate a run's ``best`` (or ``last``) weights and write ``RUN/metrics.json``.
+
+    ``last`` scores the final epoch without selection on the validation set: the honest
+    choice when the split to score is the validation set itself (lists with no test set).
+    """
+    if weights not in ("best", "last"):
+        raise ValueError(f"--weights must be best or last, got {weights!r}")
     from tunesam.engine.run import load_run_model, open_run
 
     run = open_run(run_folder)
@@ -260,12 +267,13 @@ def evaluate_run(run_folder: str | Path, data: str | Path | None = None, split: 
                         f"{run.labels}: evaluate on data prepared with the same labels")
     mode = mode or run.config.mode
     dev = pick_device(device)
-    model = load_run_model(run, "best", dev)
+    model = load_run_model(run, weights, dev)
     cache_dir = None
     if run.config.cache_embeddings and model.encoder_is_frozen():
         cache_dir = run.config.embedding_cache if data is None else Path(prepared.folder) / "embeddings"
     metrics = evaluate_model(model, prepared, split, mode, dev, batch_size=batch_size, embedding_cache=cache_dir)
     metrics["run"] = str(Path(run_folder).resolve())
+    metrics["weights"] = weights
     metrics["data"] = str(prepared.folder.resolve())
     write_json(Path(run_folder) / "metrics.json", metrics)
     return metrics
