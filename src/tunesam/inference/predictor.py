@@ -94,6 +94,8 @@ class Predictor:
                  device: torch.device, batch_size: int = 8) -> None:
         self.model, self.pre, self.labels, self.mode = model.to(device).eval(), pre, labels, mode
         self.device, self.batch_size = device, batch_size
+        if model.encoder_is_frozen():  # decoder-only runs: the fused inference encoder is faster
+            model.use_inference_encoder()
 
     @classmethod
     def from_run(cls, run_folder: str | Path, device: str = "auto", batch_size: int = 8) -> Predictor:
