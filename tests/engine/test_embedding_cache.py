@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_factory import learnable_pngs
 from tunesam.data.dataset import letterbox_image, letterbox_shape
-from tunesam.data.prepare import PrepareOptions, prepare
 from tunesam.data.store import PreparedData
 from tunesam.engine.config import TrainConfig
 from tunesam.engine.run import load_run_model, open_run
@@ -19,14 +17,6 @@ from tunesam.engine.trainer import train
 from tunesam.eval.evaluate import evaluate_model, evaluate_run
 from tunesam.models.embedding_cache import EmbeddingCache, fill_embedding_cache
 from tunesam.models.registry import build_sam
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("cache")
-    learnable_pngs(root / "src")
-    prepare(root / "src", root / "prep", PrepareOptions(split="6:2:2"))
-    return root / "prep"
 
 
 def _frozen(arch: str = "litemedsam_test", seed: int = 0) -> torch.nn.Module:

@@ -13,20 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from data_factory import learnable_pngs
-from tunesam.data.prepare import PrepareOptions, prepare
 from tunesam.engine.config import TrainConfig
 from tunesam.engine.trainer import train
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("learn")
-    learnable_pngs(root / "src")
-    prepare(root / "src", root / "prep", PrepareOptions(split="6:2:2"))
-    return root / "prep"
 
 
 def _rows(run: Path) -> list[dict[str, str]]:
