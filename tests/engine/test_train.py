@@ -88,9 +88,24 @@ def test_killed_run_resumes_to_the_same_weights(prepared: Path, tmp_path: Path) 
 def test_resume_refuses_other_options(prepared: Path, tmp_path: Path) -> None:
     run = tmp_path / "r"
     subprocess.run(_cli(prepared, run, "--epochs", "1"), check=True, env=ENV, capture_output=True)
-    res = subprocess.run(_cli(prepared, run, "--epochs", "2", "--resume", "--lr", "1e-3"), env=ENV,
+    res = subprocess.run(_cli(prepared, run, "--epochs", "1", "--resume", "--lr", "1e-3"), env=ENV,
                          capture_output=True, text=True)
-    assert res.returncode == 2 and "lr: run 0.002, now 0.001" in res.stderr
+    assert res.returncode == 2 and "--lr: run 0.002, now 0.001" in res.stderr
+
+
+def test_resume_with_other_epochs_is_refused_unless_the_rate_is_constant(prepared: Path, tmp_path: Path) -> None:
+    import dataclasses
+
+    cfg = TrainConfig(data=str(prepared), out=str(tmp_path / "run"), arch="vit_test", tune="decoder",
+                      method="vanilla", image_size=64, epochs=1, batch_size=8, warmup=2, device="cpu",
+                      num_workers=0, patience=0)
+    train(cfg)
+    with pytest.raises(ValueError, match=r"--epochs: run 1, now 2 \(the learning-rate schedule"):
+        train(dataclasses.replace(cfg, epochs=2), resume=True)
+    flat = dataclasses.replace(cfg, out=str(tmp_path / "flat"), constant_lr=True)
+    train(flat)
+    train(dataclasses.replace(flat, epochs=2), resume=True)
+    assert len(_rows(tmp_path / "flat")) == 2
 
 
 def test_two_process_ddp_on_cpu(prepared: Path, tmp_path: Path) -> None:

@@ -62,11 +62,17 @@ def _prepare_run_folder(cfg: TrainConfig, resume: bool) -> Path:
     run = Path(cfg.out)
     if resume:
         saved = load_config(run / "config.yaml")
+        # Free to change on resume: where it runs, and the length of a constant-rate run. The
+        # decaying schedule is a function of the total step count, so --epochs is fixed there.
+        free = {"device", "num_workers"} | ({"epochs"} if saved.constant_lr and cfg.constant_lr else set())
         diffs = {k: (v, getattr(cfg, k)) for k, v in saved.to_dict().items()
-                 if k not in ("device", "num_workers", "epochs") and getattr(cfg, k) != v}
+                 if k not in free and getattr(cfg, k) != v}
         if diffs:
+            why = (" (the learning-rate schedule decays over the run's total steps; only --constant-lr runs "
+                   "can be extended)" if "epochs" in diffs else "")
             raise ValueError(f"{run}: --resume with other options than the run had: "
-                             + "; ".join(f"{k}: run {a!r}, now {b!r}" for k, (a, b) in diffs.items()))
+                             + "; ".join(f"--{k.replace('_', '-')}: run {a!r}, now {b!r}" for k, (a, b) in diffs.items())
+                             + why)
         return run
     if run.exists() and any(run.iterdir()):
         kind = "a training run" if (run / "config.yaml").exists() else "a non-empty folder"
