@@ -62,3 +62,28 @@ def test_split_counts_and_proportions() -> None:
     assert set(s["train"]) | set(s["val"]) | set(s["test"]) == set(patients)
     assert not (set(s["train"]) & set(s["val"]) or set(s["train"]) & set(s["test"]) or set(s["val"]) & set(s["test"]))
     assert s == patient_split(list(reversed(patients)), (0.7, 0.1, 0.2), seed=1)  # order does not matter
+
+
+@pytest.mark.parametrize("mode", ["box", "point"])
+def test_prompted_items_survive_objects_that_vanish_when_resized(tmp_path: Path, mode: str) -> None:
+    """A one-pixel object at (0, 0) of a 200 x 200 slice has no pixel at 32 px input."""
+    from PIL import Image
+
+    (tmp_path / "src" / "images").mkdir(parents=True)
+    (tmp_path / "src" / "masks").mkdir()
+    for p in range(3):
+        mask = np.zeros((200, 200), np.uint8)
+        mask[0, 0] = 255
+        mask[100:140, 100:150] = 255 if p == 0 else 0  # one slice also has a large object
+        Image.fromarray(np.full((200, 200), 90, np.uint8)).save(tmp_path / "src" / "images" / f"patient{p}.png")
+        Image.fromarray(mask).save(tmp_path / "src" / "masks" / f"patient{p}.png")
+    prepare(tmp_path / "src", tmp_path / "prep", PrepareOptions(split="1:1:1", labels="merge"))
+    assert letterbox_mask(np.pad(np.ones((1, 1), np.uint8), ((0, 199), (0, 199))), 32).sum() == 0
+    for split in ("train", "val", "test"):
+        ds = SliceDataset(tmp_path / "prep", split, 32, mode=mode, augment=True, seed=1)
+        for epoch in range(4):
+            for i in range(len(ds)):
+                item = ds[i, epoch]
+                coords = item["box"] if mode == "box" else item["point"]
+                assert torch.all((coords >= 0) & (coords <= 32)), coords
+                assert item["mask"].shape == (32, 32)

@@ -94,8 +94,9 @@ class SliceDataset(Dataset):
         augment_images: augment the pixels when ``augment`` is set (off when a frozen
             encoder's embeddings are cached: they are computed from the plain image).
         mode: ``auto``, or ``box``/``point``: each item then prompts one connected component
-            of one class (``box`` 4 floats x0 y0 x1 y1, ``point`` 2 floats x y, in model-input
-            pixels) and its ``mask`` is that component (0/1). Prompts are random when
+            of one class, chosen and prompted on the stored slice, then scaled (``box`` 4 floats
+            x0 y0 x1 y1, ``point`` 2 floats x y, in model-input pixels), and its ``mask`` is that
+            component (0/1) letterboxed. Prompts are random when
             ``augment`` is set, deterministic otherwise.
         seed: fixes every random choice per (seed, epoch, slice); the epoch comes with the
             index from the training sampler, or from :meth:`set_epoch`.
@@ -153,12 +154,15 @@ class SliceDataset(Dataset):
             "index": row,
         }
         if self.mode != "auto":
-            target = item["mask"].numpy()
-            obj = pick_object(target, rng or np.random.default_rng([self.seed, row]))
-            prompt = simulate(obj, self.mode, self.image_size, rng)
-            item["mask"] = torch.from_numpy(obj.astype(np.uint8))
-            item["box"] = torch.tensor(prompt.box or (0.0, 0.0, 0.0, 0.0), dtype=torch.float32)
-            item["point"] = torch.tensor(prompt.point or (0.0, 0.0), dtype=torch.float32)
+            # The object and its prompt are taken on the stored slice, where every object of a
+            # non-empty slice exists, and the prompt is scaled to the input as SAM does (an
+            # object thinner than a resized pixel still gets its prompt; its target may be empty).
+            obj = pick_object(np.asarray(mask), rng or np.random.default_rng([self.seed, row]))
+            prompt = simulate(obj, self.mode, max(h, w), rng)
+            scale = self.image_size / max(h, w)
+            item["mask"] = letterbox_mask(obj.astype(np.uint8), self.image_size)
+            item["box"] = torch.tensor(prompt.box or (0.0, 0.0, 0.0, 0.0), dtype=torch.float32) * scale
+            item["point"] = torch.tensor(prompt.point or (0.0, 0.0), dtype=torch.float32) * scale
         return item
 
 
