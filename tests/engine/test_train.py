@@ -116,3 +116,30 @@ def test_two_process_ddp_on_cpu(prepared: Path, tmp_path: Path) -> None:
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert len(_rows(run)) == 2
     assert (run / "weights" / "best.safetensors").is_file()
+
+
+def test_evaluate_and_predict_resize_images_as_the_run_was_trained(prepared: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import tunesam.data.dataset as dataset_module
+    import tunesam.eval.evaluate as evaluate_module
+    import tunesam.inference.predictor as predictor_module
+    from tunesam.data.store import PreparedData
+    from tunesam.eval.evaluate import evaluate_run
+    from tunesam.inference.predictor import predict
+
+    cfg = TrainConfig(data=str(prepared), out=str(tmp_path / "run"), arch="vit_test", tune="decoder",
+                      method="vanilla", image_size=32, epochs=1, batch_size=8, device="cpu", num_workers=0,
+                      patience=0, interpolation="nearest")
+    run = train(cfg)
+    modes: list[str] = []
+
+    def spy(image, size, mode="bilinear"):  # type: ignore[no-untyped-def]
+        modes.append(mode)
+        return dataset_module.letterbox_image(image, size, mode)
+
+    monkeypatch.setattr(evaluate_module, "letterbox_image", spy)
+    monkeypatch.setattr(predictor_module, "letterbox_image", spy)
+    evaluate_run(run, device="cpu")
+    case = PreparedData.open(prepared).manifest["cases"][0]
+    predict(run, [case["image"]], tmp_path / "pred", device="cpu")
+    assert len(modes) > 1 and set(modes) == {"nearest"}
