@@ -2,7 +2,8 @@
 # Every GPU check in one run, for a lent GPU machine (see README "GPU checks"):
 #   1. the test suite under that machine's torch (CUDA tests included);
 #   2. the real pipeline on CUDA: prepare the MNI152 example, train ViT-B encoder+decoder LoRA
-#      at 1024 (batch 4, bf16) for one epoch, evaluate, predict a NIfTI volume;
+#      at 1024 (batch 4, bf16) for one epoch, the same through torchrun (NCCL), evaluate,
+#      predict a NIfTI volume;
 #   3. the demo configuration on CUDA, at its CPU length and much longer;
 #   4. (STEP_TABLE=1) one bf16 training step at 1024, batch 4, for all strategies on ViT-H/B/T.
 # Official reference packages travel as wheels in .whl/ (pure Python).
@@ -24,6 +25,10 @@ $PY -m pytest -q -p no:cacheprovider $TESTS 2>&1 | tail -15 | tee "$OUT/tests.lo
   $T train --data $W/mni --out $W/vitb --arch $ARCH --tune encoder-decoder --method lora \
     --image-size $SIZE --epochs 1 --device $DEV --num-workers 8 --warmup 10
   cat $W/vitb/log.csv
+  # DDP through torchrun (NCCL on CUDA, even with one process): an epoch with its validation.
+  $PY -m torch.distributed.run --standalone --nproc-per-node 1 -m tunesam train --data $W/mni --out $W/ddp \
+    --arch $ARCH --tune decoder --method lora --image-size $SIZE --epochs 1 --device $DEV --warmup 10 \
+    && echo "torchrun DDP epoch with validation: ok" && cat $W/ddp/log.csv
   $T evaluate $W/vitb --device $DEV
   T1=$($PY -c "from tunesam.data.examples import mni152_files; print(mni152_files()['t1'])")
   $T predict $W/vitb "$T1" --out $W/pred --device $DEV --overlay

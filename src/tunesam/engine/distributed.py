@@ -13,27 +13,27 @@ from torch.utils.data import Sampler
 
 @dataclass(frozen=True)
 class Context:
+    """Where this process stands: ``distributed`` when it joined a process group (started by
+    torchrun, even with one process)."""
+
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    distributed: bool = False
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
-    @property
-    def distributed(self) -> bool:
-        return self.world > 1
-
 
 def setup(device_pref: str) -> tuple[Context, torch.device]:
     """Join the process group when started by torchrun; pick the device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
     want_cuda = pick_device(device_pref).type == "cuda"
     if device_pref.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for, but no CUDA device is available")
-    if world > 1:
-        ctx = Context(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if "WORLD_SIZE" in os.environ and "RANK" in os.environ:
+        ctx = Context(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0")),
+                      distributed=True)
         if not dist.is_initialized():
             dist.init_process_group("nccl" if want_cuda else "gloo")
     else:
@@ -51,15 +51,18 @@ def teardown() -> None:
 
 
 class EpochSampler(Sampler[tuple[int, int]]):
-    """A permutation fixed by (seed, epoch), padded to a multiple of the world size and
-    sharded by rank: the same on every process and after a resume.
+    """A permutation fixed by (seed, epoch), sharded by rank: the same on every process and
+    after a resume.
 
-    It yields ``(index, epoch)`` pairs, so the dataset knows the epoch even inside
-    persistent DataLoader workers (which never see a ``set_epoch`` made in the main process).
+    With ``pad`` (training) the order is padded to a multiple of the world size, so every
+    rank takes the same number of steps (DDP needs that); without it (validation) every item
+    is seen exactly once, and ranks may hold one item less. It yields ``(index, epoch)``
+    pairs, so the dataset knows the epoch even inside persistent DataLoader workers (which
+    never see a ``set_epoch`` made in the main process).
     """
 
-    def __init__(self, n: int, seed: int, ctx: Context, shuffle: bool = True) -> None:
-        self.n, self.seed, self.ctx, self.shuffle = n, seed, ctx, shuffle
+    def __init__(self, n: int, seed: int, ctx: Context, shuffle: bool = True, pad: bool = True) -> None:
+        self.n, self.seed, self.ctx, self.shuffle, self.pad = n, seed, ctx, shuffle, pad
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -71,14 +74,16 @@ class EpochSampler(Sampler[tuple[int, int]]):
         else:
             g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
             order = torch.randperm(self.n, generator=g).tolist()
-        pad = (-len(order)) % self.ctx.world
+        pad = (-len(order)) % self.ctx.world if self.pad else 0
         return order + order[:pad]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         return iter([(i, self.epoch) for i in self._order()[self.ctx.rank :: self.ctx.world]])
 
     def __len__(self) -> int:
-        return (self.n + self.ctx.world - 1) // self.ctx.world
+        if self.pad:
+            return (self.n + self.ctx.world - 1) // self.ctx.world
+        return len(range(self.ctx.rank, self.n, self.ctx.world))
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -94,8 +99,14 @@ def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
 
 
 def all_sum(values: torch.Tensor, ctx: Context) -> torch.Tensor:
-    """Sum ``values`` over processes (callers pass sums and counts, then divide)."""
+    """Sum ``values`` over processes (callers pass sums and counts, then divide).
+
+    The reduction runs where the backend can: NCCL only reduces CUDA tensors, so CPU values
+    travel to the process's GPU and back.
+    """
     if ctx.distributed:
-        values = values.clone()
-        dist.all_reduce(values)
+        where = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else values.device
+        reduced = values.to(where, copy=True)
+        dist.all_reduce(reduced)
+        values = reduced.to(values.device)
     return values

@@ -114,8 +114,9 @@ def _datasets(data: PreparedData, cfg: TrainConfig) -> tuple[SliceDataset, Slice
 
 
 def _loader(ds: SliceDataset, cfg: TrainConfig, ctx: D.Context, device: torch.device, shuffle: bool) -> DataLoader:
+    """Training (``shuffle``): padded shards, equal steps per rank; validation: each item once."""
     workers = cfg.num_workers if cfg.num_workers is not None else min(4, max(0, (os.cpu_count() or 1) - 1))
-    sampler = D.EpochSampler(len(ds), cfg.seed, ctx, shuffle)
+    sampler = D.EpochSampler(len(ds), cfg.seed, ctx, shuffle, pad=shuffle)
     return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers,
                       pin_memory=device.type == "cuda", persistent_workers=workers > 0)
 
@@ -322,7 +323,8 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.Context, device: torch.device)
                 if epoch == state.epoch and i == 1 and device.type == "cpu":  # step 0 includes warm-up
                     _cpu_warning(time.perf_counter() - t_step, total - state.step)
                 _progress(epoch, epochs, i + 1, steps_per_epoch, losses[-1])
-        val_dsc = _validate(net, val_loader, cfg.mode, num_classes, device, ctx, cache)
+        # The bare model: validation needs no DDP hooks, and ranks may hold different counts.
+        val_dsc = _validate(model, val_loader, cfg.mode, num_classes, device, ctx, cache)
         loss_sum, loss_n = D.all_sum(torch.tensor([sum(losses), len(losses)], dtype=torch.float64), ctx).tolist()
         train_loss = loss_sum / max(1.0, loss_n)
         row = {"epoch": epoch + 1, "train_loss": round(train_loss, 6), "val_dsc": round(val_dsc, 4),
