@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -59,23 +58,40 @@ def test_prompted_training_learns(prepared: Path, tmp_path: Path) -> None:
         assert len(rows) == 6 and losses[-1] < 0.8 * losses[0], (mode, losses)
 
 
-def test_killed_run_resumes_to_the_same_weights(prepared: Path, tmp_path: Path) -> None:
-    epochs = "5"
+# Runs the CLI with a deterministic SIGKILL: at the Nth training step, or at the Nth save of
+# the resume state (after that epoch's weights were written: the worst moment before).
+KILLER = """
+import os, signal, sys
+import tunesam.engine.trainer as T
+from tunesam.cli import main
+
+where, at = sys.argv[1], int(sys.argv[2])
+name = {"step": "_forward_loss", "state": "_save_state"}[where]
+original, calls = getattr(T, name), [0]
+
+def kill_at(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(*args, **kwargs)
+
+setattr(T, name, kill_at)
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.parametrize("where, at", [("step", 12), ("state", 3)])
+def test_killed_run_resumes_to_the_same_weights(prepared: Path, tmp_path: Path, where: str, at: int) -> None:
+    epochs = "5"  # 18 training slices, batch 4: 5 steps an epoch
     full = tmp_path / "full"
     subprocess.run(_cli(prepared, full, "--epochs", epochs), check=True, env=ENV, capture_output=True)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cli(prepared, killed, "--epochs", epochs), env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if (killed / "log.csv").exists() and len(_rows(killed)) >= 2:
-            break
-        time.sleep(0.05)
-    time.sleep(0.2)  # into the next epoch
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    (tmp_path / "killer.py").write_text(KILLER)
+    cmd = [sys.executable, str(tmp_path / "killer.py"), where, str(at), *_cli(prepared, killed, "--epochs", epochs)[3:]]
+    res = subprocess.run(cmd, env=ENV, capture_output=True)
+    assert res.returncode == -signal.SIGKILL
     done = len(_rows(killed))
-    assert 2 <= done < int(epochs), "the kill came too late to test resuming"
+    assert done == 2, done  # killed in epoch 3, or after epoch 3 wrote its weights but not its state
     subprocess.run(_cli(prepared, killed, "--epochs", epochs, "--resume"), check=True, env=ENV, capture_output=True)
     assert len(_rows(killed)) == int(epochs)
     a = load_file(str(full / "weights" / "last.safetensors"))

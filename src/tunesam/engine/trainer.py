@@ -37,11 +37,11 @@ from tunesam.io import atomic_path, atomic_write, write_json
 from tunesam.models.build import build_model
 from tunesam.models.embedding_cache import EmbeddingCache, fill_embedding_cache
 from tunesam.models.segmenter import SamSegmenter
-from tunesam.peft.saving import save_tensors, trained_meta
+from tunesam.peft.saving import save_tensors, trained_meta, trained_state_dict
 from tunesam.peft.strategy import apply_strategy
 
 log = logging.getLogger("tunesam.train")
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the trained weights live in last.pt too
 LOG_FIELDS = ["epoch", "train_loss", "val_dsc", "lr", "seconds"]
 
 
@@ -181,31 +181,33 @@ def _save_weights(model: SamSegmenter, run: Path, name: str, whole: bool) -> Non
     save_tensors(model, run / "weights" / f"{name}.safetensors", whole)
 
 
-def _save_state(run: Path, state: State, opt: torch.optim.Optimizer) -> None:
+def _save_state(run: Path, state: State, opt: torch.optim.Optimizer, model: SamSegmenter, whole: bool) -> None:
+    """``last.pt``: everything a resume needs, the trained weights included, in one atomic
+    file, so a kill between writes can never pair one epoch's weights with another's
+    optimiser and schedule (``weights/last.safetensors`` is the user's copy)."""
+    trained = model.state_dict() if whole else trained_state_dict(model)
     payload = {
         "version": STATE_VERSION,
         "epoch": state.epoch, "step": state.step, "best": state.best, "best_epoch": state.best_epoch,
         "bad_epochs": state.bad_epochs, "rows": state.rows,
         "optimizer": opt.state_dict(),
         "torch_rng": torch.get_rng_state(),
+        "weights": {k: v.detach().cpu() for k, v in trained.items()},
     }
     with atomic_path(run / "last.pt") as tmp:
         torch.save(payload, tmp)
 
 
 def _load_state(run: Path, model: SamSegmenter, opt: torch.optim.Optimizer) -> State:
-    from safetensors.torch import load_file
-
     path = run / "last.pt"
     if not path.is_file():
         raise FileNotFoundError(f"{run}: nothing to resume (no last.pt: the first epoch never finished)")
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if payload.get("version") != STATE_VERSION:
         raise ValueError(f"{path}: resume state version {payload.get('version')} is not {STATE_VERSION}")
-    weights = load_file(str(run / "weights" / "last.safetensors"), device="cpu")
-    missing = model.load_state_dict(weights, strict=False)
+    missing = model.load_state_dict(payload["weights"], strict=False)
     if missing.unexpected_keys:
-        raise ValueError(f"{run}: last weights do not fit the model: {missing.unexpected_keys[:5]}")
+        raise ValueError(f"{path}: its weights do not fit the model: {missing.unexpected_keys[:5]}")
     opt.load_state_dict(payload["optimizer"])
     torch.set_rng_state(payload["torch_rng"])
     return State(payload["epoch"], payload["step"], payload["best"], payload["best_epoch"],
@@ -344,7 +346,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.Context, device: torch.device)
             if improved:
                 _save_weights(model, run, "best", whole)
             _save_weights(model, run, "last", whole)
-            _save_state(run, state, opt)
+            _save_state(run, state, opt, model, whole)
             _write_log(run, state.rows)
             _plot(run, state.rows)
             if writer is not None:
