@@ -84,3 +84,45 @@ def test_info_with_a_checkpoint_reports_what_loading_did(tmp_path, capsys: pytes
     notes = " ".join(info["checkpoint"]["notes"])
     assert "pos_embed (4, 4) -> (8, 8)" in notes
     assert "output_hypernetworks_mlps.4" in notes
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["info", "--arch", "vit_test", "--tune", "decoder", "--method", "adapter", "--lora-rank", "8"],
+     "--lora-rank does not apply to --method adapter"),
+    (["info", "--arch", "vit_test", "--tune", "decoder", "--method", "lora", "--adapter-blocks", "all"],
+     "--adapter-blocks does not apply to --method lora"),
+    (["train", "--data", "d", "--out", "o", "--arch", "vit_test", "--tune", "decoder", "--method", "vanilla",
+      "--lora-rank", "8"], "--lora-rank does not apply to --method vanilla"),
+    (["evaluate", "--checkpoint", "w.pth", "--data", "d", "--mode", "box", "--weights", "last"],
+     "--weights does not apply to --checkpoint"),
+])
+def test_flags_that_do_not_apply_are_refused(argv: list[str], message: str,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_evaluate_and_predict_refuse_what_a_run_decides(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    from data_factory import learnable_pngs
+    from tunesam.data.prepare import PrepareOptions, prepare
+    from tunesam.data.store import PreparedData
+    from tunesam.engine.config import TrainConfig
+    from tunesam.engine.trainer import train
+
+    learnable_pngs(tmp_path / "src", patients=5)
+    prepare(tmp_path / "src", tmp_path / "prep", PrepareOptions(split="3:1:1"))
+    run = train(TrainConfig(data=str(tmp_path / "prep"), out=str(tmp_path / "run"), arch="vit_test",
+                            tune="decoder", method="vanilla", image_size=32, epochs=1, device="cpu", num_workers=0))
+    capsys.readouterr()
+    for extra, message in ((["--image-size", "64"], "--image-size does not apply to a RUN"),
+                           (["--pixel-norm", "unit"], "--pixel-norm does not apply to a RUN"),
+                           (["--mode", "box"], "trained in auto mode; --mode box would score output heads")):
+        assert main(["evaluate", str(run), "--device", "cpu", *extra]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--device", "cpu", "--out", str(tmp_path / "m.json")]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["mode"] == "auto"
+    image = PreparedData.open(tmp_path / "prep").manifest["cases"][0]["image"]
+    (tmp_path / "p.json").write_text(json.dumps({"x.png": [{"box": [1, 2, 10, 12]}]}))
+    assert main(["predict", str(run), image, "--out", str(tmp_path / "pred"), "--prompts", str(tmp_path / "p.json"),
+                 "--device", "cpu"]) == 2
+    assert "takes no --prompts" in capsys.readouterr().err

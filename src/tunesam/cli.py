@@ -30,16 +30,18 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", default="auto", choices=MODES, help="automated (no prompt) or prompted")
     p.add_argument("--num-classes", type=int, default=1, help="foreground classes K (automated mode)")
     p.add_argument("--image-size", type=int, help=IMAGE_SIZE_HELP)
-    p.add_argument("--adapter-blocks", default="default", choices=ADAPTER_BLOCKS,
-                   help="encoder blocks given adapters: first two and last two, or all")
-    p.add_argument("--lora-rank", type=int, default=4, help="LoRA rank")
+    p.add_argument("--adapter-blocks", choices=ADAPTER_BLOCKS,
+                   help="encoder blocks given adapters: first two and last two (default), or all")
+    p.add_argument("--lora-rank", type=int, help="LoRA rank (default 4)")
     p.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from tunesam.info import describe, format_info
 
-    strategy = Strategy(args.tune, args.method, args.mode, args.adapter_blocks, lora_rank=args.lora_rank)
+    _check_method_options(args)
+    strategy = Strategy(args.tune, args.method, args.mode, args.adapter_blocks or "default",
+                        lora_rank=4 if args.lora_rank is None else args.lora_rank)
     info = describe(args.arch, strategy, args.num_classes, args.image_size, args.checkpoint)
     print(json.dumps(info, indent=2) if args.json else format_info(info))
     return 0
@@ -79,10 +81,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from tunesam.engine.trainer import train
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _check_method_options(args)
     cfg = TrainConfig(
         data=args.data, out=args.out, arch=args.arch, tune=args.tune, method=args.method,
-        checkpoint=args.checkpoint, pixel_norm=args.pixel_norm, adapter_blocks=args.adapter_blocks,
-        lora_rank=args.lora_rank, mode=args.mode, few_shot=args.few_shot, epochs=args.epochs,
+        checkpoint=args.checkpoint, pixel_norm=args.pixel_norm, adapter_blocks=args.adapter_blocks or "default",
+        lora_rank=4 if args.lora_rank is None else args.lora_rank, mode=args.mode, few_shot=args.few_shot, epochs=args.epochs,
         patience=args.patience, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup=args.warmup, constant_lr=args.constant_lr, image_size=args.image_size, device=args.device,
         seed=args.seed, num_workers=args.num_workers, checkpointing=args.checkpointing,
@@ -94,12 +97,28 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse(args: argparse.Namespace, why: str, *names: str) -> None:
+    """Flags that do not apply here are an error, never silently dropped."""
+    given = [f"--{n.replace('_', '-')}" for n in names if getattr(args, n) not in (None, False)]
+    if given:
+        raise ValueError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply {why}")
+
+
+def _check_method_options(args: argparse.Namespace) -> None:
+    if args.method != "lora":
+        _refuse(args, f"to --method {args.method} (LoRA only)", "lora_rank")
+    if args.method != "adapter":
+        _refuse(args, f"to --method {args.method} (adapters only)", "adapter_blocks")
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from tunesam.eval.evaluate import evaluate_checkpoint, evaluate_run, format_metrics
 
     if args.run and args.checkpoint:
         raise ValueError("give a RUN folder or --checkpoint, not both")
     if args.checkpoint:
+        _refuse(args, "to --checkpoint (un-fine-tuned weights have no run epochs; prompts go one image at a time)",
+                "weights", "batch_size")
         if not (args.data and args.mode):
             raise ValueError("--checkpoint needs --data and --mode box|point (and --arch unless it can be read "
                              "from the file)")
@@ -109,7 +128,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         metrics = evaluate_checkpoint(args.checkpoint, args.arch, args.data, args.mode, args.split,
                                       args.image_size, args.pixel_norm, args.device, args.out, cache)
     elif args.run:
-        metrics = evaluate_run(args.run, args.data, args.split, args.mode, args.device, args.batch_size, args.weights)
+        _refuse(args, "to a RUN: its architecture, input size, normalisation and cache come from the run",
+                "arch", "image_size", "pixel_norm", "cache_embeddings", "embedding_cache")
+        metrics = evaluate_run(args.run, args.data, args.split, args.mode, args.device, args.batch_size or 8,
+                               args.weights or "best")
+        if args.out:
+            from tunesam.io import write_json
+
+            write_json(args.out, metrics)
     else:
         raise ValueError("give a RUN folder, or --checkpoint FILE|litemedsam --data DIR --mode box|point")
     print(format_metrics(metrics))
@@ -186,8 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--method", required=True, choices=METHODS)
     tr.add_argument("--checkpoint", help=CHECKPOINT_HELP + "; default: random weights")
     tr.add_argument("--pixel-norm", choices=PIXEL_NORMS, help=PIXEL_NORM_HELP)
-    tr.add_argument("--adapter-blocks", default="default", choices=ADAPTER_BLOCKS)
-    tr.add_argument("--lora-rank", type=int, default=4)
+    tr.add_argument("--adapter-blocks", choices=ADAPTER_BLOCKS,
+                    help="encoder blocks given adapters: first two and last two (default), or all")
+    tr.add_argument("--lora-rank", type=int, help="LoRA rank (default 4)")
     tr.add_argument("--mode", default="auto", choices=MODES)
     tr.add_argument("--few-shot", type=int, metavar="K", help="K images from distinct volumes (1000 epochs, batch 2)")
     tr.add_argument("--epochs", type=int, help="default 200 (few-shot 1000)")
@@ -223,15 +250,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--arch", choices=list(ARCHS), metavar="ARCH", help=ARCH_HELP)
     ev.add_argument("--image-size", type=int, help=IMAGE_SIZE_HELP)
     ev.add_argument("--pixel-norm", choices=PIXEL_NORMS, help=PIXEL_NORM_HELP)
-    ev.add_argument("--out", help="with --checkpoint: write the metrics JSON here")
+    ev.add_argument("--out", help="also write the metrics JSON here (a run always writes RUN/metrics.json)")
     ev.add_argument("--cache-embeddings", action="store_true",
                     help="with --checkpoint: keep the encoder's embeddings in DATA/embeddings for reuse by "
                          "decoder-only training on the same weights (a run trained with the cache uses it anyway)")
     ev.add_argument("--embedding-cache", metavar="DIR", help="with --checkpoint: the cache folder")
-    ev.add_argument("--weights", default="best", choices=["best", "last"],
+    ev.add_argument("--weights", choices=["best", "last"],
                     help="a run's best epoch (by validation DSC) or its last (no selection on the validation set)")
     ev.add_argument("--device", default="auto")
-    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--batch-size", type=int, help="slices per forward of a RUN (default 8)")
     ev.set_defaults(func=_cmd_evaluate)
 
     pr = sub.add_parser("predict", help="segment new scans; masks keep each scan's geometry")
@@ -243,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--overlay", action="store_true", help="also write NAME.overlay.png")
     pr.add_argument("--overwrite", action="store_true", help="replace masks that already exist")
     pr.add_argument("--device", default="auto")
-    pr.add_argument("--batch-size", type=int, default=8)
+    pr.add_argument("--batch-size", type=int, help="slices per forward, automated runs (default 8)")
     pr.set_defaults(func=_cmd_predict)
 
     dm = sub.add_parser("demo", help="the whole pipeline on the embedded MNI152 example (CPU, minutes)",

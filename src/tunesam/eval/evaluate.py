@@ -265,7 +265,11 @@ def evaluate_run(run_folder: str | Path, data: str | Path | None = None, split: 
     if prepared.manifest["labels"] != run.labels:
         raise DataError(f"{prepared.folder} has labels {prepared.manifest['labels']}, the run was trained on "
                         f"{run.labels}: evaluate on data prepared with the same labels")
-    mode = mode or run.config.mode
+    if mode is not None and mode != run.config.mode:
+        raise ValueError(f"{run_folder} was trained in {run.config.mode} mode; --mode {mode} would score output "
+                         "heads it never trained. Evaluate it in its own mode, or score the base weights with "
+                         f"--checkpoint ... --mode {mode}")
+    mode = run.config.mode
     dev = pick_device(device)
     model = load_run_model(run, weights, dev)
     cache_dir = None

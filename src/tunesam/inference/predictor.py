@@ -240,9 +240,18 @@ def read_prompts(path: str | Path) -> dict[str, list[dict[str, Any]]]:
 
 def predict(run: str | Path, inputs: list[str | Path], out: str | Path, prompts: str | Path | None = None,
             save_probabilities: bool = False, overlay: bool = False, overwrite: bool = False,
-            device: str = "auto", batch_size: int = 8) -> list[Path]:
-    """Segment every input with the run's best weights; returns the written mask paths."""
-    predictor = Predictor.from_run(run, device, batch_size)
+            device: str = "auto", batch_size: int | None = None) -> list[Path]:
+    """Segment every input with the run's best weights; returns the written mask paths.
+
+    ``batch_size`` (slices per forward, default 8) is for automated runs; prompted runs take
+    one prompt at a time, and automated runs take no prompts: both are refused, not ignored.
+    """
+    predictor = Predictor.from_run(run, device, batch_size or 8)
+    if predictor.mode == "auto" and prompts:
+        raise ValueError(f"{run} segments automatically (mode auto): it takes no --prompts")
+    if predictor.mode != "auto" and batch_size is not None:
+        raise ValueError(f"{run} is a {predictor.mode}-prompted run: it segments one prompt at a time, "
+                         "so --batch-size does not apply")
     table = read_prompts(prompts) if prompts else {}
     out_dir = Path(out)
     written = []
