@@ -50,7 +50,7 @@ def test_nifti_geometry_round_trips_exactly(volume_run: Path, tmp_path: Path) ->
     assert probs.shape == (3, 7, 20, 18)
     assert np.array_equal(probs.argmax(0), labels) or (probs.argmax(0) != labels).mean() < 0.01  # fp16 ties
     assert (tmp_path / "pred" / "scan.overlay.png").is_file()
-    with pytest.raises(DataError, match="exists; use --overwrite"):
+    with pytest.raises(DataError, match="masks exist: .*scan.nii.gz; use --overwrite"):
         predict(volume_run, [tmp_path / "scan.nii.gz"], tmp_path / "pred")
 
 
@@ -147,5 +147,41 @@ def test_prompted_run_predicts_from_a_prompt_file(tmp_path: Path) -> None:
     (tmp_path / "prompts.json").write_text(json.dumps({"patient0_s0.png": [{"box": [5, 5, 30, 30], "label": 1}]}))
     (out,) = predict(run, [image], tmp_path / "o", prompts=tmp_path / "prompts.json")
     assert np.asarray(Image.open(out)).shape == (48, 48)
-    with pytest.raises(DataError, match="give them with --prompts"):
+    with pytest.raises(DataError, match="none were given: use --prompts FILE"):
         predict(run, [image], tmp_path / "o2")
+
+    # every output is planned before any is written
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for d in ("a", "b"):
+        (tmp_path / d / "x.png").write_bytes(image.read_bytes())
+    Image.open(image).convert("RGB").save(tmp_path / "a" / "y.jpg")
+    (tmp_path / "a" / "y.png").write_bytes(image.read_bytes())
+    table = {n: [{"box": [5, 5, 30, 30]}] for n in ("x.png", "y.png", "y.jpg")}
+    (tmp_path / "p2.json").write_text(json.dumps(table))
+    for inputs in ([tmp_path / "a" / "x.png", tmp_path / "b" / "x.png"], [tmp_path / "a" / "y.png", tmp_path / "a" / "y.jpg"]):
+        with pytest.raises(DataError, match="would write the same mask.*nothing was written"):
+            predict(run, inputs, tmp_path / "o3", prompts=tmp_path / "p2.json", overwrite=True)
+        assert not (tmp_path / "o3").exists()
+    with pytest.raises(DataError, match="masks exist: .*patient0_s0.png; use --overwrite"):
+        predict(run, [tmp_path / "a" / "x.png", image], tmp_path / "o", prompts=tmp_path / "prompts.json")
+    assert not (tmp_path / "o" / "x.png").exists()
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(DataError, match="is a file; give a folder"):
+        predict(run, [image], tmp_path / "afile", prompts=tmp_path / "prompts.json")
+
+    # prompts are checked, each error names the input and the prompt
+    for bad, message in (({"box": [5, 5, 300, 30]}, "must have x0 < x1, y0 < y1 and lie inside the 48 x 48 slice"),
+                         ({"box": [30, 5, 5, 30]}, "must have x0 < x1"),
+                         ({"box": [5, 5, 30]}, "a box is 4 numbers"),
+                         ({"points": [[60, 2]]}, "every point must lie inside"),
+                         ({"box": [5, 5, 30, 30], "label": 7}, r"label must be one of the run's classes \[1\]"),
+                         ({"slice": 3, "box": [5, 5, 30, 30]}, "slice must be an integer in 0..0"),
+                         ({"boxes": [5, 5, 30, 30]}, "neither 'box' nor 'points'")):
+        (tmp_path / "bad.json").write_text(json.dumps({"patient0_s0.png": [bad]}))
+        with pytest.raises(DataError, match=f"patient0_s0.png: prompt 0 .*{message}"):
+            predict(run, [image], tmp_path / "o4", prompts=tmp_path / "bad.json")
+    (tmp_path / "other.json").write_text(json.dumps({"other.png": [{"box": [5, 5, 30, 30]}]}))
+    with pytest.raises(DataError, match="other.json has no entry for it"):
+        predict(run, [image], tmp_path / "o4", prompts=tmp_path / "other.json")
+    assert not (tmp_path / "o4").exists()

@@ -132,29 +132,26 @@ class Predictor:
         return labels, probs
 
     def segment_prompted(self, slices: np.ndarray, prompts: list[dict[str, Any]], where: str) -> np.ndarray:
-        """Point/box mode: one binary object per prompt, written with its ``label``."""
+        """Point/box mode: one binary object per prompt, written with its ``label``.
+
+        Every prompt is checked (see :func:`check_prompt`) before any is segmented.
+        """
         n, h, w = slices.shape
+        checked = [check_prompt(p, k, (n, h, w), self.labels, where) for k, p in enumerate(prompts)]
         labels = np.zeros((n, h, w), np.uint8)
-        for k, p in enumerate(prompts):
-            i = int(p.get("slice", 0))
-            if not 0 <= i < n:
-                raise DataError(f"{where}: prompt {k} names slice {i}, the input has {n} slices along the run's axis")
+        for i, kind, coords, point_labels, label in checked:
             x, valid = self._model_input(slices[i])
-            scale = (valid[1] / w, valid[0] / h)  # native pixel -> model input pixel
+            scale = self.model.image_size / max(h, w)  # native pixel -> model input pixel, as SAM's resize
             kw: dict[str, Any] = {}
-            if "box" in p:
-                x0, y0, x1, y1 = (float(v) for v in p["box"])
-                kw["boxes"] = torch.tensor([[x0 * scale[0], y0 * scale[1], x1 * scale[0], y1 * scale[1]]], device=self.device)
-            elif "points" in p:
-                pts = torch.tensor([[[px * scale[0], py * scale[1]] for px, py in p["points"]]], device=self.device)
-                lab = torch.tensor([p.get("point_labels", [1] * pts.shape[1])], device=self.device)
-                kw["points"] = (pts, lab)
+            if kind == "box":
+                kw["boxes"] = torch.tensor([coords], dtype=torch.float32, device=self.device) * scale
             else:
-                raise DataError(f"{where}: prompt {k} has neither 'box' nor 'points'")
+                pts = torch.tensor([coords], dtype=torch.float32, device=self.device) * scale
+                kw["points"] = (pts, torch.tensor([point_labels], device=self.device))
             with torch.no_grad(), autocast_for(self.device):
                 logits = self.model(x[None].to(self.device), valid=torch.tensor([valid], device=self.device), **kw)[0]
             mask = (unletterbox(logits, valid, (h, w))[0] > 0).cpu().numpy()
-            labels[i][mask] = int(p.get("label", 1))
+            labels[i][mask] = label
         return labels
 
     def predict_file(self, path: Path, out_dir: Path, prompts: list[dict[str, Any]] | None = None,
@@ -226,6 +223,49 @@ def _write_overlay(path: Path, slices: np.ndarray, labels: np.ndarray) -> None:
     save_png(path, montage(tiles, cols=1))
 
 
+def check_prompt(p: Any, k: int, shape: tuple[int, int, int], labels: dict[str, str],
+                 where: str) -> tuple[int, str, list[Any], list[int], int]:
+    """One prompt of an ``n x h x w`` input, checked: ``(slice, kind, coordinates, point
+    labels, label)``. Boxes must be 4 numbers ``x0 < x1``, ``y0 < y1`` inside the slice,
+    points pairs inside it, point labels 0/1 (one per point), ``label`` a class of the run."""
+    n, h, w = shape
+    what = f"{where}: prompt {k} ({json.dumps(p)})"
+    if not isinstance(p, dict):
+        raise DataError(f"{what}: expected an object with 'box' or 'points'")
+    i = p.get("slice", 0)
+    if not isinstance(i, int) or not 0 <= i < n:
+        raise DataError(f"{what}: slice must be an integer in 0..{n - 1} (slices along the run's axis)")
+    label = p.get("label", 1)
+    classes = sorted(int(c) for c in labels if int(c) != 0)
+    if not isinstance(label, int) or label not in classes:
+        raise DataError(f"{what}: label must be one of the run's classes {classes}")
+
+    def numbers(v: Any, count: int) -> bool:
+        return isinstance(v, list) and len(v) == count and all(isinstance(x, (int, float)) for x in v)
+
+    inside = f"inside the {w} x {h} slice (x in 0..{w - 1}, y in 0..{h - 1})"
+    if "box" in p:
+        box = p["box"]
+        if not numbers(box, 4):
+            raise DataError(f"{what}: a box is 4 numbers [x0, y0, x1, y1]")
+        x0, y0, x1, y1 = box
+        if not (0 <= x0 < x1 <= w - 1 and 0 <= y0 < y1 <= h - 1):
+            raise DataError(f"{what}: the box must have x0 < x1, y0 < y1 and lie {inside}")
+        return i, "box", list(box), [], label
+    if "points" in p:
+        pts = p["points"]
+        if not isinstance(pts, list) or not pts or not all(numbers(q, 2) for q in pts):
+            raise DataError(f"{what}: points are a non-empty list of [x, y] pairs")
+        if not all(0 <= x <= w - 1 and 0 <= y <= h - 1 for x, y in pts):
+            raise DataError(f"{what}: every point must lie {inside}")
+        point_labels = p.get("point_labels", [1] * len(pts))
+        if not (isinstance(point_labels, list) and len(point_labels) == len(pts)
+                and all(v in (0, 1) for v in point_labels)):
+            raise DataError(f"{what}: point_labels must be one 0 (background) or 1 (object) per point")
+        return i, "points", list(pts), list(point_labels), label
+    raise DataError(f"{what}: it has neither 'box' nor 'points'")
+
+
 def read_prompts(path: str | Path) -> dict[str, list[dict[str, Any]]]:
     """Load and check a prompts file (see the module docstring for its schema)."""
     path = Path(path)
@@ -252,11 +292,36 @@ def predict(run: str | Path, inputs: list[str | Path], out: str | Path, prompts:
     if predictor.mode != "auto" and batch_size is not None:
         raise ValueError(f"{run} is a {predictor.mode}-prompted run: it segments one prompt at a time, "
                          "so --batch-size does not apply")
-    table = read_prompts(prompts) if prompts else {}
     out_dir = Path(out)
-    written = []
+    plan = plan_outputs([Path(i) for i in inputs], out_dir, overwrite)
+    table = read_prompts(prompts) if prompts else {}
+    entries: list[list[dict[str, Any]] | None] = []
     for item in inputs:
-        p = Path(item)
-        entry = table.get(str(item)) or table.get(p.name)
-        written.append(predictor.predict_file(p, out_dir, entry, save_probabilities, overlay, overwrite))
-    return written
+        entry = table.get(str(item)) or table.get(Path(item).name)
+        if predictor.mode != "auto" and not entry:
+            raise DataError(f"{item}: this run was trained with {predictor.mode} prompts and "
+                            + (f"{prompts} has no entry for it (keys are input paths or file names)" if prompts
+                               else "none were given: use --prompts FILE"))
+        entries.append(entry)
+    return [predictor.predict_file(src, out_dir, entry, save_probabilities, overlay, overwrite)
+            for (src, _), entry in zip(plan, entries)]
+
+
+def plan_outputs(inputs: list[Path], out_dir: Path, overwrite: bool) -> list[tuple[Path, Path]]:
+    """``(input, mask path)`` for every input, refusing before anything is written: an
+    ``--out`` that is a file, two inputs that would write one mask, and (without
+    ``overwrite``) masks that exist."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"--out {out_dir} is a file; give a folder for the masks")
+    plan = [(p, out_dir / output_name(p)) for p in inputs]
+    by_target: dict[Path, list[Path]] = {}
+    for src, target in plan:
+        by_target.setdefault(target, []).append(src)
+    clashes = [f"{' and '.join(map(str, srcs))} -> {target.name}" for target, srcs in by_target.items() if len(srcs) > 1]
+    if clashes:
+        raise DataError("inputs that would write the same mask: " + "; ".join(clashes)
+                        + ". Predict them into different --out folders; nothing was written")
+    existing = [str(t) for _, t in plan if t.exists()]
+    if existing and not overwrite:
+        raise DataError(f"masks exist: {', '.join(existing)}; use --overwrite to replace them; nothing was written")
+    return plan
