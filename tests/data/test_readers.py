@@ -67,3 +67,19 @@ def test_plane_spacing_per_axis() -> None:
     assert g.plane_spacing(0) == (0.7, 0.5)  # rows are y, columns x
     assert g.plane_spacing(1) == (3.0, 0.5)  # rows z, columns x
     assert g.plane_spacing(2) == (3.0, 0.7)  # rows z, columns y
+
+
+@pytest.mark.parametrize("name", ["t.nii", "t.nii.gz"])
+def test_truncated_nifti_is_refused(tmp_path: Path, name: str) -> None:
+    """SimpleITK reads a NIfTI cut after its header with zeros for the missing voxels."""
+    import SimpleITK as sitk
+
+    from tunesam.data.readers import DataError, read_image
+
+    vol = np.random.default_rng(0).normal(size=(20, 30, 40)).astype(np.float32)
+    sitk.WriteImage(sitk.GetImageFromArray(vol), str(tmp_path / name))
+    assert read_image(tmp_path / name)[0].shape == (20, 30, 40)
+    data = (tmp_path / name).read_bytes()
+    (tmp_path / f"cut_{name}").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=rf"cut_{name}: the file is truncated"):
+        read_image(tmp_path / f"cut_{name}")

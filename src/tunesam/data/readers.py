@@ -83,11 +83,58 @@ class SimpleITKReader(Reader):
     def read(self, path: Path) -> tuple[np.ndarray, Geometry]:
         import SimpleITK as sitk
 
+        if path.name.lower().endswith((".nii", ".nii.gz")):
+            check_nifti_complete(path)
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
             raise DataError(f"{path}: cannot be read as a {path.name.split('.', 1)[-1]} image ({_first_line(exc)})") from exc
         return _from_sitk(image, path)
+
+
+def check_nifti_complete(path: Path) -> None:
+    """Refuse a truncated NIfTI file, which SimpleITK would read with zeros for the missing
+    voxels: the gzip stream must end properly and the data must cover the header's
+    ``vox_offset + voxels x bytes per voxel``."""
+    import gzip
+    import struct
+    import zlib
+
+    gz = path.name.lower().endswith(".gz")
+    try:
+        if gz:
+            size = 0
+            with gzip.open(path, "rb") as f:
+                head = f.read(540)
+                size = len(head)
+                while block := f.read(1 << 22):
+                    size += len(block)
+        else:
+            with open(path, "rb") as f:
+                head = f.read(540)
+            size = path.stat().st_size
+    except (EOFError, OSError, zlib.error) as exc:
+        raise DataError(f"{path}: the file is truncated or corrupt ({exc}); expected a complete "
+                        f"{'gzip-compressed ' if gz else ''}NIfTI file") from exc
+    for endian in "<>":
+        if len(head) >= 4 and struct.unpack(f"{endian}i", head[:4])[0] in (348, 540):
+            break
+    else:
+        raise DataError(f"{path}: not a NIfTI file (no NIfTI-1 or NIfTI-2 header)")
+    if struct.unpack(f"{endian}i", head[:4])[0] == 348:
+        dims = struct.unpack(f"{endian}8h", head[40:56])
+        bitpix = struct.unpack(f"{endian}h", head[72:74])[0]
+        offset = int(struct.unpack(f"{endian}f", head[108:112])[0])
+    else:
+        dims = struct.unpack(f"{endian}8q", head[16:80])
+        bitpix = struct.unpack(f"{endian}h", head[14:16])[0]
+        offset = struct.unpack(f"{endian}q", head[168:176])[0]
+    n = int(np.prod([max(1, d) for d in dims[1 : 1 + max(1, min(7, dims[0]))]], dtype=np.int64))
+    need = offset + n * bitpix // 8
+    if size < need:
+        raise DataError(f"{path}: the file is truncated: its header describes {need:,} bytes "
+                        f"({n:,} voxels of {bitpix} bits after {offset} header bytes), the file holds {size:,}"
+                        + (" uncompressed" if gz else ""))
 
 
 class DicomSeriesReader(Reader):
