@@ -23,7 +23,7 @@ def test_corrupt_file_is_named(tmp_path: Path) -> None:
     root = _small_nnunet(tmp_path)
     bad = root / "imagesTr" / "case_001_0000.nii.gz"
     bad.write_bytes(b"not a nifti at all")
-    with pytest.raises(DataError, match=r"case_001_0000\.nii\.gz: cannot be read"):
+    with pytest.raises(DataError, match=r"case_001_0000\.nii\.gz: the file is truncated or corrupt"):
         prepare(root, tmp_path / "p", PrepareOptions(split="2:1:1"))
     assert not (tmp_path / "p").exists()
 
