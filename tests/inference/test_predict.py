@@ -81,14 +81,20 @@ def test_dicom_series_gives_nifti_with_its_geometry(volume_run: Path, tmp_path: 
     assert np.allclose(got.GetDirection(), src.GetDirection())
 
 
-def test_png_in_png_out_and_wrong_dimensionality(volume_run: Path, tmp_path: Path) -> None:
+def test_png_in_png_out_and_what_predict_does_with_other_shapes(volume_run: Path, tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
     Image.fromarray(np.random.default_rng(3).integers(0, 255, (30, 40), dtype=np.uint8)).save(tmp_path / "a.jpg")
-    (out,) = predict(volume_run, [tmp_path / "a.jpg"], tmp_path / "o")
+    with caplog.at_level("WARNING", logger="tunesam.predict"):
+        (out,) = predict(volume_run, [tmp_path / "a.jpg"], tmp_path / "o")
     assert out.name == "a.png" and np.asarray(Image.open(out)).shape == (30, 40)
-    four = sitk.JoinSeries([sitk.GetImageFromArray(np.zeros((3, 4, 5), np.float32))] * 2)
-    sitk.WriteImage(four, str(tmp_path / "4d.nii.gz"))
-    # a two-channel volume: the run uses channel 0, so this works; a 1D line would not be an image at all
-    predict(volume_run, [tmp_path / "4d.nii.gz"], tmp_path / "o")
+    assert "a.jpg: a 2D image given to a run trained on volumes" in caplog.text
+    caplog.clear()
+    frames = [sitk.GetImageFromArray(np.full((3, 4, 5), v, np.float32)) for v in (0.0, 1.0)]
+    sitk.WriteImage(sitk.JoinSeries(frames), str(tmp_path / "4d.nii.gz"))
+    with caplog.at_level("WARNING", logger="tunesam.predict"):
+        (mask,) = predict(volume_run, [tmp_path / "4d.nii.gz"], tmp_path / "o")
+    assert "4d.nii.gz: has 2 channels (frames or modalities); segmenting channel 0" in caplog.text
+    assert sitk.ReadImage(str(mask)).GetSize() == (5, 4, 3)  # one 3D mask, the frames' geometry
     with pytest.raises(DataError, match="not a training run"):
         predict(tmp_path, [tmp_path / "a.jpg"], tmp_path / "o2")
 

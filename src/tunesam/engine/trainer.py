@@ -228,6 +228,7 @@ def _write_preprocessing(run: Path, data: PreparedData) -> None:
     write_json(run / "preprocessing.json", {
         "data": str(data.folder.resolve()), "options": m["options"], "labels": m["labels"],
         "label_values": m["label_values"], "fingerprint": m["fingerprint"],
+        "volumes": any(len(c["geometry"]["shape"]) == 3 for c in m["cases"]),
     })
 
 

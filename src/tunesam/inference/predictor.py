@@ -20,6 +20,7 @@ the prompted object is predicted.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,8 @@ from tunesam.data.readers import DataError, Geometry, PillowReader, SimpleITKRea
 from tunesam.engine.distributed import autocast_for, pick_device
 from tunesam.io import atomic_path
 from tunesam.models.segmenter import SamSegmenter
+
+log = logging.getLogger("tunesam.predict")
 
 
 @dataclass
@@ -72,15 +75,28 @@ def output_name(path: Path) -> str:
     raise DataError(f"{path}: unknown file type")
 
 
-def _slices(arr: np.ndarray, geom: Geometry, pre: Preprocessing, where: Path) -> tuple[np.ndarray, int]:
-    """Normalised ``n x h x w`` uint8 slices and the axis they were taken along."""
+def _slices(arr: np.ndarray, geom: Geometry, pre: Preprocessing, where: Path,
+            volumes: bool | None = None) -> tuple[np.ndarray, int]:
+    """Normalised ``n x h x w`` uint8 slices and the axis they were taken along.
+
+    Several channels (a 4D file's frames or modalities, colour) are reduced to the run's
+    ``--channel`` and a 2D image given to a run trained on volumes is one slice: both are
+    said (a warning naming the input), not done silently. ``volumes``: the run's training
+    data were volumes (``None``: unknown).
+    """
     if arr.ndim == geom.ndim + 1:
         if pre.channel >= arr.shape[-1]:
             raise DataError(f"{where}: the run uses channel {pre.channel}, the image has {arr.shape[-1]}")
+        log.warning("%s: has %d channels (frames or modalities); segmenting channel %d, the one the run's data "
+                    "were prepared from (--channel %d); the others are not used", where, arr.shape[-1],
+                    pre.channel, pre.channel)
         arr = arr[..., pre.channel]
     if arr.ndim not in (2, 3):
         raise DataError(f"{where}: expected a 2D image or a 3D volume, found {arr.ndim} dimensions {arr.shape}")
     is_2d = arr.ndim == 2
+    if is_2d and volumes:
+        log.warning("%s: a 2D image given to a run trained on volumes (slices along array axis %d); it is "
+                    "segmented as one such slice", where, pre.axis)
     pixels = pre.to_uint8(arr, is_2d)
     if is_2d:
         return pixels[None], 0
@@ -91,9 +107,9 @@ class Predictor:
     """A run's model plus its preprocessing, ready to segment files."""
 
     def __init__(self, model: SamSegmenter, pre: Preprocessing, labels: dict[str, str], mode: str,
-                 device: torch.device, batch_size: int = 8) -> None:
+                 device: torch.device, batch_size: int = 8, volumes: bool | None = None) -> None:
         self.model, self.pre, self.labels, self.mode = model.to(device).eval(), pre, labels, mode
-        self.device, self.batch_size = device, batch_size
+        self.device, self.batch_size, self.volumes = device, batch_size, volumes
         if model.encoder_is_frozen():  # decoder-only runs: the fused inference encoder is faster
             model.use_inference_encoder()
 
@@ -105,7 +121,7 @@ class Predictor:
         dev = pick_device(device)
         model = load_run_model(run, "best", dev)
         return cls(model, Preprocessing.from_options(run.preprocessing["options"]), run.labels,
-                   run.config.mode, dev, batch_size)
+                   run.config.mode, dev, batch_size, run.preprocessing.get("volumes"))
 
     def _model_input(self, sl: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         shape = stored_shape(*sl.shape, self.pre.size)
@@ -161,7 +177,7 @@ class Predictor:
         if target.exists() and not overwrite:
             raise DataError(f"{target}: exists; use --overwrite to replace it")
         arr, geom = read_image(path)
-        slices, axis = _slices(arr, geom, self.pre, path)
+        slices, axis = _slices(arr, geom, self.pre, path, self.volumes)
         probs = None
         if self.mode == "auto":
             labels, probs = self.segment_slices(slices, save_probabilities)
