@@ -297,6 +297,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"tunesam {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # disk full, permissions, a file where a folder is expected
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"tunesam {args.command}: error: {exc.strerror or exc}{where}; nothing was left looking complete: "
+              "files are written under temporary names and moved into place only when whole", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -337,6 +337,8 @@ def read_source(
     if not source.exists():
         raise DataError(f"{source}: not found")
     kind = detect_layout(source) if layout == "auto" else layout
+    if kind in ("nnunet", "msd", "folders") and not source.is_dir():
+        raise DataError(f"{source}: --layout {kind} expects a dataset folder, found a file")
     pattern = case_pattern or DEFAULT_CASE_PATTERN
     warnings: list[str] = []
     if kind == "nnunet":

@@ -124,4 +124,10 @@ def save_config(cfg: TrainConfig, path: Path) -> None:
 def load_config(path: Path) -> TrainConfig:
     if not path.is_file():
         raise FileNotFoundError(f"{path.parent}: not a training run (no config.yaml)")
-    return TrainConfig.from_dict(yaml.safe_load(path.read_text()))
+    try:
+        data = yaml.safe_load(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a mapping of options, found {type(data).__name__}")
+        return TrainConfig.from_dict(data)
+    except (yaml.YAMLError, ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a valid training configuration ({str(exc).splitlines()[0]})") from exc

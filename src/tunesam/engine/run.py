@@ -40,7 +40,11 @@ def open_run(folder: str | Path) -> Run:
     pre = folder / "preprocessing.json"
     if not pre.is_file():
         raise DataError(f"{folder}: incomplete run (no preprocessing.json)")
-    return Run(folder, load_config(folder / "config.yaml"), json.loads(pre.read_text()))
+    try:
+        preprocessing = json.loads(pre.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{pre}: not valid JSON ({exc}); the run's preprocessing record is corrupt") from exc
+    return Run(folder, load_config(folder / "config.yaml"), preprocessing)
 
 
 def load_run_model(run: Run, which: str = "best", device: str | torch.device = "cpu") -> SamSegmenter:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import pickle
 import logging
 import math
 import os
@@ -64,7 +66,10 @@ def _prepare_run_folder(cfg: TrainConfig, resume: bool) -> Path:
         saved = load_config(run / "config.yaml")
         # Free to change on resume: where it runs, and the length of a constant-rate run. The
         # decaying schedule is a function of the total step count, so --epochs is fixed there.
-        free = {"device", "num_workers"} | ({"epochs"} if saved.constant_lr and cfg.constant_lr else set())
+        free = {"device", "num_workers", "out", "embedding_cache"}  # a run may be moved or copied
+        free |= {"epochs"} if saved.constant_lr and cfg.constant_lr else set()
+        if saved.data != cfg.data and _same_data(run, cfg.data):
+            free.add("data")
         diffs = {k: (v, getattr(cfg, k)) for k, v in saved.to_dict().items()
                  if k not in free and getattr(cfg, k) != v}
         if diffs:
@@ -78,6 +83,15 @@ def _prepare_run_folder(cfg: TrainConfig, resume: bool) -> Path:
         kind = "a training run" if (run / "config.yaml").exists() else "a non-empty folder"
         raise ValueError(f"{run}: already exists ({kind}); use --resume to continue it, or another --out")
     return run
+
+
+def _same_data(run: Path, data: str) -> bool:
+    """Whether ``data`` is the prepared dataset the run was trained on (by its fingerprint)."""
+    try:
+        trained_on = json.loads((run / "preprocessing.json").read_text())["fingerprint"]
+        return PreparedData.open(data).manifest["fingerprint"] == trained_on
+    except (OSError, KeyError, ValueError):
+        return False
 
 
 def _make_model(cfg: TrainConfig, num_classes: int, device: torch.device) -> SamSegmenter:
@@ -202,9 +216,22 @@ def _load_state(run: Path, model: SamSegmenter, opt: torch.optim.Optimizer) -> S
     path = run / "last.pt"
     if not path.is_file():
         raise FileNotFoundError(f"{run}: nothing to resume (no last.pt: the first epoch never finished)")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if payload.get("version") != STATE_VERSION:
-        raise ValueError(f"{path}: resume state version {payload.get('version')} is not {STATE_VERSION}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(f"{path}: holds objects other than tensors and plain values, and was refused for "
+                         "safety (never unpickled); it is not a tunesam resume state") from exc
+    except Exception as exc:  # truncated or not a torch file
+        raise ValueError(f"{path}: cannot be read as a resume state ({type(exc).__name__}); the file is truncated "
+                         "or corrupt. Start a new run, or restore the file") from exc
+    version = payload.get("version") if isinstance(payload, dict) else None
+    if version != STATE_VERSION:
+        raise ValueError(f"{path}: resume state version {version} is not {STATE_VERSION} (not a resume state of "
+                         "this tunesam)")
+    absent = [k for k in ("weights", "optimizer", "torch_rng", "epoch", "step", "best", "best_epoch", "bad_epochs",
+                          "rows") if k not in payload]
+    if absent:
+        raise ValueError(f"{path}: not a complete resume state (no {', '.join(absent)})")
     missing = model.load_state_dict(payload["weights"], strict=False)
     if missing.unexpected_keys:
         raise ValueError(f"{path}: its weights do not fit the model: {missing.unexpected_keys[:5]}")

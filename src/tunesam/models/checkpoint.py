@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,11 +71,19 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             obj: object = load_file(str(path), device="cpu")
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt, truncated, or carrying pickled code
+    except pickle.UnpicklingError as exc:
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            raise CheckpointError(
+                f"checkpoint {path} holds objects other than tensors (pickled code or classes) and was refused "
+                "for safety: tunesam never unpickles code. Save the weights alone (model.state_dict()) or as "
+                ".safetensors"
+            ) from exc
+        raise CheckpointError(f"cannot read checkpoint {path}: not a PyTorch file, or truncated ({exc})") from exc
+    except Exception as exc:  # corrupt, truncated, not a checkpoint at all
         raise CheckpointError(
-            f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
-            "Expected a PyTorch state dict (.pth/.pt, readable with weights_only=True) or a .safetensors "
-            "file; a truncated download gives this error too"
+            f"cannot read checkpoint {path} ({type(exc).__name__}): expected a PyTorch state dict (.pth/.pt, "
+            "readable with weights_only=True) or a .safetensors file; the file is truncated, corrupt or of "
+            "another kind"
         ) from exc
     for key in _WRAPPER_KEYS:
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):

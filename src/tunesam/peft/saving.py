@@ -105,7 +105,11 @@ def load_trained(model: SamSegmenter, path: str | Path, meta_path: str | Path | 
     diffs = [f"{k}: file {meta.get(k)!r}, model {v!r}" for k, v in mine.items() if meta.get(k) != v]
     if diffs:
         raise CheckpointError(f"{path} was trained for another model set-up: " + "; ".join(diffs))
-    tensors = load_file(str(path), device="cpu")
+    try:
+        tensors = load_file(str(path), device="cpu")
+    except Exception as exc:  # truncated or not a safetensors file
+        raise CheckpointError(f"{path}: cannot be read as trained weights (.safetensors): {exc}; the file is "
+                              "truncated or corrupt") from exc
     expected = model.state_dict() if meta.get("contents") == "whole model" else trained_state_dict(model)
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
