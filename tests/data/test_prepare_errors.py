@@ -134,6 +134,9 @@ def test_stale_temporary_folder_of_a_killed_run_is_removed(tmp_path: Path) -> No
     prepare(src, tmp_path / "p")
     assert not stale.exists()
     assert os.path.exists(tmp_path / "p" / "manifest.json")
+    stale.mkdir()  # killed during a --force run; the next command reuses the result
+    assert prepare(src, tmp_path / "p").reused
+    assert not stale.exists()
 
 
 def test_unknown_layout_and_missing_source(tmp_path: Path) -> None:
@@ -149,3 +152,15 @@ def test_csv_missing_file_names_the_line(tmp_path: Path) -> None:
     (tmp_path / "lists" / "train.csv").write_text("a.png,b.png\n")
     with pytest.raises(DataError, match=r"train\.csv:1: 'a\.png' not found"):
         prepare(tmp_path / "lists", tmp_path / "p")
+
+
+def test_a_split_without_a_val_set_says_so(tmp_path: Path) -> None:
+    root = _small_nnunet(tmp_path)
+    with pytest.raises(DataError, match=r"the val set has no cases: the split \(10:0:0\) gives it none"):
+        prepare(root, tmp_path / "p", PrepareOptions(split="10:0:0"))
+
+
+def test_case_pattern_on_an_nnunet_source_is_said_to_be_unused(tmp_path: Path) -> None:
+    root = _small_nnunet(tmp_path)
+    result = prepare(root, tmp_path / "p", PrepareOptions(split="2:1:1", case_pattern=r"case_(\d)"))
+    assert any("--case-pattern is not used for nnunet sources" in w for w in result.manifest["warnings"])

@@ -341,6 +341,8 @@ def read_source(
         raise DataError(f"{source}: --layout {kind} expects a dataset folder, found a file")
     pattern = case_pattern or DEFAULT_CASE_PATTERN
     warnings: list[str] = []
+    if case_pattern and kind in ("nnunet", "msd"):
+        warnings.append(f"--case-pattern is not used for {kind} sources: each case id is its own patient")
     if kind == "nnunet":
         return read_nnunet(source, channel, warnings)
     if kind == "msd":

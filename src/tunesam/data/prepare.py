@@ -276,6 +276,8 @@ def _prepare(
     """Shared by files and in-memory sources; ``normalized``: ``load`` gives 0-255 uint8 images
     already normalised per whole volume (the example's slabs)."""
     out = Path(out)
+    for stale in _stale_tmp(out):  # a killed earlier prepare's half-written folder, whatever happens next
+        shutil.rmtree(stale, ignore_errors=True)
     fp = fingerprint(source_desc, opts, src.cases)
     if _check_out(out, fp, force):
         return PrepareResult(out, True, PreparedData.open(out).manifest)
@@ -285,8 +287,6 @@ def _prepare(
     modality = opts.modality or src.modality or "other"
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in _stale_tmp(out):
-        shutil.rmtree(stale, ignore_errors=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -424,6 +424,9 @@ def _check_not_empty(manifest: dict[str, Any], src: SourceDataset, opts: Prepare
     counts = manifest["counts"]
     hint = "" if opts.keep_empty else " (slices with empty masks are dropped from train and val; --keep-empty keeps them)"
     for s in ("train", "val"):
+        if counts[s]["cases"] == 0:
+            raise DataError(f"{src.root}: the {s} set has no cases: the split ({opts.split}) gives it none; "
+                            "training needs a train and a val set (the val set chooses the best epoch)")
         if counts[s]["slices"] == 0:
             raise DataError(f"{src.root}: the {s} set has no slices after filtering{hint}")
     if counts["test"]["cases"] == 0:

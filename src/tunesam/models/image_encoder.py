@@ -3,7 +3,9 @@
 The module tree (``patch_embed.proj``, ``pos_embed``, ``blocks.N.{norm1,attn,norm2,mlp}``,
 ``neck.{0..3}``) follows the official one so state dicts load unchanged. Attention runs
 through :func:`torch.nn.functional.scaled_dot_product_attention` with SAM's decomposed
-relative-position terms passed as the additive mask.
+relative-position terms folded into the queries and keys (no ``HW x HW`` mask; see
+``Attention``); ``REL_POS_IN_QK = False`` passes them as the additive mask instead, for
+comparison only.
 """
 from __future__ import annotations
 

@@ -137,7 +137,7 @@ def build_sam(
     image_size = image_size or spec.native_size
     pixel_norm = pixel_norm or spec.pixel_norm
     if image_size % 32 or image_size < 32:
-        raise ValueError(f"image_size must be a positive multiple of 32, got {image_size}")
+        raise ValueError(f"the input size (--image-size) must be a positive multiple of 32, got {image_size}")
     grid = image_size // spec.patch_size
     prompt_encoder = PromptEncoder(
         embed_dim=spec.prompt_dim,
