@@ -92,7 +92,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         tensorboard=args.tensorboard, interpolation=args.interpolation,
         cache_embeddings=args.cache_embeddings, embedding_cache=args.embedding_cache,
     )
-    run = train(cfg, resume=args.resume)
+    run = train(cfg, resume=args.resume, progress=False if args.quiet else None)
     print(f"run written to {run}")
     return 0
 
@@ -159,7 +159,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("tunesam.prepare").setLevel(logging.WARNING)
-    demo(args.out, args.checkpoint, args.epochs, args.image_size, args.device, args.force, args.arch)
+    demo(args.out, args.checkpoint, args.epochs, args.image_size, args.device, args.force, args.arch,
+         progress=False if args.quiet else None)
     return 0
 
 
@@ -238,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--checkpointing", action="store_true", help="activation checkpointing in the encoder")
     tr.add_argument("--tensorboard", action="store_true", help="also log to RUN/tensorboard")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out")
+    tr.add_argument("--quiet", action="store_true", help="no progress bar (it shows only in a terminal anyway)")
     tr.set_defaults(func=_cmd_train)
 
     ev = sub.add_parser("evaluate", help="DSC and NSD of a run (or an un-fine-tuned checkpoint)")
@@ -285,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--image-size", type=int, help="default: the weights' native input (random weights: 224)")
     dm.add_argument("--device", default="auto")
     dm.add_argument("--force", action="store_true", help="replace an earlier demo in --out")
+    dm.add_argument("--quiet", action="store_true", help="no progress bars")
     dm.set_defaults(func=_cmd_demo)
     return parser
 

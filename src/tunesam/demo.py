@@ -70,7 +70,7 @@ def choose_recipe(checkpoint: str | None = None, arch: str | None = None, epochs
 
 def demo(out: str | Path = "tunesam-demo", checkpoint: str | None = None, epochs: int | None = None,
          image_size: int | None = None, device: str = "auto", force: bool = False,
-         arch: str | None = None) -> dict[str, Any]:
+         arch: str | None = None, progress: bool | None = None) -> dict[str, Any]:
     """Run the demo in ``out``; returns the fine-tuned model's test metrics. A second run
     reuses the prepared data (and cached embeddings) and replaces its own run folder."""
     out = Path(out)
@@ -108,7 +108,7 @@ def demo(out: str | Path = "tunesam-demo", checkpoint: str | None = None, epochs
     what = (f"fine-tuning the decoder ({recipe.method}) for automated grey/white matter on the frozen encoder's "
             "cached embeddings" if recipe.pretrained else "training ViT-T (encoder and decoder) from random weights")
     print(f"\n== {what}, {recipe.epochs} epochs ==")
-    train(cfg, resume=False)
+    train(cfg, resume=False, progress=progress)
     metrics = evaluate_run(run, split="test", device=device)
     print(f"\n== {'Fine-tuned' if recipe.pretrained else 'Trained'}, automated (no prompt), test slabs ==")
     print(format_metrics(metrics))

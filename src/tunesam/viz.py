@@ -1,8 +1,10 @@
-"""Pictures a person looks at: mask overlays and montages (Pillow only)."""
+"""Pictures a person looks at: mask overlays and montages (Pillow), training curves
+(matplotlib)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -66,33 +68,41 @@ def save_png(path: str | Path, rgb: np.ndarray) -> None:
     atomic_write(path, lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG"))
 
 
-def plot_curves(rows: Sequence[dict[str, float]], width: int = 420, height: int = 260) -> np.ndarray:
-    """Training loss and validation DSC per epoch, two panels side by side (RGB uint8)."""
-    from PIL import Image, ImageDraw
+def curves_figure(rows: Sequence[dict[str, float]]) -> Any:
+    """A matplotlib figure of a run's ``log.csv`` rows: training loss and validation DSC per
+    epoch on two axes, the best epoch marked."""
+    import matplotlib
 
-    panels = []
-    for key, title, colour in (("train_loss", "train loss", (0, 90, 200)), ("val_dsc", "val DSC (%)", (200, 40, 60))):
-        im = Image.new("RGB", (width, height), "white")
-        d = ImageDraw.Draw(im)
-        left, right, top, bottom = 52, width - 12, 24, height - 30
-        d.rectangle([left, top, right, bottom], outline=(120, 120, 120))
-        d.text((left, 6), title, fill=(0, 0, 0))
-        ys = [float(r[key]) for r in rows]
-        xs = [float(r["epoch"]) for r in rows]
-        if ys:
-            lo, hi = min(ys), max(ys)
-            if hi - lo < 1e-9:
-                lo, hi = lo - 1, hi + 1
-            x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
-            pts = [(left + (x - x0) / (x1 - x0) * (right - left), bottom - (y - lo) / (hi - lo) * (bottom - top))
-                   for x, y in zip(xs, ys)]
-            if len(pts) > 1:
-                d.line(pts, fill=colour, width=2)
-            for px, py in pts:
-                d.ellipse([px - 2, py - 2, px + 2, py + 2], fill=colour)
-            d.text((4, top - 4), f"{hi:.3g}", fill=(0, 0, 0))
-            d.text((4, bottom - 8), f"{lo:.3g}", fill=(0, 0, 0))
-            d.text((left, bottom + 6), f"epoch {x0:g}", fill=(0, 0, 0))
-            d.text((right - 60, bottom + 6), f"epoch {x1:g}", fill=(0, 0, 0))
-        panels.append(np.asarray(im))
-    return np.concatenate(panels, axis=1)
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    epochs = [int(r["epoch"]) for r in rows]
+    loss = [float(r["train_loss"]) for r in rows]
+    dsc = [float(r["val_dsc"]) for r in rows]
+    fig, (ax_loss, ax_dsc) = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
+    ax_loss.plot(epochs, loss, marker="o", ms=3, color="tab:blue", label="train loss")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="training loss")
+    ax_dsc.plot(epochs, dsc, marker="o", ms=3, color="tab:red", label="validation DSC")
+    ax_dsc.set(xlabel="epoch", ylabel="DSC (%)", title="validation DSC")
+    if dsc:
+        best = max(range(len(dsc)), key=lambda i: (dsc[i], -i))
+        for ax in (ax_loss, ax_dsc):
+            ax.axvline(epochs[best], color="grey", ls="--", lw=1, label=f"best epoch {epochs[best]}")
+        ax_dsc.plot([epochs[best]], [dsc[best]], marker="*", ms=12, color="tab:red", ls="none")
+    for ax in (ax_loss, ax_dsc):
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize=8)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    return fig
+
+
+def save_figure(path: str | Path, fig: Any, dpi: int = 110) -> None:
+    """Write a matplotlib figure as PNG, atomically, and close it."""
+    import matplotlib.pyplot as plt
+
+    from tunesam.io import atomic_write
+
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
+    finally:
+        plt.close(fig)

@@ -159,3 +159,54 @@ def test_evaluate_and_predict_resize_images_as_the_run_was_trained(prepared: Pat
     case = PreparedData.open(prepared).manifest["cases"][0]
     predict(run, [case["image"]], tmp_path / "pred", device="cpu")
     assert len(modes) > 1 and set(modes) == {"nearest"}
+
+
+def test_curves_are_a_matplotlib_figure_with_labelled_axes_and_the_best_epoch(tmp_path: Path) -> None:
+    from tunesam.viz import curves_figure, save_figure
+
+    rows = [{"epoch": e, "train_loss": 1.0 / e, "val_dsc": v} for e, v in zip(range(1, 6), (40, 55, 61, 58, 60))]
+    fig = curves_figure(rows)
+    loss_ax, dsc_ax = fig.axes
+    assert (loss_ax.get_xlabel(), loss_ax.get_ylabel()) == ("epoch", "loss")
+    assert (dsc_ax.get_xlabel(), dsc_ax.get_ylabel()) == ("epoch", "DSC (%)")
+    assert "best epoch 3" in [t.get_text() for t in dsc_ax.get_legend().get_texts()]
+    save_figure(tmp_path / "c.png", fig)
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _train_output(prepared: Path, out: Path, terminal: bool) -> bytes:
+    """stderr of a short CLI training run, attached to a pseudo-terminal or to a file."""
+    import os
+    import pty
+
+    cmd = _cli(prepared, out, "--epochs", "2")
+    if not terminal:
+        return subprocess.run(cmd, env=ENV, capture_output=True, check=True).stderr
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    assert proc.wait() == 0
+    return b"".join(chunks)
+
+
+def test_progress_bar_in_a_terminal_and_none_in_a_log(prepared: Path, tmp_path: Path) -> None:
+    shown = _train_output(prepared, tmp_path / "tty", terminal=True)
+    assert b"\r" in shown and (b"step/s" in shown or b"s/step" in shown)
+    assert b"loss=" in shown
+    logged = _train_output(prepared, tmp_path / "log", terminal=False)
+    assert b"\r" not in logged and b"step/s" not in logged

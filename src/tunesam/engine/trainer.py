@@ -260,10 +260,16 @@ def _write_preprocessing(run: Path, data: PreparedData) -> None:
 
 
 # -- the loop --------------------------------------------------------------------------------
-def _progress(epoch: int, epochs: int, i: int, n: int, loss: float) -> None:
-    if sys.stderr.isatty():
-        sys.stderr.write(f"\repoch {epoch + 1}/{epochs} [{'#' * (20 * i // n):<20}] {i}/{n} loss {loss:.4f}")
-        sys.stderr.flush()
+PLOT_EVERY_S = 10.0  # curves.png is redrawn at most this often (and after the last epoch)
+
+
+def _progress_bar(total: int, done: int, show: bool | None, ctx: D.Context) -> Any:
+    """A tqdm bar over all training steps (ETA, rate, loss and validation DSC). ``show``
+    ``None``: only when stderr is a terminal, so logs never get carriage returns."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=done, unit="step", dynamic_ncols=True, leave=False,
+                disable=(None if show is None else not show) if ctx.is_main else True)
 
 
 def _cpu_warning(seconds_per_step: float, steps: int) -> None:
@@ -282,17 +288,18 @@ def _cpu_warning(seconds_per_step: float, steps: int) -> None:
                 seconds_per_step, steps, total / 3600, mem)
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> Path:
-    """Fine-tune as ``cfg`` says; returns the run folder."""
+def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None) -> Path:
+    """Fine-tune as ``cfg`` says; returns the run folder. ``progress``: the tqdm bar (``None``:
+    when stderr is a terminal; ``False``: never, ``--quiet``)."""
     cfg = cfg.resolved()
     ctx, device = D.setup(cfg.device)
     try:
-        return _train(cfg, resume, ctx, device)
+        return _train(cfg, resume, ctx, device, progress)
     finally:
         D.teardown()
 
 
-def _train(cfg: TrainConfig, resume: bool, ctx: D.Context, device: torch.device) -> Path:
+def _train(cfg: TrainConfig, resume: bool, ctx: D.Context, device: torch.device, progress: bool | None) -> Path:
     run = _prepare_run_folder(cfg, resume)
     if ctx.distributed:  # every rank checks the folder before rank 0 writes into it
         torch.distributed.barrier()
@@ -331,8 +338,12 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.Context, device: torch.device)
     if ctx.is_main:
         log.info("%s: %d train / %d val slices, %d steps per epoch, %d epochs, device %s",
                  run, len(train_ds), len(val_ds), steps_per_epoch, epochs, device)
+    bar = _progress_bar(total, state.step, progress, ctx)
+    say = bar.write if not bar.disable else print
+    last_plot = -math.inf
     for epoch in range(state.epoch, epochs):
         t0 = time.perf_counter()
+        bar.set_description(f"epoch {epoch + 1}/{epochs}")
         train_loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]
         net.train()
         losses = []
@@ -352,7 +363,9 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.Context, device: torch.device)
             if ctx.is_main:
                 if epoch == state.epoch and i == 1 and device.type == "cpu":  # step 0 includes warm-up
                     _cpu_warning(time.perf_counter() - t_step, total - state.step)
-                _progress(epoch, epochs, i + 1, steps_per_epoch, losses[-1])
+                bar.update()
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", val_dsc=f"{state.rows[-1]['val_dsc']:.2f}" if state.rows
+                                else "-", refresh=False)
         # The bare model: validation needs no DDP hooks, and ranks may hold different counts.
         val_dsc = _validate(model, val_loader, cfg.mode, num_classes, device, ctx, cache)
         loss_sum, loss_n = D.all_sum(torch.tensor([sum(losses), len(losses)], dtype=torch.float64), ctx).tolist()
@@ -366,25 +379,28 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.Context, device: torch.device)
             state.best, state.best_epoch, state.bad_epochs = val_dsc, epoch + 1, 0
         else:
             state.bad_epochs += 1
+        stop = bool(cfg.patience and state.bad_epochs >= cfg.patience)
         if ctx.is_main:
-            if sys.stderr.isatty():
-                sys.stderr.write("\n")
-            print(f"epoch {epoch + 1}/{epochs}  loss {train_loss:.4f}  val DSC {val_dsc:.2f}"
-                  f"{'  (best)' if improved else ''}  {row['seconds']:.1f}s", flush=True)
+            say(f"epoch {epoch + 1}/{epochs}  loss {train_loss:.4f}  val DSC {val_dsc:.2f}"
+                f"{'  (best)' if improved else ''}  {row['seconds']:.1f}s")
+            sys.stdout.flush()
             if improved:
                 _save_weights(model, run, "best", whole)
             _save_weights(model, run, "last", whole)
             _save_state(run, state, opt, model, whole)
             _write_log(run, state.rows)
-            _plot(run, state.rows)
+            if stop or epoch + 1 == epochs or time.perf_counter() - last_plot >= PLOT_EVERY_S:
+                _plot(run, state.rows)
+                last_plot = time.perf_counter()
             if writer is not None:
                 for k in ("train_loss", "val_dsc", "lr"):
                     writer.add_scalar(k, row[k], epoch + 1)
-        if cfg.patience and state.bad_epochs >= cfg.patience:
+        if stop:
             if ctx.is_main:
-                print(f"early stop: no better validation DSC for {cfg.patience} epochs "
+                say(f"early stop: no better validation DSC for {cfg.patience} epochs "
                       f"(best {state.best:.2f} at epoch {state.best_epoch})")
             break
+    bar.close()
     if writer is not None:
         writer.close()
     if ctx.is_main:
@@ -404,6 +420,6 @@ def _tensorboard(run: Path, cfg: TrainConfig, ctx: D.Context) -> Any:
 
 
 def _plot(run: Path, rows: list[dict[str, Any]]) -> None:
-    from tunesam.viz import plot_curves, save_png
+    from tunesam.viz import curves_figure, save_figure
 
-    save_png(run / "curves.png", plot_curves(rows))
+    save_figure(run / "curves.png", curves_figure(rows))

@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -130,18 +129,17 @@ def fill_embedding_cache(model: SamSegmenter, data: PreparedData, folder: str | 
         with torch.no_grad(), (autocast or contextlib.nullcontext()):
             return model.encode(images, valid)
 
-    def progress(done: int, total: int) -> None:
-        if verbose and sys.stderr.isatty():
-            sys.stderr.write(f"\rembedding {done}/{total} slices with the frozen encoder")
-            sys.stderr.flush()
+    from tqdm.auto import tqdm
 
+    bar = tqdm(total=len(todo), desc="embedding with the frozen encoder", unit="slice", leave=False,
+               dynamic_ncols=True, disable=None if verbose else True)  # None: only on a terminal
     try:
-        cache.fill(todo, compute, batch_size or (1 if device.type == "cpu" else 8), progress)
+        cache.fill(todo, compute, batch_size or (1 if device.type == "cpu" else 8),
+                   lambda done, _: bar.update(done - bar.n))
     finally:
+        bar.close()
         model.train(was_training)
     if verbose:
-        if sys.stderr.isatty():
-            sys.stderr.write("\n")
         log.info("embedded %d slices with the frozen encoder in %.0f s (cached in %s)",
                  len(todo), time.perf_counter() - t0, cache.folder)
     return cache
