@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -210,3 +211,15 @@ def test_progress_bar_in_a_terminal_and_none_in_a_log(prepared: Path, tmp_path: 
     assert b"loss=" in shown
     logged = _train_output(prepared, tmp_path / "log", terminal=False)
     assert b"\r" not in logged and b"step/s" not in logged
+
+
+def test_early_stopping_after_patience_epochs_without_a_better_validation_dsc(prepared: Path, tmp_path: Path) -> None:
+    # lr so small that validation DSC cannot change: epoch 1 is the best, epochs 2 and 3 are not better
+    cfg = TrainConfig(data=str(prepared), out=str(tmp_path / "run"), arch="vit_test", tune="decoder",
+                      method="vanilla", image_size=32, epochs=10, batch_size=8, lr=1e-12, warmup=1, device="cpu",
+                      num_workers=0, patience=2)
+    run = train(cfg)
+    rows = _rows(run)
+    assert len(rows) == 3 and len({r["val_dsc"] for r in rows}) == 1
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["best_epoch"] == 1 and summary["epochs_run"] == 3

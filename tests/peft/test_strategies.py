@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from helpers import images, max_diff, perturb_
+from tunesam.models.build import build_model
 from tunesam.models.registry import build_sam
 from tunesam.models.segmenter import SamSegmenter
 from tunesam.peft.lora import LoRALinear
@@ -63,14 +65,22 @@ def _expected_trainable(model: SamSegmenter, s: Strategy) -> set[str]:
     return out
 
 
-def _loss(model: SamSegmenter, x: torch.Tensor, mode: str) -> torch.Tensor:
+POINTS = (torch.tensor([[[20.0, 30.0], [5.0, 7.0]], [[40.0, 12.0], [50.0, 60.0]]]), torch.tensor([[1, 0], [1, 1]]))
+
+
+def _run(model: SamSegmenter, x: torch.Tensor, mode: str) -> torch.Tensor:
     if mode == "auto":
-        return model(x).logsumexp(1).mean()
-    return model(x, boxes=BOX).sigmoid().mean()
+        return model(x)
+    return model(x, boxes=BOX) if mode == "box" else model(x, points=POINTS)
+
+
+def _loss(model: SamSegmenter, x: torch.Tensor, mode: str) -> torch.Tensor:
+    out = _run(model, x, mode)
+    return out.logsumexp(1).mean() if mode == "auto" else out.sigmoid().mean()
 
 
 @pytest.mark.parametrize("arch, tune, method", CASES)
-@pytest.mark.parametrize("mode", ["auto", "box"])
+@pytest.mark.parametrize("mode", ["auto", "box", "point"])
 def test_strategy_invariants(arch: str, tune: str, method: str, mode: str, tmp_path: Path) -> None:
     s = Strategy(tune, method, mode)
     base, model = _adapted(arch, s, num_classes=2 if mode == "auto" else 1)
@@ -78,10 +88,7 @@ def test_strategy_invariants(arch: str, tune: str, method: str, mode: str, tmp_p
     base.eval()
     model.eval()
     with torch.no_grad():
-        if mode == "auto":
-            assert max_diff(model(x), base(x)) <= 1e-5
-        else:
-            assert max_diff(model(x, boxes=BOX), base(x, boxes=BOX)) <= 1e-5
+        assert max_diff(_run(model, x, mode), _run(base, x, mode)) <= 1e-5
 
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == _expected_trainable(model, s)
@@ -99,20 +106,17 @@ def test_strategy_invariants(arch: str, tune: str, method: str, mode: str, tmp_p
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed <= trainable and changed
 
-    # What was trained round-trips exactly onto a fresh base.
-    path = tmp_path / "trained.safetensors"
-    save_trained(model, path)
-    fresh = _base(arch, num_classes=model.num_classes, seed=1)
-    fresh.load_state_dict(base.state_dict())
+    # The real path: a base checkpoint file plus only what trained reproduce the outputs.
+    torch.save(base.state_dict(), tmp_path / "base.pth")
+    save_trained(model, tmp_path / "trained.safetensors", base_checkpoint=tmp_path / "base.pth")
+    assert len(load_file(str(tmp_path / "trained.safetensors"))) < len(model.state_dict())
+    fresh = build_model(arch, tmp_path / "base.pth", num_classes=model.num_classes, image_size=SIZE)
     apply_strategy(fresh, s)
-    load_trained(fresh, path)
+    load_trained(fresh, tmp_path / "trained.safetensors")
     model.eval()
     fresh.eval()
     with torch.no_grad():
-        if mode == "auto":
-            assert torch.equal(model(x), fresh(x))
-        else:
-            assert torch.equal(model(x, boxes=BOX), fresh(x, boxes=BOX))
+        assert torch.equal(_run(model, x, mode), _run(fresh, x, mode))
 
 
 @pytest.mark.parametrize("arch", ARCHS)
