@@ -51,6 +51,18 @@ def litemedsam_official(litemedsam_file: Path) -> torch.nn.Module:
     return model.eval()
 
 
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A prepared set of learnable PNG slices (a bright disc and its mask), split 6:2:2."""
+    from data_factory import learnable_pngs
+    from tunesam.data.prepare import PrepareOptions, prepare
+
+    root = tmp_path_factory.mktemp("learn")
+    learnable_pngs(root / "src")
+    prepare(root / "src", root / "prep", PrepareOptions(split="6:2:2"))
+    return root / "prep"
+
+
 @pytest.fixture(autouse=True)
 def _deterministic() -> None:
     torch.manual_seed(0)

@@ -4,8 +4,9 @@ Both packages import a few torchvision and timm names at import time, although t
 code we compare against never calls them. Installing torchvision here would force a
 5.5 GB CUDA build of torch, so when the real packages are absent we register minimal
 stand-ins for exactly those names before importing. The stand-ins that could be called by
-the modules we test (``trunc_normal_``, ``DropPath`` at rate 0, ``to_2tuple``) behave
-like the real ones; the rest raise if anything calls them.
+the modules we test (``trunc_normal_``, ``DropPath`` at rate 0, ``to_2tuple``, and the PIL
+``to_pil_image``/``resize`` that ``SamPredictor.set_image`` uses) behave like the real ones;
+the rest raise if anything calls them.
 """
 from __future__ import annotations
 
@@ -51,14 +52,29 @@ def _to_2tuple(x: Any) -> tuple[Any, Any]:
     return tuple(x) if isinstance(x, (tuple, list)) else (x, x)  # type: ignore[return-value]
 
 
+def _to_pil_image(image: Any) -> Any:
+    """torchvision's ``to_pil_image`` for the ``H x W x 3`` uint8 arrays SamPredictor passes."""
+    import numpy as np
+    from PIL import Image
+
+    return Image.fromarray(np.asarray(image))
+
+
+def _resize_pil(image: Any, size: Any) -> Any:
+    """torchvision's ``resize`` of a PIL image to ``(h, w)``: bilinear, anti-aliased (as PIL's)."""
+    from PIL import Image
+
+    h, w = size
+    return image.resize((w, h), Image.Resampling.BILINEAR)
+
+
 def install_stand_ins() -> None:
     """Register stand-ins for the torchvision and timm names the official code imports."""
     if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is None:
         tv = _module("torchvision")
         tv.transforms = _module("torchvision.transforms")
         tv.transforms.functional = _module(
-            "torchvision.transforms.functional",
-            resize=_unavailable("resize"), to_pil_image=_unavailable("to_pil_image"),
+            "torchvision.transforms.functional", resize=_resize_pil, to_pil_image=_to_pil_image,
         )
         tv.ops = _module("torchvision.ops")
         tv.ops.boxes = _module(

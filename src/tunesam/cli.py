@@ -152,6 +152,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from tunesam.models.export import export_run
+
+    notes = export_run(args.run, args.out, args.weights, args.overwrite)
+    print(f"wrote {args.out} in the official segment-anything layout (LoRA, if any, merged into the weights)")
+    for note in notes:
+        print(f"  {note}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     import logging
 
@@ -274,6 +284,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default="auto")
     pr.add_argument("--batch-size", type=int, help="slices per forward, automated runs (default 8)")
     pr.set_defaults(func=_cmd_predict)
+
+    ex = sub.add_parser("export", help="a run's model as a checkpoint in the official SAM layout (LoRA merged)",
+                        description="Write the run's fine-tuned model in segment-anything's key layout, LoRA merged "
+                                    "into the weights, so segment-anything's builders (and MobileSAM's, LiteMedSAM's) "
+                                    "load it strictly. Adapter runs cannot be exported: adapters add layers.")
+    ex.add_argument("run", help="run folder")
+    ex.add_argument("--out", required=True, help="file to write (.pth or .safetensors)")
+    ex.add_argument("--weights", default="best", choices=["best", "last"])
+    ex.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    ex.set_defaults(func=_cmd_export)
 
     dm = sub.add_parser("demo", help="the whole pipeline on the embedded MNI152 example (CPU, minutes)",
                         description="Prepare the MNI152 example; from LiteMedSAM's weights (when installed: "

@@ -82,3 +82,23 @@ def export_checkpoint(model: SamSegmenter, path: str | Path) -> list[str]:
         atomic_write(side_path, lambda tmp: save_file(side_tensors, str(tmp)))
         notes.append(f"class head written to {side_path}")
     return notes
+
+
+def export_run(run_folder: str | Path, out: str | Path, weights: str = "best", overwrite: bool = False) -> list[str]:
+    """``tunesam export``: a run's fine-tuned model in the official layout (LoRA merged), at the
+    architecture's native input size. Adapter runs are refused: their layers have no place in
+    plain SAM weights (their run folder is what to keep). Returns notes on what was adapted."""
+    from tunesam.engine.run import load_run_model, open_run
+    from tunesam.peft.merge import AdapterMergeError
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ValueError(f"{out}: exists; choose another --out or pass --overwrite")
+    run = open_run(run_folder)
+    if run.config.method == "adapter":
+        raise AdapterMergeError(
+            f"{run_folder} trained adapters, which add layers that plain SAM weights have no place for, so it "
+            "cannot be exported as a SAM checkpoint. Use the run itself (tunesam evaluate/predict), or its "
+            "weights/best.safetensors on top of its base checkpoint"
+        )
+    return export_checkpoint(load_run_model(run, weights, "cpu"), out)

@@ -73,6 +73,23 @@ class SamSegmenter(nn.Module):
         self.register_buffer("pixel_std", torch.ones(3, 1, 1), persistent=False)
         self.set_pixel_norm(pixel_norm)
 
+    # segment-anything's interface (SamPredictor and tools built on it use these)
+    image_format = "RGB"
+    mask_threshold = 0.0
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def postprocess_masks(self, masks: torch.Tensor, input_size: tuple[int, ...],
+                          original_size: tuple[int, ...]) -> torch.Tensor:
+        """Low-resolution logits ``B x M x h x w`` -> ``B x M x H x W`` of the original image:
+        up to the input size, crop the resized image's ``input_size``, resize (as SAM)."""
+        size = (self.image_size, self.image_size)
+        masks = F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
+        masks = masks[..., : input_size[0], : input_size[1]]
+        return F.interpolate(masks, size=tuple(original_size), mode="bilinear", align_corners=False)
+
     # -- configuration -------------------------------------------------------------
     def set_pixel_norm(self, name: str) -> None:
         """Use the named pixel normalisation (``sam``, ``unit`` or ``minmax``)."""
@@ -109,16 +126,25 @@ class SamSegmenter(nn.Module):
 
     # -- the three stages ----------------------------------------------------------
     def preprocess(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        """Validate and normalise ``B x {1,3} x S x S`` 0-255 images (``valid``: see the class)."""
+        """Validate and normalise ``B x {1,3} x S x S`` 0-255 images (``valid``: see the class).
+
+        As SAM's own ``preprocess``, images resized so their longest side is S but not padded
+        (``B x 3 x h x w``, h, w <= S) are normalised and then zero-padded to S x S.
+        """
         if images.ndim != 4 or images.shape[1] not in (1, 3):
             raise ValueError(
                 f"images must be B x 3 x {self.image_size} x {self.image_size} (or 1 channel), got {tuple(images.shape)}"
             )
-        if images.shape[-2:] != (self.image_size, self.image_size):
-            raise ValueError(
-                f"images must be {self.image_size} x {self.image_size} (the model's input size), "
-                f"got {tuple(images.shape[-2:])}: resize and pad them first"
-            )
+        h, w = images.shape[-2:]
+        if (h, w) != (self.image_size, self.image_size):
+            if max(h, w) != self.image_size or valid is not None:
+                raise ValueError(
+                    f"images must be {self.image_size} x {self.image_size} (the model's input size), or resized "
+                    f"so their longest side is {self.image_size}; got {h} x {w}"
+                )
+            pad = (0, self.image_size - w, 0, self.image_size - h)
+            valid = torch.tensor([[h, w]] * images.shape[0], device=images.device)
+            images = F.pad(images.float() if not images.is_floating_point() else images, pad)
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
         if not images.is_floating_point():  # uint8 straight from the data loader
