@@ -197,3 +197,26 @@ def test_adapter_models_cannot_be_merged(tmp_path: Path) -> None:
     with pytest.raises(AdapterMergeError, match="cannot be merged"):
         export_checkpoint(model, tmp_path / "x.pth")
     assert not (tmp_path / "x.pth").exists()
+
+
+def test_known_files_are_recognised_by_sha256_whatever_their_name(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A renamed MedSAM-like file still gets its 0-1 normalisation, and the run says why."""
+    import dataclasses
+    import hashlib
+
+    import tunesam.models.known as known
+    from tunesam.engine.config import TrainConfig
+
+    torch.save(build_sam("vit_test", image_size=64).state_dict(), tmp_path / "renamed.pth")
+    data = (tmp_path / "renamed.pth").read_bytes()
+    entry = dataclasses.replace(known.OFFICIAL[0], filename="medsam_like.pth", arch="vit_test", pixel_norm="unit",
+                                sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    monkeypatch.setattr(known, "FILES", (*known.FILES, entry))
+    assert build_model("vit_test", tmp_path / "renamed.pth", image_size=64).pixel_norm == "unit"
+    cfg = TrainConfig(data="d", out="o", arch=None, tune="decoder", method="lora",
+                      checkpoint=str(tmp_path / "renamed.pth")).resolved()
+    assert cfg.arch == "vit_test" and cfg.pixel_norm == "unit"
+    assert cfg.pixel_norm_rule == "medsam_like.pth recognised by sha256"
+    other = TrainConfig(data="d", out="o", arch="vit_test", tune="decoder", method="lora").resolved()
+    assert (other.pixel_norm, other.pixel_norm_rule) == ("sam", "SAM's default")

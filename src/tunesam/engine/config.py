@@ -56,6 +56,7 @@ class TrainConfig:
     interpolation: str | None = None
     cache_embeddings: bool = False
     embedding_cache: str | None = None
+    pixel_norm_rule: str | None = None  # filled by resolved(): why pixel_norm is what it is
 
     def __post_init__(self) -> None:
         self.strategy()  # validates tune / method / mode
@@ -94,6 +95,8 @@ class TrainConfig:
             checkpoint=checkpoint,
             image_size=self.image_size or get_spec(arch).native_size,
             pixel_norm=self.pixel_norm or pixel_norm_rule(arch, checkpoint)[0],
+            pixel_norm_rule=self.pixel_norm_rule or ("given with --pixel-norm" if self.pixel_norm
+                                                     else pixel_norm_rule(arch, checkpoint)[1]),
             interpolation=self.interpolation or get_spec(arch).interpolation,
             embedding_cache=(self.embedding_cache or str(Path(self.data) / "embeddings")) if self.cache_embeddings
             else None,

@@ -15,7 +15,9 @@ def pixel_norm_rule(arch: str, checkpoint: str | Path | None) -> tuple[str, str]
     """The pixel normalisation that belongs to ``arch`` and its weights, and why.
 
     In order: the architecture's own (LiteMedSAM: per-image min-max); a known file
-    recognised by sha256; a MedSAM file recognised by name (0-1 input); SAM's mean/std.
+    recognised by sha256 (the official SAM, MobileSAM and LiteMedSAM files, renamed or not);
+    a MedSAM file recognised by name (0-1 input: MedSAM's checksum is not recorded here);
+    SAM's mean/std.
     """
     spec = get_spec(arch)
     if spec.pixel_norm != "sam":

