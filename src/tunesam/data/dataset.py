@@ -18,6 +18,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from tunesam.data.augment import augment as augment_slice
+from tunesam.data.preprocess import longest_side_to
 from tunesam.data.prompts import pick_object, simulate
 from tunesam.data.readers import DataError
 from tunesam.data.store import PreparedData
@@ -25,8 +26,7 @@ from tunesam.data.store import PreparedData
 
 def letterbox_shape(h: int, w: int, size: int) -> tuple[int, int]:
     """Size of an ``h x w`` slice once its longest side is ``size``."""
-    scale = size / max(h, w)
-    return max(1, round(h * scale)), max(1, round(w * scale))
+    return longest_side_to(h, w, size)
 
 
 INTERPOLATIONS = ("bilinear", "nearest", "area")

@@ -375,7 +375,7 @@ def _manifest(
     warnings: list[str],
     n_slices: int,
 ) -> dict[str, Any]:
-    from tunesam import __version__
+    from tunesam._version import __version__
 
     split = {s: [c["id"] for c in cases if c["split"] == s] for s in SPLITS}
     counts = {}

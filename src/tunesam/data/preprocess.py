@@ -40,15 +40,17 @@ def percentile_to_uint8(arr: np.ndarray, percentiles: tuple[float, float] = PERC
 
 
 def to_uint8(
-    arr: np.ndarray, is_2d: bool, modality: str, window: tuple[float, float] | None
+    arr: np.ndarray, is_2d: bool, modality: str, window: tuple[float, float] | None,
+    percentiles: tuple[float, float] = PERCENTILES,
 ) -> np.ndarray:
-    """Intensities to 0-255 by the rule of DESIGN.md: CT window, 8-bit 2D kept, else percentiles."""
+    """Intensities to 0-255 by the rule of DESIGN.md: CT window, 8-bit 2D kept, else percentiles
+    (of the non-zero voxels). ``prepare`` applies it, and ``predict`` replays it from a run."""
     if window is not None or modality == "ct":
         level, width = window or CT_WINDOW
         return window_to_uint8(arr, level, width)
     if is_2d and arr.dtype == np.uint8:
         return arr
-    return percentile_to_uint8(arr)
+    return percentile_to_uint8(arr, percentiles)
 
 
 def check_integer_mask(mask: np.ndarray, where: str) -> np.ndarray:
@@ -80,12 +82,15 @@ def map_labels(mask: np.ndarray, value_to_class: Mapping[int, int] | None, where
     return lut[inverse].reshape(mask.shape)
 
 
-def stored_shape(h: int, w: int, size: int) -> tuple[int, int]:
-    """The stored size of an ``h x w`` slice: native unless its longest side exceeds ``size``."""
-    if max(h, w) <= size:
-        return h, w
+def longest_side_to(h: int, w: int, size: int) -> tuple[int, int]:
+    """An ``h x w`` size scaled so its longest side is ``size`` (aspect kept, rounded)."""
     scale = size / max(h, w)
     return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def stored_shape(h: int, w: int, size: int) -> tuple[int, int]:
+    """The stored size of an ``h x w`` slice: native unless its longest side exceeds ``size``."""
+    return (h, w) if max(h, w) <= size else longest_side_to(h, w, size)
 
 
 def downsample_images(images: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -38,7 +38,7 @@ from tunesam.engine.schedule import lr_at
 from tunesam.io import atomic_path, atomic_write, write_json
 from tunesam.models.build import build_model
 from tunesam.models.embedding_cache import EmbeddingCache, fill_embedding_cache
-from tunesam.models.segmenter import SamSegmenter
+from tunesam.models.segmenter import SamSegmenter, positive_points
 from tunesam.peft.saving import save_tensors, trained_meta, trained_state_dict
 from tunesam.peft.strategy import apply_strategy
 
@@ -136,25 +136,25 @@ def _loader(ds: SliceDataset, cfg: TrainConfig, ctx: D.Context, device: torch.de
 
 
 # -- one step, one validation ------------------------------------------------------------
-def _model_inputs(batch: dict[str, Any], device: torch.device, cache: EmbeddingCache | None) -> dict[str, Any]:
-    """The image (or its cached embedding) part of a model call."""
+def _model_inputs(batch: dict[str, Any], mode: str, device: torch.device,
+                  cache: EmbeddingCache | None) -> dict[str, Any]:
+    """A batch as model arguments: the image (or its cached embedding) and the mode's prompt."""
     if cache is not None:
-        return {"images": None, "embeddings": cache.get(batch["index"]).to(device, non_blocking=True)}
-    return {"images": batch["image"].to(device, non_blocking=True), "valid": batch["valid"].to(device)}
+        inputs = {"images": None, "embeddings": cache.get(batch["index"]).to(device, non_blocking=True)}
+    else:
+        inputs = {"images": batch["image"].to(device, non_blocking=True), "valid": batch["valid"].to(device)}
+    if mode == "box":
+        inputs["boxes"] = batch["box"].to(device)
+    elif mode == "point":
+        inputs["points"] = positive_points(batch["point"].to(device)[:, None, :])
+    return inputs
 
 
 def _forward_loss(model: torch.nn.Module, batch: dict[str, Any], mode: str, device: torch.device,
                   cache: EmbeddingCache | None = None) -> torch.Tensor:
-    inputs = _model_inputs(batch, device, cache)
+    logits = model(**_model_inputs(batch, mode, device, cache))
     target = batch["mask"].to(device, non_blocking=True).long()
-    if mode == "auto":
-        return dice_ce_loss(model(**inputs), target)
-    if mode == "box":
-        logits = model(boxes=batch["box"].to(device), **inputs)
-    else:
-        pts = batch["point"].to(device)[:, None, :]
-        logits = model(points=(pts, torch.ones(pts.shape[:2], dtype=torch.long, device=device)), **inputs)
-    return dice_bce_loss(logits, target)
+    return dice_ce_loss(logits, target) if mode == "auto" else dice_bce_loss(logits, target)
 
 
 @torch.no_grad()
@@ -165,16 +165,9 @@ def _validate(model: torch.nn.Module, loader: DataLoader, mode: str, num_classes
     classes = range(1, num_classes + 1) if mode == "auto" else range(1, 2)
     sums = torch.zeros(len(classes), 2, dtype=torch.float64)  # (sum of DSC, images scored)
     for batch in loader:
-        inputs = _model_inputs(batch, device, cache)
         with D.autocast_for(device):
-            if mode == "auto":
-                pred = model(**inputs).argmax(1).cpu()
-            elif mode == "box":
-                pred = (model(boxes=batch["box"].to(device), **inputs)[:, 0] > 0).long().cpu()
-            else:
-                pts = batch["point"].to(device)[:, None, :]
-                lab = torch.ones(pts.shape[:2], dtype=torch.long, device=device)
-                pred = (model(points=(pts, lab), **inputs)[:, 0] > 0).long().cpu()
+            logits = model(**_model_inputs(batch, mode, device, cache))
+        pred = (logits.argmax(1) if mode == "auto" else (logits[:, 0] > 0).long()).cpu()
         target = batch["mask"].long()
         for b in range(len(target)):
             rh, rw = batch["valid"][b].tolist()

@@ -33,7 +33,7 @@ from tunesam.eval.metrics import (
 )
 from tunesam.io import write_json
 from tunesam.models.embedding_cache import EmbeddingCache, fill_embedding_cache
-from tunesam.models.segmenter import SamSegmenter
+from tunesam.models.segmenter import SamSegmenter, positive_points
 
 MULTIMASK_VARIANTS = ("single", "highest_iou", "oracle")
 
@@ -96,7 +96,7 @@ def _prompted_masks(
                 kw: dict[str, Any] = {"boxes": torch.tensor([p.box for p in prompts], device=device) * scale}
             else:
                 pts = torch.tensor([[p.point] for p in prompts], device=device) * scale
-                kw = {"points": (pts, torch.ones(pts.shape[:2], dtype=torch.long, device=device))}
+                kw = {"points": positive_points(pts)}
             single, _ = model.decode(emb, **kw)
             variants = {"single": native(single[:, 0])}
             if multimask:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from tunesam.data.dataset import letterbox_image, letterbox_shape, unletterbox
-from tunesam.data.preprocess import downsample_images, percentile_to_uint8, stored_shape, window_to_uint8
+from tunesam.data.preprocess import PERCENTILES, downsample_images, stored_shape, to_uint8
 from tunesam.data.readers import DataError, Geometry, PillowReader, SimpleITKReader, read_image
 from tunesam.engine.distributed import autocast_for, pick_device
 from tunesam.io import atomic_path
@@ -53,12 +53,10 @@ class Preprocessing:
         return cls(int(opts["axis"]), int(opts["size"]), int(opts.get("channel", 0)), opts["intensity"])
 
     def to_uint8(self, arr: np.ndarray, is_2d: bool) -> np.ndarray:
-        if self.intensity["method"] == "window":
-            level, width = self.intensity["level_width"]
-            return window_to_uint8(arr, level, width)
-        if is_2d and arr.dtype == np.uint8:
-            return arr
-        return percentile_to_uint8(arr, tuple(self.intensity.get("percentiles", (0.5, 99.5))))
+        """The intensity rule the run's data were prepared with (``tunesam.data.preprocess.to_uint8``)."""
+        window = self.intensity.get("level_width") if self.intensity["method"] == "window" else None
+        percentiles = tuple(self.intensity.get("percentiles", PERCENTILES))
+        return to_uint8(arr, is_2d, "other", tuple(window) if window else None, percentiles)  # type: ignore[arg-type]
 
 
 def output_name(path: Path) -> str:

@@ -19,6 +19,11 @@ PIXEL_NORMS: dict[str, tuple[tuple[float, float, float], tuple[float, float, flo
 }
 
 
+def positive_points(coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM's point prompt for ``B x N x 2`` (x, y) coordinates, every point on the object."""
+    return coords, torch.ones(coords.shape[:2], dtype=torch.long, device=coords.device)
+
+
 class SamSegmenter(nn.Module):
     """SAM composed from its parts, trainable end to end (no ``no_grad`` on the way).
 
