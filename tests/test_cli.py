@@ -106,7 +106,7 @@ def test_evaluate_and_predict_refuse_what_a_run_decides(tmp_path, capsys: pytest
     from data_factory import learnable_pngs
     from tunesam.data.prepare import PrepareOptions, prepare
     from tunesam.data.store import PreparedData
-    from tunesam.engine.config import TrainConfig
+    from tunesam.config import TrainConfig
     from tunesam.engine.trainer import train
 
     learnable_pngs(tmp_path / "src", patients=5)

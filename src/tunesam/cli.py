@@ -77,7 +77,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     import logging
 
-    from tunesam.engine.config import TrainConfig
+    from tunesam.config import TrainConfig
     from tunesam.engine.trainer import train
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -153,7 +153,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from tunesam.models.export import export_run
+    from tunesam.export import export_run
 
     notes = export_run(args.run, args.out, args.weights, args.overwrite)
     print(f"wrote {args.out} in the official segment-anything layout (LoRA, if any, merged into the weights)")

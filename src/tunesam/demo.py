@@ -21,7 +21,7 @@ import numpy as np
 
 from tunesam.data.examples import prepare_example
 from tunesam.data.store import PreparedData
-from tunesam.engine.config import TrainConfig
+from tunesam.config import TrainConfig
 from tunesam.engine.trainer import train
 from tunesam.eval.evaluate import evaluate_checkpoint, evaluate_run, format_metrics, predict_rows
 from tunesam.models.embedding_cache import EmbeddingCache, fill_embedding_cache
@@ -143,8 +143,8 @@ def _figure(run: Path, data_dir: Path, path: Path, device: str, metrics: dict[st
             zero_shot: dict[str, Any] | None) -> None:
     """Four test slices across the range of foreground sizes, in slab order: image | reference |
     (zero-shot boxes |) prediction, captioned with the slice's DSC per class."""
-    from tunesam.engine.distributed import pick_device
-    from tunesam.engine.run import load_run_model, open_run
+    from tunesam.device import pick_device
+    from tunesam.run import load_run_model, open_run
 
     data = PreparedData.open(data_dir)
     scored = {(r["case"], r["slice"]): r["scores"] for r in metrics["per_image"]}

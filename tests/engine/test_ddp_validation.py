@@ -12,7 +12,7 @@ import sys, torch
 from tunesam.data.dataset import SliceDataset
 from tunesam.data.store import PreparedData
 from tunesam.engine import distributed as D
-from tunesam.engine.config import TrainConfig
+from tunesam.config import TrainConfig
 from tunesam.engine.trainer import _loader, _validate
 from tunesam.models.registry import build_sam
 

@@ -11,8 +11,8 @@ import torch
 
 from tunesam.data.dataset import letterbox_image, letterbox_shape
 from tunesam.data.store import PreparedData
-from tunesam.engine.config import TrainConfig
-from tunesam.engine.run import load_run_model, open_run
+from tunesam.config import TrainConfig
+from tunesam.run import load_run_model, open_run
 from tunesam.engine.trainer import train
 from tunesam.eval.evaluate import evaluate_model, evaluate_run
 from tunesam.models.embedding_cache import EmbeddingCache, fill_embedding_cache

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tunesam.cli import main
-from tunesam.engine.config import TrainConfig
+from tunesam.config import TrainConfig
 from tunesam.engine.trainer import train
 
 

@@ -14,7 +14,7 @@ from data_factory import learnable_pngs, nnunet_dataset, write_dicom_series, wri
 from tunesam.cli import main
 from tunesam.data.prepare import PrepareOptions, prepare
 from tunesam.data.readers import DataError
-from tunesam.engine.config import TrainConfig
+from tunesam.config import TrainConfig
 from tunesam.engine.trainer import train
 from tunesam.eval.evaluate import evaluate_run
 from tunesam.inference.predictor import predict

@@ -11,7 +11,7 @@ import torch
 from helpers import images, max_diff, perturb_, randomize_
 from tunesam import build_model
 from tunesam.models.checkpoint import CheckpointError, fit_state_dict, load_fitted, read_state_dict
-from tunesam.models.export import export_checkpoint
+from tunesam.export import export_checkpoint
 from tunesam.models.registry import build_sam
 from tunesam.peft.merge import AdapterMergeError
 from tunesam.peft.strategy import Strategy, apply_strategy
@@ -206,7 +206,7 @@ def test_known_files_are_recognised_by_sha256_whatever_their_name(tmp_path: Path
     import hashlib
 
     import tunesam.models.known as known
-    from tunesam.engine.config import TrainConfig
+    from tunesam.config import TrainConfig
 
     torch.save(build_sam("vit_test", image_size=64).state_dict(), tmp_path / "renamed.pth")
     data = (tmp_path / "renamed.pth").read_bytes()

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from helpers import perturb_, randomize_
-from tunesam.models.export import export_checkpoint, export_state_dicts
+from tunesam.export import export_checkpoint, export_state_dicts
 from tunesam.models.registry import build_sam, get_spec
 from tunesam.peft.strategy import Strategy, apply_strategy
 
@@ -109,7 +109,7 @@ def test_full_vit_b_lora_export_has_the_official_keys_and_shapes(segment_anythin
 def test_export_verb_writes_lora_runs_and_refuses_adapter_runs(prepared: Path, tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     from tunesam.cli import main
-    from tunesam.engine.config import TrainConfig
+    from tunesam.config import TrainConfig
     from tunesam.engine.trainer import train
     from tunesam.models.build import build_model
 

@@ -1,7 +1,6 @@
 """Single-process or DDP (``torchrun``): rank, device, and an epoch-seeded sharded sampler."""
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -9,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
+
+from tunesam.device import pick_device
 
 
 @dataclass(frozen=True)
@@ -84,18 +85,6 @@ class EpochSampler(Sampler[tuple[int, int]]):
         if self.pad:
             return (self.n + self.ctx.world - 1) // self.ctx.world
         return len(range(self.ctx.rank, self.n, self.ctx.world))
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` is CUDA when present, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; nothing on the CPU (fp32 there)."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def all_sum(values: torch.Tensor, ctx: Context) -> torch.Tensor:

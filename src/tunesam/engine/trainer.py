@@ -31,8 +31,9 @@ from torch.utils.data import DataLoader
 from tunesam.data.dataset import SliceDataset, few_shot_rows
 from tunesam.data.readers import DataError
 from tunesam.data.store import PreparedData
+from tunesam.device import autocast_for
 from tunesam.engine import distributed as D
-from tunesam.engine.config import TrainConfig, load_config, save_config
+from tunesam.config import TrainConfig, load_config, save_config
 from tunesam.engine.losses import dice_bce_loss, dice_ce_loss
 from tunesam.engine.schedule import lr_at
 from tunesam.io import atomic_path, atomic_write, write_json
@@ -165,7 +166,7 @@ def _validate(model: torch.nn.Module, loader: DataLoader, mode: str, num_classes
     classes = range(1, num_classes + 1) if mode == "auto" else range(1, 2)
     sums = torch.zeros(len(classes), 2, dtype=torch.float64)  # (sum of DSC, images scored)
     for batch in loader:
-        with D.autocast_for(device):
+        with autocast_for(device):
             logits = model(**_model_inputs(batch, mode, device, cache))
         pred = (logits.argmax(1) if mode == "auto" else (logits[:, 0] > 0).long()).cpu()
         target = batch["mask"].long()
@@ -316,7 +317,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.Context, device: torch.device,
         assert cfg.embedding_cache is not None
         rows = np.union1d(train_ds.rows, val_ds.rows)
         if ctx.is_main:  # one process computes, the others read
-            cache = fill_embedding_cache(model, data, cfg.embedding_cache, rows, device, D.autocast_for(device))
+            cache = fill_embedding_cache(model, data, cfg.embedding_cache, rows, device, autocast_for(device))
         if ctx.distributed:
             torch.distributed.barrier()
         if cache is None:
@@ -346,7 +347,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.Context, device: torch.device,
             for g in opt.param_groups:
                 g["lr"] = lr
             t_step = time.perf_counter()
-            with D.autocast_for(device):
+            with autocast_for(device):
                 loss = _forward_loss(net, batch, cfg.mode, device, cache)
             loss.backward()
             opt.step()

@@ -22,7 +22,7 @@ from tunesam.data.dataset import letterbox_image, letterbox_shape, unletterbox
 from tunesam.data.prompts import components, simulate
 from tunesam.data.readers import DataError
 from tunesam.data.store import PreparedData
-from tunesam.engine.distributed import autocast_for, pick_device
+from tunesam.device import autocast_for, pick_device
 from tunesam.eval.metrics import (
     NSD_TOLERANCE,
     PooledScores,
@@ -258,7 +258,7 @@ def evaluate_run(run_folder: str | Path, data: str | Path | None = None, split: 
     """
     if weights not in ("best", "last"):
         raise ValueError(f"--weights must be best or last, got {weights!r}")
-    from tunesam.engine.run import load_run_model, open_run
+    from tunesam.run import load_run_model, open_run
 
     run = open_run(run_folder)
     prepared = PreparedData.open(data or run.config.data)

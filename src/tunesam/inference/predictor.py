@@ -32,7 +32,7 @@ import torch
 from tunesam.data.dataset import letterbox_image, letterbox_shape, unletterbox
 from tunesam.data.preprocess import PERCENTILES, downsample_images, stored_shape, to_uint8
 from tunesam.data.readers import DataError, Geometry, PillowReader, SimpleITKReader, read_image
-from tunesam.engine.distributed import autocast_for, pick_device
+from tunesam.device import autocast_for, pick_device
 from tunesam.io import atomic_path
 from tunesam.models.segmenter import SamSegmenter
 
@@ -113,7 +113,7 @@ class Predictor:
 
     @classmethod
     def from_run(cls, run_folder: str | Path, device: str = "auto", batch_size: int = 8) -> Predictor:
-        from tunesam.engine.run import load_run_model, open_run
+        from tunesam.run import load_run_model, open_run
 
         run = open_run(run_folder)
         dev = pick_device(device)

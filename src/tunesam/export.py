@@ -16,6 +16,8 @@ from tunesam.io import atomic_write
 from tunesam.models.image_encoder import resize_pos_embed, resize_rel_pos
 from tunesam.models.registry import build_sam, get_spec
 from tunesam.models.segmenter import SamSegmenter
+from tunesam.peft.merge import AdapterMergeError, merged_state_dict
+from tunesam.run import load_run_model, open_run
 
 _CLASS_KEYS = (
     "mask_decoder.mask_tokens.weight",
@@ -29,8 +31,6 @@ def export_state_dicts(
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[str]]:
     """``(official, class_head, notes)``: the official-layout state dict, the tensors that do
     not fit it (empty when the decoder has the official shape), and what was changed."""
-    from tunesam.peft.merge import merged_state_dict
-
     state = merged_state_dict(model)
     with torch.device("meta"):
         reference = build_sam(model.arch, image_size=get_spec(model.arch).native_size).state_dict()
@@ -88,9 +88,6 @@ def export_run(run_folder: str | Path, out: str | Path, weights: str = "best", o
     """``tunesam export``: a run's fine-tuned model in the official layout (LoRA merged), at the
     architecture's native input size. Adapter runs are refused: their layers have no place in
     plain SAM weights (their run folder is what to keep). Returns notes on what was adapted."""
-    from tunesam.engine.run import load_run_model, open_run
-    from tunesam.peft.merge import AdapterMergeError
-
     out = Path(out)
     if out.exists() and not overwrite:
         raise ValueError(f"{out}: exists; choose another --out or pass --overwrite")

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from tunesam.data.readers import DataError
-from tunesam.engine.config import TrainConfig, load_config
+from tunesam.config import TrainConfig, load_config
 from tunesam.models.build import build_model
 from tunesam.models.checkpoint import sha256_of
 from tunesam.models.segmenter import SamSegmenter
