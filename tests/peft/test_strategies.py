@@ -196,3 +196,23 @@ def test_trained_weights_record_the_base_checkpoint(tmp_path: Path) -> None:
     meta = json.loads(meta_path.read_text())
     assert meta["base_checkpoint"]["sha256"] == hashlib.sha256(base.read_bytes()).hexdigest()
     assert meta["strategy"]["method"] == "adapter"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_mlp_adapters_see_the_normalised_input_the_mlp_sees(arch: str) -> None:
+    _, model = _adapted(arch, Strategy("encoder-decoder", "adapter"))
+    block = next(m for m in model.image_encoder.modules() if hasattr(m, "mlp") and hasattr(m.mlp, "adapter"))
+    seen: dict[str, torch.Tensor] = {}
+
+    def record(name: str):  # type: ignore[no-untyped-def]
+        def hook(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            seen.setdefault(name, inputs[0])
+        return hook
+
+    block.mlp.adapter.down.register_forward_hook(record("adapter"))
+    mlp = block.mlp.base_layer
+    first = mlp.lin1 if hasattr(mlp, "lin1") else mlp.fc1  # SAM's MLPBlock / TinyViT's Mlp
+    first.register_forward_hook(record("mlp"))
+    with torch.no_grad():
+        model.eval()(images(1, SIZE))
+    assert torch.equal(seen["adapter"], seen["mlp"])

@@ -44,13 +44,21 @@ class SerialAdapter(nn.Module):
 
 
 class ParallelAdapter(nn.Module):
-    """``base_layer(x) + scale * adapter(x)``: an adapter beside an MLP."""
+    """``base_layer(x) + scale * adapter(norm(x))``: an adapter beside an MLP.
+
+    The adapter sees what the MLP sees, the block's normalised input (the paper's rule, as
+    Medical SAM Adapter). SAM's ViT normalises before calling its MLP, so ``x`` already is;
+    TinyViT's MLP carries its own LayerNorm (``norm``), which the adapter then applies too.
+    """
 
     def __init__(self, base_layer: nn.Module, dim: int, ratio: float = 0.25, scale: float = 0.5) -> None:
         super().__init__()
         self.base_layer = base_layer
         self.adapter = Adapter(dim, ratio, skip=False)
         self.scale = scale
+        norm = getattr(base_layer, "norm", None)
+        self._own_norm = isinstance(norm, nn.LayerNorm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base_layer(x) + self.scale * self.adapter(x)
+        h = self.base_layer.norm(x) if self._own_norm else x
+        return self.base_layer(x) + self.scale * self.adapter(h)
