@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from tunesam.io import atomic_write
+from tunesam.models.checkpoint import class_head_file
 from tunesam.models.image_encoder import resize_pos_embed, resize_rel_pos
 from tunesam.models.registry import build_sam, get_spec
 from tunesam.models.segmenter import SamSegmenter
@@ -49,10 +50,10 @@ def export_state_dicts(
             official[key] = value
         elif key.endswith("pos_embed"):
             official[key] = resize_pos_embed(value, (want.shape[1], want.shape[2]))
-            notes.append(f"{key} resampled {tuple(value.shape[1:3])} -> {tuple(want.shape[1:3])} for 1024 input")
+            notes.append(f"{key} resampled {tuple(value.shape[1:3])} -> {tuple(want.shape[1:3])} for the native input")
         elif key.endswith(("rel_pos_h", "rel_pos_w")):
             official[key] = resize_rel_pos(value, want.shape[0])
-            notes.append(f"{key} resampled to {want.shape[0]} positions for 1024 input")
+            notes.append(f"{key} resampled to {want.shape[0]} positions for the native input")
         elif key in _CLASS_KEYS:
             side[key] = value
             official[key] = value[: want.shape[0]]
@@ -77,7 +78,7 @@ def export_checkpoint(model: SamSegmenter, path: str | Path) -> list[str]:
     else:
         atomic_write(path, lambda tmp: torch.save(tensors, tmp))
     if side:
-        side_path = path.with_name(path.stem + ".class_head.safetensors")
+        side_path = class_head_file(path)
         side_tensors = {k: v.detach().cpu().contiguous() for k, v in side.items()}
         atomic_write(side_path, lambda tmp: save_file(side_tensors, str(tmp)))
         notes.append(f"class head written to {side_path}")

@@ -189,6 +189,13 @@ def test_export_of_many_classes_writes_a_class_head_side_file(tmp_path: Path) ->
     with torch.device("meta"):
         reference = build_sam("vit_test").state_dict()
     assert {k: v.shape for k, v in official.items()} == {k: v.shape for k, v in reference.items()}
+    # and it loads back whole: the side file beside it restores the four classes' head
+    model.eval()
+    again = build_model("vit_test", tmp_path / "out.safetensors", num_classes=4, image_size=1024).eval()
+    assert any("class head read from" in r for r in again.load_report.resized)
+    assert again.load_report.initialised == []
+    mine, back = model.mask_decoder.state_dict(), again.mask_decoder.state_dict()
+    assert mine.keys() == back.keys() and all(torch.equal(mine[k], back[k]) for k in mine)
 
 
 def test_adapter_models_cannot_be_merged(tmp_path: Path) -> None:

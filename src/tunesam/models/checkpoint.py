@@ -251,9 +251,22 @@ def load_fitted(
     model.load_state_dict(state, strict=True)
 
 
+def class_head_file(path: str | Path) -> Path:
+    """Where ``tunesam export`` puts the class head of a model with more than SAM's four
+    output tokens: ``STEM.class_head.safetensors`` beside the checkpoint."""
+    path = Path(path)
+    return path.with_name(path.stem + ".class_head.safetensors")
+
+
 def load_checkpoint(model: nn.Module, path: str | Path, expected_arch: str) -> LoadReport:
-    """Read ``path``, fit it to ``model`` and load it strictly; return what was adapted."""
+    """Read ``path`` (with its class-head side file, if any), fit it to ``model`` and load it
+    strictly; return what was adapted."""
     state = read_state_dict(path)
+    side = class_head_file(path)
+    if side.is_file():
+        state.update(read_state_dict(side))  # the whole class head: tokens and heads beyond the official four
     fitted, report = fit_state_dict(state, model, source=os.fspath(path))
+    if side.is_file():
+        report.resized.append(f"class head read from {side}")
     load_fitted(model, fitted, report, expected_arch)
     return report
