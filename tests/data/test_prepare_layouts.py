@@ -160,3 +160,28 @@ def test_large_slices_are_downsampled_to_size(tmp_path: Path) -> None:
     data = PreparedData.open(tmp_path / "p")
     image, mask = data.slice(0)
     assert image.shape == (20, 15) and set(np.unique(mask)) <= {0, 1}
+
+
+def test_manifest_flags_describe_the_stored_masks_as_the_index_does(tmp_path: Path) -> None:
+    """A one-pixel object vanishes when its 200 x 200 slice is stored at 32 px."""
+    import numpy as np
+    from PIL import Image
+
+    from tunesam.data.store import PreparedData
+
+    (tmp_path / "src" / "images").mkdir(parents=True)
+    (tmp_path / "src" / "masks").mkdir()
+    for p in range(4):
+        mask = np.zeros((200, 200), np.uint8)
+        mask[0, 0] = 255
+        if p:
+            mask[50:150, 50:150] = 255
+        Image.fromarray(np.full((200, 200), 80, np.uint8)).save(tmp_path / "src" / "images" / f"patient{p}.png")
+        Image.fromarray(mask).save(tmp_path / "src" / "masks" / f"patient{p}.png")
+    prepare(tmp_path / "src", tmp_path / "p", PrepareOptions(split="2:1:1", size=32, keep_empty=True))
+    data = PreparedData.open(tmp_path / "p")
+    flags = {c["id"]: [f for _, f in c["slices"]] for c in data.manifest["cases"]}
+    for row in range(len(data.index)):
+        case = data.manifest["cases"][int(data.index[row]["case"])]
+        assert bool(data.index[row]["nonempty"]) == bool(flags[case["id"]][0])
+    assert flags["patient0"] == [0] and all(flags[f"patient{p}"] == [1] for p in (1, 2, 3))

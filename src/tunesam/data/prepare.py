@@ -345,6 +345,11 @@ def _write_case(
         imgs, msks = downsample(stack_img[kept], stack_msk[kept], shape)
         for j, idx in enumerate(kept):
             writer.add(n, int(idx), imgs[j], msks[j], split)
+        # The flags describe the stored masks, as the index does: an object smaller than a
+        # stored pixel can vanish when a slice is downsampled.
+        stored_nonempty = dict(zip(kept.tolist(), msks.reshape(len(msks), -1).any(axis=1).tolist()))
+    else:
+        stored_nonempty = {}
     return {
         "id": case.case_id,
         "patient": case.patient,
@@ -358,7 +363,7 @@ def _write_case(
         "native_plane": list(native),
         "stored_plane": list(shape),
         "num_slices": int(len(stack_img)),
-        "slices": [[int(i), int(nonempty[i])] for i in kept],
+        "slices": [[int(i), int(stored_nonempty[int(i)])] for i in kept],
     }
 
 
