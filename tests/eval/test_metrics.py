@@ -149,3 +149,33 @@ def test_counts_give_the_per_image_scores() -> None:
         assert s["nsd"] == pytest.approx(_monai_nsd(pred, ref, (0.7, 1.3), 2.0), abs=1e-6)
     assert counts_2d(pred, np.zeros_like(ref), (1.0, 1.0)).scores() == {"dsc": 0.0, "nsd": 0.0}
     assert all(math.isnan(v) for v in counts_2d(~np.ones_like(ref), ~np.ones_like(ref), (1.0, 1.0)).scores().values())
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_pooled_nsd_equals_monai_on_the_slices_tiled_into_one_image(seed: int) -> None:
+    """Pooled NSD is the boundary within tolerance over all boundary of all slices: exactly
+    MONAI's NSD of one canvas holding the slices side by side, far enough apart that no
+    boundary sees another slice's (independent of our surface code)."""
+    pytest.importorskip("monai")
+    rng = np.random.default_rng(10 + seed)
+    tol, gap = 2.0, 12
+    pooled = PooledScores({0: "bg", 1: "a"})
+    tiles = []
+    for k in range(4):
+        shape = (int(rng.integers(20, 40)), int(rng.integers(20, 40)))
+        pred = ndimage.binary_opening(rng.random(shape) > 0.5, iterations=1)
+        ref = ndimage.binary_opening(rng.random(shape) > 0.45, iterations=1)
+        if k == 3:
+            ref[:] = False  # a slice with prediction only: its boundary counts, none within tolerance
+        pooled.add({1: counts_2d(pred, ref, (1.0, 1.0), tol)})
+        tiles.append((pred, ref))
+    height = max(p.shape[0] for p, _ in tiles) + 2 * gap
+    width = sum(p.shape[1] + gap for p, _ in tiles) + gap
+    canvas_pred, canvas_ref = np.zeros((height, width), bool), np.zeros((height, width), bool)
+    x = gap
+    for pred, ref in tiles:
+        h, w = pred.shape
+        canvas_pred[gap : gap + h, x : x + w], canvas_ref[gap : gap + h, x : x + w] = pred, ref
+        x += w + gap
+    expected = 100 * _monai_nsd(canvas_pred, canvas_ref, (1.0, 1.0), tol)
+    assert pooled.aggregate()["classes"]["1"]["nsd"] == pytest.approx(expected, abs=1e-3)
