@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunesam.data.readers import DataError, is_image_file
+from tunesam.data.readers import DataError, is_image_file, strip_image_ext
 
 LAYOUTS = ("auto", "nnunet", "msd", "csv", "folders")
 DEFAULT_CASE_PATTERN = r"(?i)(?:patient|case|subject|sub)[-_]?\d+"
@@ -56,14 +56,6 @@ class SourceDataset:
     warnings: list[str] = field(default_factory=list)
 
 
-def _strip_ext(name: str) -> str:
-    lower = name.lower()
-    for ext in (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"):
-        if lower.endswith(ext):
-            return name[: -len(ext)]
-    return name
-
-
 def _patients(rel_paths: list[str], pattern: str, what: str, warnings: list[str]) -> list[str | None]:
     """Patient id of each path by ``pattern`` (first group, or the whole match)."""
     try:
@@ -93,9 +85,9 @@ def _cases_from_pairs(
 ) -> list[CaseSource]:
     """Cases for 2D/3D image files listed in pairs, ids unique, patients by pattern."""
     rel = [os.path.relpath(img, root).replace(os.sep, "/") for img, _, _ in pairs]
-    stems = [_strip_ext(Path(r).name) for r in rel]
+    stems = [strip_image_ext(Path(r).name) for r in rel]
     unique_stems = len(set(stems)) == len(stems)
-    ids = stems if unique_stems else [_strip_ext(r).replace("/", "__") for r in rel]
+    ids = stems if unique_stems else [strip_image_ext(r).replace("/", "__") for r in rel]
     dup = [k for k, n in Counter(ids).items() if n > 1]
     if dup:
         raise DataError(f"{root}: image {dup[0]!r} is listed more than once")
@@ -183,7 +175,7 @@ def read_msd(root: Path, warnings: list[str]) -> SourceDataset:
     for entry in meta["training"]:
         img = (root / entry["image"]).resolve()
         mask = (root / entry["label"]).resolve()
-        cid = _strip_ext(img.name)
+        cid = strip_image_ext(img.name)
         cases.append(CaseSource(cid, cid, cid, img, mask))
     if not cases:
         raise DataError(f"{meta_path}: its 'training' list is empty")
@@ -261,7 +253,7 @@ def _find_dir(root: Path, names: tuple[str, ...]) -> Path | None:
 
 
 def _mask_key(rel: str) -> str:
-    stem = _strip_ext(rel)
+    stem = strip_image_ext(rel)
     for suffix in _MASK_SUFFIXES:
         if stem.lower().endswith(suffix):
             return stem[: -len(suffix)]
@@ -275,7 +267,7 @@ def read_folders(root: Path, pattern: str, warnings: list[str]) -> SourceDataset
             f"{root}: expected two folders, images ({'/'.join(_IMAGE_DIRS[:2])}/...) and masks "
             f"({'/'.join(_MASK_DIRS[:3])}/...)"
         )
-    images = {_strip_ext(str(p.relative_to(img_dir))): p for p in sorted(img_dir.rglob("*")) if is_image_file(p)}
+    images = {strip_image_ext(str(p.relative_to(img_dir))): p for p in sorted(img_dir.rglob("*")) if is_image_file(p)}
     masks = {_mask_key(str(p.relative_to(mask_dir))): p for p in sorted(mask_dir.rglob("*")) if is_image_file(p)}
     if not masks and not images:
         raise DataError(f"{root}: no image files in {img_dir.name}/ and {mask_dir.name}/")

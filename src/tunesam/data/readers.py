@@ -230,6 +230,15 @@ def _from_sitk(image: Any, path: Path) -> tuple[np.ndarray, Geometry]:
     return arr, geom
 
 
+def strip_image_ext(name: str) -> str:
+    """``name`` without its image ending (``.nii.gz`` before ``.gz``-less ones), as read here."""
+    lower = name.lower()
+    for ext in sorted(SimpleITKReader.suffixes + PillowReader.suffixes, key=len, reverse=True):
+        if lower.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
 def reader_for(path: Path, dicom_series: str | None = None) -> Reader:
     """The reader for ``path`` by its ending (a folder is a DICOM series)."""
     if path.is_dir():

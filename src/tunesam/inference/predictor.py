@@ -31,7 +31,7 @@ import torch
 
 from tunesam.data.dataset import letterbox_image, letterbox_shape, unletterbox
 from tunesam.data.preprocess import PERCENTILES, downsample_images, stored_shape, to_uint8
-from tunesam.data.readers import DataError, Geometry, PillowReader, SimpleITKReader, read_image
+from tunesam.data.readers import DataError, Geometry, PillowReader, SimpleITKReader, read_image, strip_image_ext
 from tunesam.device import autocast_for, pick_device
 from tunesam.io import atomic_path
 from tunesam.models.segmenter import SamSegmenter
@@ -196,11 +196,7 @@ class Predictor:
 
 
 def _stem(path: Path) -> str:
-    name = path.name
-    for ext in (".nii.gz",) + SimpleITKReader.suffixes + (".png",):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return path.stem
+    return strip_image_ext(path.name)
 
 
 def _write_mask(target: Path, labels: np.ndarray, geom: Geometry) -> None:
