@@ -164,3 +164,12 @@ def test_case_pattern_on_an_nnunet_source_is_said_to_be_unused(tmp_path: Path) -
     root = _small_nnunet(tmp_path)
     result = prepare(root, tmp_path / "p", PrepareOptions(split="2:1:1", case_pattern=r"case_(\d)"))
     assert any("--case-pattern is not used for nnunet sources" in w for w in result.manifest["warnings"])
+
+
+def test_too_few_patients_names_the_images_skipped_for_lacking_masks(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    png_pairs(src, patients=5)
+    for mask in sorted((src / "masks").iterdir())[2:]:  # most images lose their masks
+        mask.unlink()
+    with pytest.raises(DataError, match=r"cannot fill a .* set.*Note: \d+ images have no mask and are skipped"):
+        prepare(src, tmp_path / "p")

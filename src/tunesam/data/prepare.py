@@ -168,7 +168,13 @@ def _assign_splits(src: SourceDataset, opts: PrepareOptions, warnings: list[str]
         for patient, sets in patients_in_several_sets(assignment, patient_of).items():
             warnings.append(f"patient {patient} is in more than one set of the given split ({', '.join(sets)}); kept as given")
         return assignment, "given"
-    by_patient = patient_split(list(patient_of.values()), parse_ratios(opts.split), opts.seed)
+    try:
+        by_patient = patient_split(list(patient_of.values()), parse_ratios(opts.split), opts.seed)
+    except DataError as exc:
+        skipped = [w for w in warnings if "skipped" in w]
+        if skipped:  # say why there are so few: images left out before the split
+            raise DataError(f"{exc}. Note: {'; '.join(skipped)}") from exc
+        raise
     where = {p: s for s, ps in by_patient.items() for p in ps}
     return {cid: where[p] for cid, p in patient_of.items()}, "seeded"
 
