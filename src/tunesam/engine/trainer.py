@@ -36,6 +36,7 @@ from tunesam.engine import distributed as D
 from tunesam.config import TrainConfig, load_config, save_config
 from tunesam.engine.losses import dice_bce_loss, dice_ce_loss
 from tunesam.engine.schedule import lr_at
+from tunesam.eval.metrics import dice
 from tunesam.io import atomic_path, atomic_write, write_json
 from tunesam.models.build import build_model
 from tunesam.models.embedding_cache import EmbeddingCache, fill_embedding_cache
@@ -172,12 +173,11 @@ def _validate(model: torch.nn.Module, loader: DataLoader, mode: str, num_classes
         target = batch["mask"].long()
         for b in range(len(target)):
             rh, rw = batch["valid"][b].tolist()
-            p, t = pred[b, :rh, :rw], target[b, :rh, :rw]
+            p, t = pred[b, :rh, :rw].numpy(), target[b, :rh, :rw].numpy()
             for j, c in enumerate(classes):
-                a, r = p == c, t == c
-                denom = int(a.sum() + r.sum())
-                if denom:
-                    sums[j, 0] += 2.0 * int((a & r).sum()) / denom
+                score = dice(p == c, t == c)  # the evaluation's DSC; nan (not scored) when both are empty
+                if not math.isnan(score):
+                    sums[j, 0] += score
                     sums[j, 1] += 1
     sums = D.all_sum(sums, ctx)
     per_class = [s / n for s, n in sums.tolist() if n > 0]
