@@ -124,7 +124,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                              "from the file)")
         cache = None
         if args.cache_embeddings or args.embedding_cache:
-            cache = args.embedding_cache or f"{args.data}/embeddings"
+            from tunesam.models.embedding_cache import default_cache_folder
+
+            cache = args.embedding_cache or default_cache_folder(args.data)
         metrics = evaluate_checkpoint(args.checkpoint, args.arch, args.data, args.mode, args.split,
                                       args.image_size, args.pixel_norm, args.device, args.out, cache)
     elif args.run:

@@ -81,6 +81,7 @@ class TrainConfig:
     def resolved(self) -> TrainConfig:
         """Recipe defaults filled in; a named checkpoint resolved to its (verified) file."""
         from tunesam.models.build import infer_arch, pixel_norm_rule
+        from tunesam.models.embedding_cache import default_cache_folder
         from tunesam.models.known import resolve_checkpoint
         from tunesam.models.registry import get_spec
 
@@ -89,16 +90,16 @@ class TrainConfig:
         if not self.arch and checkpoint is None:
             raise ValueError("give --arch (or a --checkpoint to read the architecture from)")
         arch = self.arch or infer_arch(checkpoint)  # type: ignore[arg-type]
+        norm, rule = (self.pixel_norm, "given with --pixel-norm") if self.pixel_norm else pixel_norm_rule(arch, checkpoint)
         return dataclasses.replace(
             self,
             arch=arch,
             checkpoint=checkpoint,
             image_size=self.image_size or get_spec(arch).native_size,
-            pixel_norm=self.pixel_norm or pixel_norm_rule(arch, checkpoint)[0],
-            pixel_norm_rule=self.pixel_norm_rule or ("given with --pixel-norm" if self.pixel_norm
-                                                     else pixel_norm_rule(arch, checkpoint)[1]),
+            pixel_norm=norm,
+            pixel_norm_rule=self.pixel_norm_rule or rule,
             interpolation=self.interpolation or get_spec(arch).interpolation,
-            embedding_cache=(self.embedding_cache or str(Path(self.data) / "embeddings")) if self.cache_embeddings
+            embedding_cache=(self.embedding_cache or str(default_cache_folder(self.data))) if self.cache_embeddings
             else None,
             epochs=self.epochs or recipe["epochs"],
             patience=recipe["patience"] if self.patience is None else self.patience,

@@ -24,7 +24,7 @@ from tunesam.data.store import PreparedData
 from tunesam.config import TrainConfig
 from tunesam.engine.trainer import train
 from tunesam.eval.evaluate import evaluate_checkpoint, evaluate_run, format_metrics, predict_rows
-from tunesam.models.embedding_cache import EmbeddingCache, fill_embedding_cache
+from tunesam.models.embedding_cache import EmbeddingCache, default_cache_folder, fill_embedding_cache
 from tunesam.models.known import LITEMEDSAM, litemedsam_path
 from tunesam.viz import caption, montage, overlay, save_png
 
@@ -92,7 +92,7 @@ def demo(out: str | Path = "tunesam-demo", checkpoint: str | None = None, epochs
     if recipe.pretrained:
         print("\n== The pretrained weights zero-shot: one box per connected component of each tissue (test slabs) ==")
         zero_shot = evaluate_checkpoint(recipe.checkpoint, recipe.arch, data, "box", "test", recipe.image_size,
-                                        device=device, embedding_cache=data / "embeddings")
+                                        device=device, embedding_cache=default_cache_folder(data))
         print(format_metrics(zero_shot))
         print("A box around white matter also holds the grey matter around it: boxes cannot tell nested tissues "
               "apart, which is what fine-tuning for automated segmentation is for.")
@@ -184,18 +184,16 @@ def _zero_shot_masks(cfg: TrainConfig, data: PreparedData, rows: list[int], devi
                      cache: EmbeddingCache | None) -> dict[int, np.ndarray]:
     """The un-fine-tuned weights' box-prompted label maps of ``rows`` (white matter over grey);
     the frozen encoder's embeddings come from ``cache`` when given."""
-    from tunesam.eval.evaluate import _prompted_masks
+    from tunesam.eval.evaluate import prompted_masks
     from tunesam.models.build import build_model
 
     model = build_model(cfg.arch, cfg.checkpoint, 1, cfg.image_size, cfg.pixel_norm).to(device).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    model.use_inference_encoder()
+    model.requires_grad_(False).use_inference_encoder()
     out = {}
     for row in rows:
         image, ref = (np.asarray(a) for a in data.slice(row))
         embedding = cache.get([row]) if cache is not None else None
-        per_class = _prompted_masks(model, image, ref, "box", device, False, embedding)["single"]
+        per_class = prompted_masks(model, image, ref, "box", device, False, embedding)["single"]
         label = np.zeros(ref.shape, np.uint8)
         for c in sorted(per_class):
             label[per_class[c]] = c

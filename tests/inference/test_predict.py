@@ -153,6 +153,14 @@ def test_prompted_run_predicts_from_a_prompt_file(tmp_path: Path) -> None:
     (tmp_path / "prompts.json").write_text(json.dumps({"patient0_s0.png": [{"box": [5, 5, 30, 30], "label": 1}]}))
     (out,) = predict(run, [image], tmp_path / "o", prompts=tmp_path / "prompts.json")
     assert np.asarray(Image.open(out)).shape == (48, 48)
+    # two prompts on one slice (encoded once) give the union of their masks alone
+    masks = []
+    for name, boxes in (("a", [[5, 5, 30, 30]]), ("b", [[20, 10, 44, 40]]), ("ab", [[5, 5, 30, 30], [20, 10, 44, 40]])):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"patient0_s0.png": [{"box": b} for b in boxes]}))
+        (m,) = predict(run, [image], tmp_path / f"o_{name}", prompts=tmp_path / f"{name}.json")
+        masks.append(np.asarray(Image.open(m)) > 0)
+    assert masks[0].any() and masks[1].any() and not np.array_equal(masks[0], masks[1])
+    assert np.array_equal(masks[2], masks[0] | masks[1])
     with pytest.raises(DataError, match="none were given: use --prompts FILE"):
         predict(run, [image], tmp_path / "o2")
 

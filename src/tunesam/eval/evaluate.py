@@ -32,7 +32,7 @@ from tunesam.eval.metrics import (
     score_classes,
 )
 from tunesam.io import write_json
-from tunesam.models.embedding_cache import EmbeddingCache, fill_embedding_cache
+from tunesam.models.embedding_cache import EmbeddingCache, default_cache_folder, fill_embedding_cache
 from tunesam.models.segmenter import SamSegmenter, positive_points
 
 MULTIMASK_VARIANTS = ("single", "highest_iou", "oracle")
@@ -67,7 +67,7 @@ def predict_rows(
             yield r, unletterbox(lg, valid, s.shape).argmax(0).to(torch.uint8).cpu().numpy()
 
 
-def _prompted_masks(
+def prompted_masks(
     model: SamSegmenter, image: np.ndarray, ref: np.ndarray, mode: str, device: torch.device, multimask: bool,
     embedding: torch.Tensor | None = None,
 ) -> dict[str, dict[int, np.ndarray]]:
@@ -206,7 +206,7 @@ def _evaluate_prompted(model, data, rows, classes, labels, mode, device, multima
         case = data.case(int(row))
         spacing = stored_spacing(case)
         embedding = cache.get([int(row)]) if cache is not None else None
-        for variant, per_class in _prompted_masks(model, image, ref, mode, device, multimask, embedding).items():
+        for variant, per_class in prompted_masks(model, image, ref, mode, device, multimask, embedding).items():
             # a class map per class (prompted masks of different classes may overlap)
             counts = {c: counts_2d(per_class.get(c, np.zeros(ref.shape, bool)), ref == c, spacing, tolerance)
                       for c in classes}
@@ -274,7 +274,7 @@ def evaluate_run(run_folder: str | Path, data: str | Path | None = None, split: 
     model = load_run_model(run, weights, dev)
     cache_dir = None
     if run.config.cache_embeddings and model.encoder_is_frozen():
-        cache_dir = run.config.embedding_cache if data is None else Path(prepared.folder) / "embeddings"
+        cache_dir = run.config.embedding_cache if data is None else default_cache_folder(prepared.folder)
     metrics = evaluate_model(model, prepared, split, mode, dev, batch_size=batch_size, embedding_cache=cache_dir)
     metrics["run"] = str(Path(run_folder).resolve())
     metrics["weights"] = weights
@@ -298,8 +298,7 @@ def evaluate_checkpoint(checkpoint: str | Path, arch: str | None, data: str | Pa
         raise ValueError("an un-fine-tuned checkpoint is evaluated with --mode box or point")
     prepared = PreparedData.open(data)
     model = build_model(arch, checkpoint, 1, image_size, pixel_norm)
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model.requires_grad_(False)  # un-fine-tuned: a frozen encoder, so the fused one and caches apply
     metrics = evaluate_model(model, prepared, split, mode, device, multimask=True, embedding_cache=embedding_cache)
     metrics.update({"checkpoint": str(checkpoint), "arch": model.arch, "image_size": model.image_size,
                     "pixel_norm": model.pixel_norm, "data": str(prepared.folder.resolve())})

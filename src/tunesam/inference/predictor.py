@@ -148,13 +148,20 @@ class Predictor:
     def segment_prompted(self, slices: np.ndarray, prompts: list[dict[str, Any]], where: str) -> np.ndarray:
         """Point/box mode: one binary object per prompt, written with its ``label``.
 
-        Every prompt is checked (see :func:`check_prompt`) before any is segmented.
+        Every prompt is checked (see :func:`check_prompt`) before any is segmented; a slice with
+        several prompts is encoded once.
         """
         n, h, w = slices.shape
         checked = [check_prompt(p, k, (n, h, w), self.labels, where) for k, p in enumerate(prompts)]
         labels = np.zeros((n, h, w), np.uint8)
+        embedded: dict[int, tuple[torch.Tensor, tuple[int, int]]] = {}
         for i, kind, coords, point_labels, label in checked:
-            x, valid = self._model_input(slices[i])
+            if i not in embedded:
+                x, valid = self._model_input(slices[i])
+                with torch.no_grad(), autocast_for(self.device):
+                    emb = self.model.encode(x[None].to(self.device), torch.tensor([valid], device=self.device))
+                embedded[i] = (emb, valid)
+            emb, valid = embedded[i]
             scale = self.model.image_size / max(h, w)  # native pixel -> model input pixel, as SAM's resize
             kw: dict[str, Any] = {}
             if kind == "box":
@@ -163,7 +170,7 @@ class Predictor:
                 pts = torch.tensor([coords], dtype=torch.float32, device=self.device) * scale
                 kw["points"] = (pts, torch.tensor([point_labels], device=self.device))
             with torch.no_grad(), autocast_for(self.device):
-                logits = self.model(x[None].to(self.device), valid=torch.tensor([valid], device=self.device), **kw)[0]
+                logits = self.model(None, embeddings=emb, **kw)[0]
             mask = (unletterbox(logits, valid, (h, w))[0] > 0).cpu().numpy()
             labels[i][mask] = label
         return labels

@@ -47,11 +47,19 @@ def where_published(path: str | Path) -> str:
     return f"the official SAM-family checkpoints are published as follows: {known}"
 
 
-def sha256_of(path: str | Path, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file, read in chunks."""
+def sha256_of(path: str | Path) -> str:
+    """Hex sha256 of a file, computed once per (path, size, modification time) in a process
+    (a ViT-H file is 2.5 GB: recognising it, checking a run's base and saving beside it
+    hash it once)."""
+    st = os.stat(path)
+    return _sha256_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(chunk):
+        while block := f.read(1 << 22):
             h.update(block)
     return h.hexdigest()
 

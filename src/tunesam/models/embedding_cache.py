@@ -36,6 +36,12 @@ log = logging.getLogger("tunesam.embeddings")
 FORMAT_VERSION = 1
 
 
+def default_cache_folder(data: str | Path) -> Path:
+    """Where a prepared dataset's embeddings are cached unless told otherwise: ``DATA/embeddings``
+    (``prepare --force`` replaces the dataset and its cache together)."""
+    return Path(data) / "embeddings"
+
+
 def encoder_key(model: SamSegmenter, data_fingerprint: str) -> str:
     """A hex digest of everything an embedding depends on."""
     h = hashlib.sha256()

