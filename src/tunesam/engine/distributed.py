@@ -36,7 +36,10 @@ def setup(device_pref: str) -> tuple[Context, torch.device]:
         ctx = Context(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0")),
                       distributed=True)
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if want_cuda else "gloo")
+            if want_cuda:  # naming the device spares NCCL its guess of rank -> GPU
+                dist.init_process_group("nccl", device_id=torch.device("cuda", ctx.local_rank))
+            else:
+                dist.init_process_group("gloo")
     else:
         ctx = Context()
     if want_cuda:
