@@ -97,6 +97,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_baseline(args: argparse.Namespace) -> int:
+    import logging
+
+    from tunesam.baselines.train import train_baseline
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    run = train_baseline(args.name, args.data, args.out, epochs=args.epochs, device=args.device, seed=args.seed,
+                         image_size=args.image_size, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
+                         warmup=args.warmup, few_shot=args.few_shot, num_workers=args.num_workers,
+                         resume=args.resume, progress=False if args.quiet else None)
+    print(f"run written to {run}")
+    return 0
+
+
 def _refuse(args: argparse.Namespace, why: str, *names: str) -> None:
     """Flags that do not apply here are an error, never silently dropped."""
     given = [f"--{n.replace('_', '-')}" for n in names if getattr(args, n) not in (None, False)]
@@ -253,6 +267,32 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", action="store_true", help="continue the run in --out")
     tr.add_argument("--quiet", action="store_true", help="no progress bar (it shows only in a terminal anyway)")
     tr.set_defaults(func=_cmd_train)
+
+    from tunesam.baselines.nets import BASELINES
+
+    bl = sub.add_parser("baseline", help="train UNet, SwinUNETR or nnU-Net on a prepared dataset's split",
+                        description="A baseline on the same split as the SAM runs, as a run folder that evaluate and "
+                                    "predict take. unet: MONAI's UNet (2D); swinunetr: MONAI's SwinUNETR (2D), the "
+                                    "substitute for SwinUNet; nnunet: the real nnU-Net (nnunetv2, 2D configuration; "
+                                    "pip install 'tunesam[baselines]'). UNet and SwinUNETR follow the paper's recipe "
+                                    "(AdamW 1e-4, wd 0.1, 200 warm-up steps, batch 4, <= 200 epochs, early stop after "
+                                    "20) at 256 px with z-score intensities; nnU-Net plans its own.")
+    bl.add_argument("name", choices=["nnunet", *BASELINES], metavar="{unet,swinunetr,nnunet}")
+    bl.add_argument("--data", required=True, help="prepared dataset folder")
+    bl.add_argument("--out", required=True, help="run folder to write")
+    bl.add_argument("--epochs", type=int, help="default 200 (few-shot 1000); nnU-Net: its own 1000")
+    bl.add_argument("--few-shot", type=int, metavar="K", help="K training images from distinct volumes")
+    bl.add_argument("--image-size", type=int, help="input side (default 256; SwinUNETR: a multiple of 32)")
+    bl.add_argument("--batch-size", type=int, help="default 4 (few-shot 2)")
+    bl.add_argument("--lr", type=float, default=1e-4)
+    bl.add_argument("--warmup", type=int, default=200, help="warm-up steps")
+    bl.add_argument("--patience", type=int, help="early stop after N epochs without a better val DSC (0: never)")
+    bl.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    bl.add_argument("--seed", type=int, default=0)
+    bl.add_argument("--num-workers", type=int, help="data loader workers (default: up to 4)")
+    bl.add_argument("--resume", action="store_true", help="continue the run in --out")
+    bl.add_argument("--quiet", action="store_true", help="no progress bar")
+    bl.set_defaults(func=_cmd_baseline)
 
     ev = sub.add_parser("evaluate", help="DSC and NSD of a run (or an un-fine-tuned checkpoint)")
     ev.add_argument("run", nargs="?", help="run folder")

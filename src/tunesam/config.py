@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from tunesam.baselines.nets import is_baseline
 from tunesam.peft.strategy import Strategy
 
 # The paper's recipes (section 4.1; few-shot: section 4.4).
@@ -86,6 +87,8 @@ class TrainConfig:
         from tunesam.models.registry import get_spec
 
         recipe = FEW_SHOT if self.few_shot else FULL
+        if is_baseline(self.arch):
+            return self._resolved_baseline(recipe)
         checkpoint = str(resolve_checkpoint(self.checkpoint)) if self.checkpoint else None
         if not self.arch and checkpoint is None:
             raise ValueError("give --arch (or a --checkpoint to read the architecture from)")
@@ -101,6 +104,26 @@ class TrainConfig:
             interpolation=self.interpolation or get_spec(arch).interpolation,
             embedding_cache=(self.embedding_cache or str(default_cache_folder(self.data))) if self.cache_embeddings
             else None,
+            epochs=self.epochs or recipe["epochs"],
+            patience=recipe["patience"] if self.patience is None else self.patience,
+            batch_size=self.batch_size or recipe["batch_size"],
+        )
+
+    def _resolved_baseline(self, recipe: dict[str, int]) -> TrainConfig:
+        from tunesam.baselines.nets import get_baseline_spec
+
+        spec = get_baseline_spec(str(self.arch))
+        given = [flag for flag, bad in (("--checkpoint", self.checkpoint), ("--mode " + self.mode, self.mode != "auto"),
+                                        ("--cache-embeddings", self.cache_embeddings),
+                                        ("--pixel-norm", self.pixel_norm not in (None, spec.pixel_norm)))
+                 if bad]
+        if given:
+            raise ValueError(f"{self.arch} is a baseline trained from scratch in automated mode; "
+                             f"{', '.join(given)} does not apply to it")
+        return dataclasses.replace(
+            self, image_size=self.image_size or spec.native_size, pixel_norm=spec.pixel_norm,
+            pixel_norm_rule="the baselines' own: z-score per slice over its real pixels",
+            interpolation=self.interpolation or spec.interpolation,
             epochs=self.epochs or recipe["epochs"],
             patience=recipe["patience"] if self.patience is None else self.patience,
             batch_size=self.batch_size or recipe["batch_size"],

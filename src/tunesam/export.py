@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from tunesam.io import atomic_write
 from tunesam.models.checkpoint import class_head_file
 from tunesam.models.image_encoder import resize_pos_embed, resize_rel_pos
+from tunesam.baselines.nets import is_baseline
 from tunesam.models.registry import build_sam, get_spec
 from tunesam.models.segmenter import SamSegmenter
 from tunesam.peft.merge import AdapterMergeError, merged_state_dict
@@ -93,6 +94,9 @@ def export_run(run_folder: str | Path, out: str | Path, weights: str = "best", o
     if out.exists() and not overwrite:
         raise ValueError(f"{out}: exists; choose another --out or pass --overwrite")
     run = open_run(run_folder)
+    if is_baseline(run.config.arch):
+        raise ValueError(f"{run_folder} is a {run.config.arch} baseline, not a SAM model: there is no SAM checkpoint "
+                         "to export. Its weights/best.safetensors hold the whole network (MONAI's layout)")
     if run.config.method == "adapter":
         raise AdapterMergeError(
             f"{run_folder} trained adapters, which add layers that plain SAM weights have no place for, so it "

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from tunesam.baselines.nets import BaselineSegmenter, build_baseline, is_baseline
 from tunesam.data.readers import DataError
 from tunesam.config import TrainConfig, load_config
 from tunesam.models.build import build_model
@@ -53,6 +54,10 @@ def load_run_model(run: Run, which: str = "best", device: str | torch.device = "
     weights = run.folder / "weights" / f"{which}.safetensors"
     if not weights.is_file():
         raise DataError(f"{run.folder}: no weights/{which}.safetensors (did the first epoch finish?)")
+    if is_baseline(cfg.arch):
+        model: SamSegmenter | BaselineSegmenter = build_baseline(str(cfg.arch), run.num_classes, cfg.image_size)
+        load_trained(model, weights, meta_path=run.folder / "weights" / "base.json")  # type: ignore[arg-type]
+        return model.to(device).eval()  # type: ignore[return-value]
     meta = json.loads((run.folder / "weights" / "base.json").read_text())
     base = meta.get("base_checkpoint")
     checkpoint = None

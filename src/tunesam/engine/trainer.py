@@ -28,6 +28,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from tunesam.baselines.nets import BaselineSegmenter, build_baseline, is_baseline
 from tunesam.data.dataset import SliceDataset, few_shot_rows
 from tunesam.data.readers import DataError
 from tunesam.data.store import PreparedData
@@ -96,7 +97,9 @@ def _same_data(run: Path, data: str) -> bool:
         return False
 
 
-def _make_model(cfg: TrainConfig, num_classes: int, device: torch.device) -> SamSegmenter:
+def _make_model(cfg: TrainConfig, num_classes: int, device: torch.device) -> SamSegmenter | BaselineSegmenter:
+    if is_baseline(cfg.arch):
+        return build_baseline(str(cfg.arch), num_classes, cfg.image_size).to(device)
     model = build_model(cfg.arch, cfg.checkpoint, num_classes, cfg.image_size, cfg.pixel_norm)
     model.interpolation = cfg.interpolation
     apply_strategy(model, cfg.strategy())

@@ -1,0 +1,137 @@
+"""The baselines' networks (MONAI), behind the interface a run's model has.
+
+``BaselineSegmenter`` wraps a 2D MONAI network so that training, evaluation and prediction
+treat it like a SAM run in automated mode: ``forward(images, valid=...)`` takes the
+letterboxed 0-255 slices (``B x 1 x S x S`` or three grey channels) and returns
+``B x (K+1) x S x S`` class logits. The intensity normalisation is the baselines' own: each
+slice to zero mean and unit variance over its real pixels (nnU-Net's rule for MR and other
+non-CT data), the letterbox padding zero after it. Everything trains; there are no prompts.
+
+* ``unet``: MONAI's ``UNet``, the classic encoder-decoder of Ronneberger et al. (features
+  64 to 1024, four down-samplings, two 3x3 convolutions per level as residual units,
+  instance norm, PReLU: MONAI's defaults).
+* ``swinunetr``: MONAI's ``SwinUNETR`` with ``spatial_dims=2``, named plainly as the
+  substitute for SwinUNet (Cao et al., 2022), which has no maintained PyTorch package. Its
+  input side must be a multiple of 32 (patch size 2 and four merging stages).
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from tunesam.peft.strategy import Strategy
+
+PIXEL_NORM = "zscore"
+
+
+@dataclass(frozen=True)
+class BaselineSpec:
+    name: str
+    network: str  # "unet" | "swinunetr"
+    description: str
+    channels: tuple[int, ...] = ()
+    feature_size: int = 24
+    depths: tuple[int, ...] = (2, 2, 2, 2)
+    num_heads: tuple[int, ...] = (3, 6, 12, 24)
+    native_size: int = 256
+    interpolation: str = "bilinear"
+    pixel_norm: str = PIXEL_NORM
+    test_only: bool = False
+
+    @property
+    def size_multiple(self) -> int:
+        return 32 if self.network == "swinunetr" else 2 ** len(self.channels[1:])
+
+
+BASELINES: dict[str, BaselineSpec] = {
+    s.name: s
+    for s in (
+        BaselineSpec("unet", "unet", "MONAI UNet (2D), features 64-1024", channels=(64, 128, 256, 512, 1024)),
+        BaselineSpec("swinunetr", "swinunetr", "MONAI SwinUNETR (2D), the substitute for SwinUNet", feature_size=24),
+        BaselineSpec("unet_test", "unet", "test-only tiny UNet", channels=(4, 8, 16), test_only=True),
+        BaselineSpec("swinunetr_test", "swinunetr", "test-only tiny SwinUNETR", feature_size=12,
+                     depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), test_only=True),
+    )
+}
+
+
+def is_baseline(arch: str | None) -> bool:
+    return arch in BASELINES
+
+
+def get_baseline_spec(name: str) -> BaselineSpec:
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}; known: {', '.join(n for n, s in BASELINES.items() if not s.test_only)}")
+    return BASELINES[name]
+
+
+def _network(spec: BaselineSpec, out_channels: int, image_size: int) -> nn.Module:
+    from monai.networks.nets import SwinUNETR, UNet
+
+    if spec.network == "unet":
+        return UNet(spatial_dims=2, in_channels=1, out_channels=out_channels, channels=spec.channels,
+                    strides=(2,) * (len(spec.channels) - 1), num_res_units=2)
+    kwargs: dict[str, Any] = {}
+    if "img_size" in inspect.signature(SwinUNETR.__init__).parameters:  # MONAI < 1.5 wants it; 1.5 removed it
+        kwargs["img_size"] = (image_size, image_size)
+    return SwinUNETR(in_channels=1, out_channels=out_channels, spatial_dims=2, feature_size=spec.feature_size,
+                     depths=spec.depths, num_heads=spec.num_heads, **kwargs)
+
+
+class BaselineSegmenter(nn.Module):
+    """A baseline network with the automated-mode interface of :class:`SamSegmenter`."""
+
+    def __init__(self, spec: BaselineSpec, num_classes: int, image_size: int | None = None) -> None:
+        super().__init__()
+        size = image_size or spec.native_size
+        if size % spec.size_multiple:
+            raise ValueError(f"{spec.name} needs an input side that is a multiple of {spec.size_multiple} "
+                             f"(--image-size), got {size}")
+        self.spec, self.arch, self.num_classes = spec, spec.name, num_classes
+        self._image_size = size
+        self.pixel_norm = spec.pixel_norm
+        self.interpolation = spec.interpolation
+        self.net = _network(spec, num_classes + 1, size)
+        self.strategy = Strategy("encoder-decoder", "vanilla", "auto")  # every parameter trains
+        self.load_report = None
+
+    @property
+    def image_size(self) -> int:
+        return self._image_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def encoder_is_frozen(self) -> bool:
+        return False
+
+    def preprocess(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """0-255 slices to z-scores over the real pixels; padding 0."""
+        x = images.float()[:, :1]  # grey: the channels are copies
+        b, _, h, w = x.shape
+        if valid is None:
+            inside = torch.ones_like(x, dtype=torch.bool)
+        else:
+            rows = torch.arange(h, device=x.device)[None, :, None] < valid[:, 0, None, None]
+            cols = torch.arange(w, device=x.device)[None, None, :] < valid[:, 1, None, None]
+            inside = (rows & cols)[:, None]
+        n = inside.flatten(1).sum(1).clamp(min=1)[:, None, None, None]
+        mean = (x * inside).flatten(1).sum(1)[:, None, None, None] / n
+        var = (((x - mean) * inside) ** 2).flatten(1).sum(1)[:, None, None, None] / n
+        return (x - mean) / var.sqrt().clamp(min=1e-6) * inside
+
+    def forward(self, images: torch.Tensor | None, valid: torch.Tensor | None = None,
+                embeddings: torch.Tensor | None = None, **prompts: Any) -> torch.Tensor:
+        if images is None or embeddings is not None or any(v is not None for v in prompts.values()):
+            raise ValueError(f"{self.arch} is a baseline: automated mode on images only (no prompts, no embeddings)")
+        return self.net(self.preprocess(images, valid))
+
+
+def build_baseline(name: str, num_classes: int, image_size: int | None = None) -> BaselineSegmenter:
+    """A randomly initialised baseline for ``num_classes`` foreground classes."""
+    return BaselineSegmenter(get_baseline_spec(name), num_classes, image_size)

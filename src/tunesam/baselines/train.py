@@ -1,0 +1,57 @@
+"""``tunesam baseline``: train a baseline on a prepared dataset's own split, as a run folder.
+
+UNet and SwinUNETR train through tunesam's trainer, so their run folders are like any other
+(``config.yaml``, ``log.csv``, ``weights/``, ``last.pt`` for ``--resume``) and ``evaluate`` and
+``predict`` take them. The recipe is the paper's (Dice + CE, AdamW 1e-4, weight decay 0.1,
+200 warm-up steps then polynomial decay, batch 4, up to 200 epochs, early stop after 20,
+histogram equalisation and brightness/contrast jitter), except what a network trained from
+scratch needs: no pretrained weights or prompts, input 256 px instead of SAM's 1024 (the
+networks are not bound to SAM's input; ``image_size`` changes it) and the intensity
+normalisation (z-score per slice instead of SAM's mean/std). nnU-Net runs through
+``nnunetv2`` itself (:mod:`tunesam.baselines.nnunet`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from tunesam.baselines.nets import get_baseline_spec
+
+NAMES = ("unet", "swinunetr", "nnunet")
+
+
+def train_baseline(
+    name: str,
+    data: str | Path,
+    out: str | Path,
+    epochs: int | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    image_size: int | None = None,
+    batch_size: int | None = None,
+    lr: float = 1e-4,
+    patience: int | None = None,
+    warmup: int = 200,
+    few_shot: int | None = None,
+    num_workers: int | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+) -> Path:
+    """Train baseline ``name`` (``unet``, ``swinunetr`` or ``nnunet``) on ``data``'s split into ``out``."""
+    if name == "nnunet":
+        if image_size is not None or batch_size is not None or patience is not None or lr != 1e-4 or warmup != 200:
+            raise ValueError("nnU-Net plans its own patch size, batch size, learning rate and schedule: "
+                             "--image-size, --batch-size, --lr, --patience and --warmup do not apply to it")
+        try:
+            from tunesam.baselines.nnunet import train_nnunet  # type: ignore[import-not-found]
+        except ModuleNotFoundError as exc:
+            raise RuntimeError("the nnU-Net baseline (through nnunetv2) is not built into this version of tunesam "
+                               "yet; unet and swinunetr are") from exc
+        return train_nnunet(data, out, epochs=epochs, device=device, seed=seed, few_shot=few_shot, resume=resume)
+    from tunesam.config import TrainConfig
+    from tunesam.engine.trainer import train
+
+    get_baseline_spec(name)  # a clear error for unknown names
+    cfg = TrainConfig(data=str(data), out=str(out), arch=name, tune="encoder-decoder", method="vanilla",
+                      epochs=epochs, device=device, seed=seed, image_size=image_size, batch_size=batch_size, lr=lr,
+                      patience=patience, warmup=warmup, few_shot=few_shot, num_workers=num_workers)
+    return train(cfg, resume=resume, progress=progress)
