@@ -111,6 +111,30 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_study(args: argparse.Namespace) -> int:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    if args.target[0] == "report":
+        from tunesam.study.report import write_report
+
+        if len(args.target) != 2 or args.out or args.dry_run or args.engine:
+            raise ValueError("usage: tunesam study report DIR [--device D]")
+        report = write_report(args.target[1], device=args.device)
+        print(f"report written to {report}")
+        for name in ("tables.md", "recommendation.md"):
+            print(f"\n{(report / name).read_text()}")
+        return 0
+    from tunesam.study.runner import run_study
+
+    if len(args.target) != 1 or not args.out:
+        raise ValueError("usage: tunesam study CONFIG.yaml --out DIR [--dry-run] [--engine local|ray]")
+    run_study(args.target[0], args.out, dry_run=args.dry_run, engine=args.engine or "local")
+    if not args.dry_run:
+        print(f"study done; tables and figures: tunesam study report {args.out}")
+    return 0
+
+
 def _refuse(args: argparse.Namespace, why: str, *names: str) -> None:
     """Flags that do not apply here are an error, never silently dropped."""
     given = [f"--{n.replace('_', '-')}" for n in names if getattr(args, n) not in (None, False)]
@@ -293,6 +317,21 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--resume", action="store_true", help="continue the run in --out")
     bl.add_argument("--quiet", action="store_true", help="no progress bar")
     bl.set_defaults(func=_cmd_baseline)
+
+    st = sub.add_parser("study", help="a grid of runs and baselines on the same splits; its tables and figures",
+                        description="tunesam study CONFIG.yaml --out DIR [--dry-run] [--engine local|ray] trains and "
+                                    "scores every cell of the grid (resumable: finished cells are kept); tunesam "
+                                    "study report DIR writes DIR/report/ (results.csv, tables.md, "
+                                    "recommendation.md, figures/) from the cells' metrics. See the README's study "
+                                    "config reference.")
+    st.add_argument("target", nargs="+", metavar="CONFIG.yaml | report DIR")
+    st.add_argument("--out", help="study folder")
+    st.add_argument("--dry-run", action="store_true", help="print the cells, estimated time (a short measured step) "
+                                                           "and disk; train nothing")
+    st.add_argument("--engine", choices=["local", "ray"], help="local (default): one cell at a time, one per GPU "
+                                                                "where there are several; ray: cells as Ray tasks")
+    st.add_argument("--device", default="cpu", help="report: where the overlay figure's predictions run")
+    st.set_defaults(func=_cmd_study)
 
     ev = sub.add_parser("evaluate", help="DSC and NSD of a run (or an un-fine-tuned checkpoint)")
     ev.add_argument("run", nargs="?", help="run folder")

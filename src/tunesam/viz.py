@@ -68,13 +68,20 @@ def save_png(path: str | Path, rgb: np.ndarray) -> None:
     atomic_write(path, lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG"))
 
 
-def curves_figure(rows: Sequence[dict[str, float]]) -> Any:
-    """A matplotlib figure of a run's ``log.csv`` rows: training loss and validation DSC per
-    epoch on two axes, the best epoch marked."""
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def curves_figure(rows: Sequence[dict[str, float]]) -> Any:
+    """A matplotlib figure of a run's ``log.csv`` rows: training loss and validation DSC per
+    epoch on two axes, the best epoch marked."""
+    plt = pyplot()
 
     epochs = [int(r["epoch"]) for r in rows]
     loss = [float(r["train_loss"]) for r in rows]

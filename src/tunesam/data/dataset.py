@@ -166,13 +166,16 @@ class SliceDataset(Dataset):
         return item
 
 
-def few_shot_rows(data: PreparedData, split: str, k: int, seed: int) -> np.ndarray:
-    """``k`` slices with foreground, each from a different volume, chosen with ``seed``."""
+def few_shot_rows(data: PreparedData, split: str, k: int, seed: int, at_most: bool = False) -> np.ndarray:
+    """``k`` slices with foreground, each from a different volume, chosen with ``seed``
+    (``at_most``: one from each volume when the split has fewer than ``k``)."""
     rows = data.rows(split, include_empty=False)
     volumes: dict[str, list[int]] = {}
     for r in rows:
         volumes.setdefault(data.case(int(r))["volume"], []).append(int(r))
-    if len(volumes) < k:
+    if at_most:
+        k = min(k, len(volumes))
+    if len(volumes) < k or k == 0:
         raise DataError(
             f"{data.folder}: the {split} set has foreground slices from {len(volumes)} volumes; "
             f"a {k}-shot sample needs {k} distinct volumes"

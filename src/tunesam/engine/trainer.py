@@ -122,7 +122,8 @@ def _datasets(data: PreparedData, cfg: TrainConfig) -> tuple[SliceDataset, Slice
     train_rows = val_rows = None
     if cfg.few_shot:
         train_rows = few_shot_rows(data, "train", cfg.few_shot, cfg.seed)
-        val_rows = few_shot_rows(data, "val", cfg.few_shot, cfg.seed)
+        # validation: k slices too, or one per volume where the val set has fewer than k
+        val_rows = few_shot_rows(data, "val", cfg.few_shot, cfg.seed, at_most=True)
     train = SliceDataset(data, "train", include_empty=True, rows=train_rows, augment=True,
                          augment_images=not cfg.cache_embeddings, **common)
     val = SliceDataset(data, "val", include_empty=False, rows=val_rows, **common)
@@ -338,6 +339,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.Context, device: torch.device,
     bar = _progress_bar(total, state.step, progress, ctx)
     say = bar.write if not bar.disable else print
     last_plot = -math.inf
+    step_times: list[float] = []
     for epoch in range(state.epoch, epochs):
         t0 = time.perf_counter()
         bar.set_description(f"epoch {epoch + 1}/{epochs}")
@@ -355,6 +357,10 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.Context, device: torch.device,
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
+            if i > 0 or epoch > state.epoch:  # the first step includes one-off warm-up
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                step_times.append(time.perf_counter() - t_step)
             state.step += 1
             losses.append(float(loss.detach()))
             if ctx.is_main:
@@ -401,8 +407,15 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.Context, device: torch.device,
     if writer is not None:
         writer.close()
     if ctx.is_main:
-        write_json(run / "summary.json", {"best_val_dsc": state.best, "best_epoch": state.best_epoch,
-                                          "epochs_run": state.epoch, "steps": state.step})
+        write_json(run / "summary.json", {
+            "best_val_dsc": state.best, "best_epoch": state.best_epoch, "epochs_run": state.epoch, "steps": state.step,
+            # Table 3's columns, measured here (steps of this process; forward, backward, optimiser)
+            "total_params": sum(p.numel() for p in model.parameters()),
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "seconds_per_step": float(np.mean(step_times)) if step_times else None,
+            "batch_size": cfg.batch_size, "device": str(device),
+            "cached_embeddings": bool(cfg.cache_embeddings),
+        })
     return run
 
 

@@ -1,0 +1,223 @@
+"""A study configuration (YAML) and the grid of cells it expands to.
+
+```yaml
+datasets: {brain: work/mni152, prostate: work/prostate}   # name: prepared dataset folder
+weights: {sslsam: runs/sslsam/checkpoint.pth}              # optional names for checkpoint files
+grid:
+  arch: [litemedsam]          # or null: read from the checkpoint
+  checkpoint: [litemedsam, null]   # known name, a weights name above, a file; null: random
+  tune: [decoder]
+  method: [lora, adapter]
+  mode: [auto]
+  shots: [null, 5]            # null: all training data; K: K-shot
+  seed: [0]
+  epochs: 2                   # scalars apply to every cell (epochs caps them)
+baselines: [unet]
+baseline_epochs: 2
+```
+
+Each cell is a training run, named by its key, in ``OUT/cells/DATASET/KEY``.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+GRID_DIMS = ("arch", "checkpoint", "tune", "method", "mode", "shots", "seed")
+ALIASES = {"few_shot": "shots", "seeds": "seed", "checkpoints": "checkpoint", "archs": "arch"}
+# Options every cell of the grid takes as they are (scalars); anything else is an error.
+TRAIN_OPTIONS = ("epochs", "batch_size", "lr", "warmup", "patience", "image_size", "weight_decay", "lora_rank",
+                 "adapter_blocks", "cache_embeddings", "device", "interpolation", "num_workers")
+BASELINE_OPTIONS = ("baseline_epochs", "baseline_lr", "baseline_image_size", "baseline_batch_size")
+TOP_LEVEL = ("datasets", "weights", "grid", "baselines", "pretrained", "ray_address", *BASELINE_OPTIONS)
+PRETRAINED_NAMES = ("sslsam", "supsam")  # weights names that mark pre-training cells (Table 4's multi-dataset row)
+
+
+class StudyError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run of the study on one dataset."""
+
+    dataset: str
+    data: str
+    kind: str  # "sam" | "baseline"
+    arch: str | None
+    checkpoint: str | None  # as written in the config (a name or a path), None: random
+    checkpoint_file: str | None  # resolved path for names from ``weights:``
+    tune: str
+    method: str
+    mode: str
+    shots: int | None
+    seed: int
+    options: dict[str, Any] = field(default_factory=dict)
+    pretraining: bool = False  # weights from a pre-training (SSLSAM, SupSAM): Table 4's multi-dataset row
+
+    @property
+    def weights_name(self) -> str:
+        if self.kind == "baseline":
+            return "random"
+        if self.checkpoint is None:
+            return "random"
+        return Path(self.checkpoint).stem if ("/" in self.checkpoint or "." in self.checkpoint) else self.checkpoint
+
+    @property
+    def strategy(self) -> str:
+        """The cell's name without dataset and seed: what the tables compare."""
+        shots = "full" if self.shots is None else f"{self.shots}shot"
+        if self.kind == "baseline":
+            return f"{self.arch}_{shots}"
+        tune = {"decoder": "dec", "encoder-decoder": "encdec"}[self.tune]
+        return f"{self.arch or 'auto'}_{self.weights_name}_{tune}_{self.method}_{self.mode}_{shots}"
+
+    @property
+    def key(self) -> str:
+        return f"{self.strategy}_s{self.seed}"
+
+    @property
+    def pretrained(self) -> bool:
+        return self.pretraining or self.weights_name.lower().startswith(PRETRAINED_NAMES)
+
+    def folder(self, out: Path) -> Path:
+        return out / "cells" / self.dataset / self.key
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Cell:
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    datasets: dict[str, str]
+    grid: dict[str, list[Any]]
+    options: dict[str, Any]
+    baselines: list[str]
+    baseline_options: dict[str, Any]
+    weights: dict[str, str]
+    pretrained: list[str]
+    ray_address: str | None = None
+
+    def cells(self) -> tuple[list[Cell], list[str]]:
+        """Every cell of the grid, and notes on combinations left out (with why)."""
+        cells: list[Cell] = []
+        notes: list[str] = []
+        combos = list(itertools.product(*(self.grid[d] for d in GRID_DIMS)))
+        for name, data in self.datasets.items():
+            for arch, ckpt, tune, method, mode, shots, seed in combos:
+                why = _combination_problem(arch, ckpt, tune, mode, self.options)
+                if why:
+                    note = f"left out {arch}/{ckpt}/{tune}/{method}/{mode}: {why}"
+                    if note not in notes:
+                        notes.append(note)
+                    continue
+                opts = dict(self.options)
+                if opts.get("cache_embeddings", "auto") == "auto":
+                    opts["cache_embeddings"] = tune == "decoder"  # a frozen encoder: embed each slice once
+                cells.append(Cell(name, data, "sam", arch, ckpt, self.weights.get(ckpt) if ckpt else None, tune,
+                                  method, mode, shots, int(seed), opts, pretraining=ckpt in self.pretrained))
+            for base in self.baselines:
+                for shots, seed in itertools.product(self.grid["shots"], self.grid["seed"]):
+                    cells.append(Cell(name, data, "baseline", base, None, None, "encoder-decoder", "vanilla", "auto",
+                                      shots, int(seed), dict(self.baseline_options)))
+        keys = [(c.dataset, c.key) for c in cells]
+        dup = {k for k in keys if keys.count(k) > 1}
+        if dup:
+            raise StudyError(f"cells with the same name: {sorted(dup)[:4]} (two checkpoints with the same file stem?)")
+        return cells, notes
+
+
+def _combination_problem(arch: str | None, ckpt: str | None, tune: str, mode: str, options: dict[str, Any]) -> str:
+    if arch is None and ckpt is None:
+        return "random weights need an arch"
+    if tune != "decoder" and options.get("cache_embeddings") is True:
+        return "cache_embeddings needs a frozen encoder (tune: decoder)"
+    return ""
+
+
+def _as_list(name: str, value: Any) -> list[Any]:
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise StudyError(f"grid.{name} is an empty list")
+    return values
+
+
+def parse_study(raw: Any, base: Path | None = None) -> StudyConfig:
+    """Validate a loaded YAML mapping; relative dataset and weight paths are taken from ``base``."""
+    if not isinstance(raw, dict):
+        raise StudyError(f"a study config is a mapping (datasets:, grid:, ...), found {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(TOP_LEVEL))
+    if unknown:
+        raise StudyError(f"unknown study keys {unknown}; known: {', '.join(TOP_LEVEL)}")
+    base = base or Path.cwd()
+
+    def where(p: Any) -> str:
+        path = Path(str(p)).expanduser()
+        return str(path if path.is_absolute() else (base / path))
+
+    datasets = raw.get("datasets")
+    if not isinstance(datasets, dict) or not datasets:
+        raise StudyError("datasets: give at least one, as name: prepared dataset folder")
+    for name in datasets:
+        if not str(name).replace("-", "").replace("_", "").isalnum():
+            raise StudyError(f"dataset name {name!r}: use letters, digits, - and _ (it names folders)")
+    weights = {str(k): where(v) for k, v in (raw.get("weights") or {}).items()}
+    grid_raw = dict(raw.get("grid") or {})
+    grid_raw = {ALIASES.get(k, k): v for k, v in grid_raw.items()}
+    unknown = sorted(set(grid_raw) - set(GRID_DIMS) - set(TRAIN_OPTIONS))
+    if unknown:
+        raise StudyError(f"unknown grid keys {unknown}; grid dimensions: {', '.join(GRID_DIMS)}; "
+                         f"options for every cell: {', '.join(TRAIN_OPTIONS)}")
+    defaults = {"arch": [None], "checkpoint": [None], "tune": ["decoder"], "method": ["vanilla"], "mode": ["auto"],
+                "shots": [None], "seed": [0]}
+    grid = {d: _as_list(d, grid_raw[d]) if d in grid_raw else defaults[d] for d in GRID_DIMS}
+    from tunesam.peft.strategy import METHODS, MODES, TUNES
+
+    for dim, allowed in (("tune", TUNES), ("method", METHODS), ("mode", MODES)):
+        bad = [v for v in grid[dim] if v not in allowed]
+        if bad:
+            raise StudyError(f"grid.{dim}: {bad} not among {list(allowed)}")
+    for k in grid["shots"]:
+        if k is not None and (not isinstance(k, int) or k < 1):
+            raise StudyError(f"grid.shots: {k!r} is neither null (all data) nor a positive count")
+    grid["checkpoint"] = [None if c in (None, "null", "random") else str(c) for c in grid["checkpoint"]]
+    options = {k: grid_raw[k] for k in TRAIN_OPTIONS if k in grid_raw}
+    for k, v in options.items():
+        if isinstance(v, list):
+            raise StudyError(f"grid.{k} is an option for every cell, not a dimension: give one value")
+    baselines = raw.get("baselines") or []
+    from tunesam.baselines.nets import BASELINES
+
+    bad = [b for b in baselines if b not in BASELINES and b != "nnunet"]
+    if bad:
+        raise StudyError(f"baselines: {bad} unknown; known: unet, swinunetr, nnunet")
+    baseline_options = {k.removeprefix("baseline_"): raw[k] for k in BASELINE_OPTIONS if k in raw}
+    if "epochs" not in baseline_options and "epochs" in options:
+        baseline_options["epochs"] = options["epochs"]
+    for k in ("device", "num_workers"):
+        if k in options:
+            baseline_options.setdefault(k, options[k])
+    return StudyConfig({str(k): where(v) for k, v in datasets.items()}, grid, options, list(baselines),
+                       baseline_options, weights, list(raw.get("pretrained") or []), raw.get("ray_address"))
+
+
+def load_study(path: str | Path) -> StudyConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such study config")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise StudyError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    try:
+        return parse_study(raw, Path.cwd())
+    except StudyError as exc:
+        raise StudyError(f"{path}: {exc}") from exc

@@ -1,0 +1,160 @@
+"""``tunesam study --dry-run``: the cells, their time from a short measured step, and the disk.
+
+For each distinct model set-up (dataset, architecture, weights, strategy, input size, batch)
+a few training steps are timed on real slices of the dataset, on the cells' device, after
+one warm-up step; evaluation is timed as forward passes. Cells on cached embeddings are timed
+on embeddings, plus one pass of the encoder over the dataset per shared cache. Disk counts
+the weights each run keeps (best and last, and the resume state with the optimiser's two
+moments) and the embedding caches.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunesam.study.config import Cell
+
+WARM, TIMED = 1, 3
+
+
+def _fmt_time(s: float) -> str:
+    return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.1f} min" if s >= 60 else f"{s:.0f} s"
+
+
+def _fmt_bytes(b: float) -> str:
+    return f"{b / 2**30:.2f} GiB" if b >= 2**30 else f"{b / 2**20:.0f} MiB"
+
+
+def _measure(cell: Cell, out: Path) -> dict[str, Any]:
+    """Seconds per training step and per evaluated slice, parameters, embedding size."""
+    from torch.utils.data import DataLoader
+
+    from tunesam.data.store import PreparedData
+    from tunesam.device import autocast_for
+    from tunesam.engine import distributed as D
+    from tunesam.engine.trainer import _datasets, _forward_loss, _make_model, _optimizer
+
+    if cell.kind == "baseline":
+        from tunesam.config import TrainConfig
+
+        o = cell.options
+        cfg = TrainConfig(data=cell.data, out=str(out), arch=cell.arch, tune="encoder-decoder", method="vanilla",
+                          epochs=o.get("epochs"), image_size=o.get("image_size"), batch_size=o.get("batch_size"),
+                          few_shot=cell.shots, device=str(o.get("device", "auto")), num_workers=0).resolved()
+    else:
+        from tunesam.study.runner import _train_config
+
+        cfg = _train_config(cell, out)
+        cfg = cfg.__class__(**{**cfg.to_dict(), "cache_embeddings": False, "embedding_cache": None,
+                               "num_workers": 0}).resolved()
+    _, device = D.setup(cfg.device)
+    data = PreparedData.open(cfg.data)
+    num_classes = data.num_classes if cfg.mode == "auto" else 1
+    model = _make_model(cfg, num_classes, device)
+    opt = _optimizer(model, cfg, device)
+    train_ds, val_ds = _datasets(data, cfg)
+    batch = next(iter(DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=False)))
+    cached = bool(cell.options.get("cache_embeddings")) and cell.kind == "sam"
+    emb = None
+    enc_s = 0.0
+    if cached:
+        images = batch["image"].to(device)
+        with torch.no_grad(), autocast_for(device):
+            t = time.perf_counter()
+            emb = model.encode(images, batch["valid"].to(device))
+            enc_s = (time.perf_counter() - t) / len(images)
+
+    def step() -> None:
+        if emb is not None:
+            loss = _loss_on_embeddings(model, batch, emb, cfg.mode, device)
+        else:
+            with autocast_for(device):
+                loss = _forward_loss(model, batch, cfg.mode, device)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    model.train()
+    for _ in range(WARM):
+        step()
+    t = time.perf_counter()
+    for _ in range(TIMED):
+        step()
+    step_s = (time.perf_counter() - t) / TIMED
+    model.eval()
+    with torch.no_grad(), autocast_for(device):
+        t = time.perf_counter()
+        if emb is not None:
+            model(None, embeddings=emb)
+        else:
+            model(batch["image"].to(device), valid=batch["valid"].to(device))
+        fwd_s = (time.perf_counter() - t) / len(batch["image"])
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"step_s": step_s, "fwd_s": fwd_s, "enc_s": enc_s, "total": total, "trainable": trainable,
+            "emb_bytes": emb[0].numel() * 4 if emb is not None else 0, "n_train": len(train_ds), "n_val": len(val_ds),
+            "n_test": len(data.rows("test", include_empty=True)), "n_all": len(data.index),
+            "batch": cfg.batch_size, "epochs": cfg.epochs, "whole": cfg.checkpoint is None}
+
+
+def _loss_on_embeddings(model: Any, batch: dict[str, Any], emb: torch.Tensor, mode: str, device: torch.device) -> Any:
+    from tunesam.device import autocast_for
+    from tunesam.engine.losses import dice_bce_loss, dice_ce_loss
+    from tunesam.engine.trainer import _model_inputs
+
+    inputs = _model_inputs(batch, mode, device, None)
+    inputs.pop("valid", None)
+    inputs["images"], inputs["embeddings"] = None, emb
+    with autocast_for(device):
+        logits = model(**inputs)
+    target = batch["mask"].to(device).long()
+    return dice_ce_loss(logits, target) if mode == "auto" else dice_bce_loss(logits, target)
+
+
+def _setup_key(cell: Cell) -> tuple[Any, ...]:
+    o = cell.options
+    return (cell.dataset, cell.kind, cell.arch, cell.checkpoint, cell.tune, cell.method, cell.mode,
+            cell.shots is None, o.get("image_size"), o.get("batch_size"), bool(o.get("cache_embeddings")))
+
+
+def describe_plan(cells: list[Cell], status: dict[str, str], out: Path) -> str:
+    """The dry run's table: every cell, its status, estimated time and disk; totals."""
+    measured: dict[tuple[Any, ...], dict[str, Any]] = {}
+    caches: dict[tuple[Any, ...], tuple[float, float]] = {}
+    lines = [f"{'cell':<64}{'status':>9}{'steps':>8}{'s/step':>9}{'time':>10}{'disk':>11}"]
+    total_s = total_b = 0.0
+    for cell in cells:
+        key = _setup_key(cell)
+        if key not in measured:
+            measured[key] = _measure(cell, out)
+        m = measured[key]
+        n_train = cell.shots if cell.shots is not None else m["n_train"]
+        steps = m["epochs"] * math.ceil(n_train / m["batch"])
+        secs = steps * m["step_s"] + m["fwd_s"] * (m["n_val"] * m["epochs"] + m["n_test"])
+        saved = m["total"] if m["whole"] else m["trainable"]
+        disk = 4 * (3 * saved + 2 * m["trainable"])  # best + last + resume copy, Adam's two moments
+        if m["emb_bytes"]:
+            ckey = (cell.dataset, cell.arch, cell.checkpoint, cell.options.get("image_size"))
+            caches.setdefault(ckey, (m["enc_s"] * m["n_all"], m["emb_bytes"] * m["n_all"]))
+        st = status[f"{cell.dataset}/{cell.key}"]
+        if st == "done":
+            secs = disk = 0
+        total_s += secs
+        total_b += disk
+        lines.append(f"{cell.dataset + '/' + cell.key:<64}{st:>9}{steps:>8}{m['step_s']:>9.3f}"
+                     f"{_fmt_time(secs):>10}{_fmt_bytes(disk):>11}")
+    for (dataset, arch, ckpt, _), (secs, size) in caches.items():
+        lines.append(f"{'embedding cache ' + dataset + '/' + str(arch) + '/' + str(ckpt or 'random'):<64}"
+                     f"{'':>9}{'':>8}{'':>9}{_fmt_time(secs):>10}{_fmt_bytes(size):>11}")
+        total_s += secs
+        total_b += size
+    lines.append(f"{len(cells)} cells; estimated {_fmt_time(total_s)} and {_fmt_bytes(total_b)} "
+                 "(steps timed here after a warm-up; cells already done count zero; a cache already filled "
+                 "costs less)")
+    return "\n".join(lines)
