@@ -2,7 +2,8 @@
 
 Both packages import a few torchvision and timm names at import time, although the model
 code we compare against never calls them. Installing torchvision here would force a
-5.5 GB CUDA build of torch, so when the real packages are absent we register minimal
+5.5 GB CUDA build of torch, so when the real packages are absent (or installed but not
+importable beside this torch) we register minimal
 stand-ins for exactly those names before importing. The stand-ins that could be called by
 the modules we test (``trunc_normal_``, ``DropPath`` at rate 0, ``to_2tuple``, and the PIL
 ``to_pil_image``/``resize`` that ``SamPredictor.set_image`` uses) behave like the real ones;
@@ -68,9 +69,26 @@ def _resize_pil(image: Any, size: Any) -> Any:
     return image.resize((w, h), Image.Resampling.BILINEAR)
 
 
+def _usable(name: str) -> bool:
+    """Whether ``name`` imports. A torchvision built for another torch (PyPI's wheel beside a
+    CPU build of torch, as the nnU-Net extra's timm brings) is installed yet fails to import:
+    then it is dropped from ``sys.modules`` and stood in for, like a missing one."""
+    if name in sys.modules:  # imported already, or our stand-in is in place: nothing to do
+        return True
+    if importlib.util.find_spec(name) is None:
+        return False
+    try:
+        importlib.import_module(name)
+        return True
+    except Exception:  # noqa: BLE001 - any failure to import means: not usable here
+        for mod in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+            del sys.modules[mod]
+        return False
+
+
 def install_stand_ins() -> None:
     """Register stand-ins for the torchvision and timm names the official code imports."""
-    if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is None:
+    if not _usable("torchvision"):
         tv = _module("torchvision")
         tv.transforms = _module("torchvision.transforms")
         tv.transforms.functional = _module(
@@ -81,7 +99,7 @@ def install_stand_ins() -> None:
             "torchvision.ops.boxes",
             batched_nms=_unavailable("batched_nms"), box_area=_unavailable("box_area"),
         )
-    if "timm" not in sys.modules and importlib.util.find_spec("timm") is None:
+    if not _usable("timm"):
         timm = _module("timm")
         timm.models = _module("timm.models")
         timm.models.layers = _module(

@@ -106,7 +106,7 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
     run = train_baseline(args.name, args.data, args.out, epochs=args.epochs, device=args.device, seed=args.seed,
                          image_size=args.image_size, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                          warmup=args.warmup, few_shot=args.few_shot, num_workers=args.num_workers,
-                         resume=args.resume, progress=False if args.quiet else None)
+                         resume=args.resume, progress=False if args.quiet else None, iterations=args.iterations)
     print(f"run written to {run}")
     return 0
 
@@ -301,10 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
                                     "pip install 'tunesam[baselines]'). UNet and SwinUNETR follow the paper's recipe "
                                     "(AdamW 1e-4, wd 0.1, 200 warm-up steps, batch 4, <= 200 epochs, early stop after "
                                     "20) at 256 px with z-score intensities; nnU-Net plans its own.")
-    bl.add_argument("name", choices=["nnunet", *BASELINES], metavar="{unet,swinunetr,nnunet}")
+    bl.add_argument("name", choices=list(BASELINES), metavar="{unet,swinunetr,nnunet}")
     bl.add_argument("--data", required=True, help="prepared dataset folder")
     bl.add_argument("--out", required=True, help="run folder to write")
     bl.add_argument("--epochs", type=int, help="default 200 (few-shot 1000); nnU-Net: its own 1000")
+    bl.add_argument("--iterations", type=int, help="nnU-Net: iterations per epoch (its default 250)")
     bl.add_argument("--few-shot", type=int, metavar="K", help="K training images from distinct volumes")
     bl.add_argument("--image-size", type=int, help="input side (default 256; SwinUNETR: a multiple of 32)")
     bl.add_argument("--batch-size", type=int, help="default 4 (few-shot 2)")

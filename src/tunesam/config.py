@@ -121,8 +121,9 @@ class TrainConfig:
             raise ValueError(f"{self.arch} is a baseline trained from scratch in automated mode; "
                              f"{', '.join(given)} does not apply to it")
         return dataclasses.replace(
-            self, image_size=self.image_size or spec.native_size, pixel_norm=spec.pixel_norm,
-            pixel_norm_rule="the baselines' own: z-score per slice over its real pixels",
+            self, image_size=self.image_size or spec.native_size or None, pixel_norm=spec.pixel_norm,
+            pixel_norm_rule="nnU-Net's own (planned)" if spec.network == "nnunet"
+            else "the baselines' own: z-score per slice over its real pixels",
             interpolation=self.interpolation or spec.interpolation,
             epochs=self.epochs or recipe["epochs"],
             patience=recipe["patience"] if self.patience is None else self.patience,

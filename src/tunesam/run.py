@@ -51,6 +51,10 @@ def open_run(folder: str | Path) -> Run:
 def load_run_model(run: Run, which: str = "best", device: str | torch.device = "cpu") -> SamSegmenter:
     """The run's model with its ``best`` (or ``last``) weights, on ``device``."""
     cfg = run.config
+    if cfg.arch == "nnunet":
+        from tunesam.baselines.nnunet import NnUNetSegmenter
+
+        return NnUNetSegmenter(run.folder, which).to(device).eval()  # type: ignore[return-value]
     weights = run.folder / "weights" / f"{which}.safetensors"
     if not weights.is_file():
         raise DataError(f"{run.folder}: no weights/{which}.safetensors (did the first epoch finish?)")

@@ -52,6 +52,8 @@ BASELINES: dict[str, BaselineSpec] = {
     for s in (
         BaselineSpec("unet", "unet", "MONAI UNet (2D), features 64-1024", channels=(64, 128, 256, 512, 1024)),
         BaselineSpec("swinunetr", "swinunetr", "MONAI SwinUNETR (2D), the substitute for SwinUNet", feature_size=24),
+        BaselineSpec("nnunet", "nnunet", "nnU-Net (nnunetv2), 2D configuration; it plans its own input",
+                     native_size=0, pixel_norm="nnunet"),
         BaselineSpec("unet_test", "unet", "test-only tiny UNet", channels=(4, 8, 16), test_only=True),
         BaselineSpec("swinunetr_test", "swinunetr", "test-only tiny SwinUNETR", feature_size=12,
                      depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), test_only=True),
@@ -133,5 +135,8 @@ class BaselineSegmenter(nn.Module):
 
 
 def build_baseline(name: str, num_classes: int, image_size: int | None = None) -> BaselineSegmenter:
-    """A randomly initialised baseline for ``num_classes`` foreground classes."""
-    return BaselineSegmenter(get_baseline_spec(name), num_classes, image_size)
+    """A randomly initialised MONAI baseline for ``num_classes`` foreground classes."""
+    spec = get_baseline_spec(name)
+    if spec.network == "nnunet":
+        raise ValueError("nnU-Net builds its own network from its plans: train it with train_baseline('nnunet', ...)")
+    return BaselineSegmenter(spec, num_classes, image_size)

@@ -35,18 +35,23 @@ def train_baseline(
     num_workers: int | None = None,
     resume: bool = False,
     progress: bool | None = None,
+    iterations: int | None = None,
 ) -> Path:
-    """Train baseline ``name`` (``unet``, ``swinunetr`` or ``nnunet``) on ``data``'s split into ``out``."""
+    """Train baseline ``name`` (``unet``, ``swinunetr`` or ``nnunet``) on ``data``'s split into ``out``.
+
+    ``iterations``: nnU-Net's iterations per epoch (its default 250); the others train on
+    every training slice once per epoch.
+    """
     if name == "nnunet":
         if image_size is not None or batch_size is not None or patience is not None or lr != 1e-4 or warmup != 200:
             raise ValueError("nnU-Net plans its own patch size, batch size, learning rate and schedule: "
                              "--image-size, --batch-size, --lr, --patience and --warmup do not apply to it")
-        try:
-            from tunesam.baselines.nnunet import train_nnunet  # type: ignore[import-not-found]
-        except ModuleNotFoundError as exc:
-            raise RuntimeError("the nnU-Net baseline (through nnunetv2) is not built into this version of tunesam "
-                               "yet; unet and swinunetr are") from exc
-        return train_nnunet(data, out, epochs=epochs, device=device, seed=seed, few_shot=few_shot, resume=resume)
+        from tunesam.baselines.nnunet import train_nnunet
+
+        return train_nnunet(data, out, epochs=epochs, device=device, seed=seed, few_shot=few_shot, resume=resume,
+                            iterations=iterations)
+    if iterations is not None:
+        raise ValueError(f"--iterations is nnU-Net's; {name} trains on every training slice once per epoch")
     from tunesam.config import TrainConfig
     from tunesam.engine.trainer import train
 

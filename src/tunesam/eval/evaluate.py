@@ -52,6 +52,9 @@ def predict_rows(
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Automated-mode label maps (uint8, stored slice size) for store ``rows`` (embeddings
     from ``cache`` when given)."""
+    if hasattr(model, "segment_stored"):  # nnU-Net: its own preprocessing and sliding window on whole slices
+        yield from _segment_stored_rows(model, data, rows)
+        return
     size = model.image_size
     for start in range(0, len(rows), batch_size):
         chunk = [int(r) for r in rows[start : start + batch_size]]
@@ -65,6 +68,17 @@ def predict_rows(
                 logits = model(batch, valid=torch.tensor(valids, device=device))
         for r, s, lg, valid in zip(chunk, slices, logits, valids):
             yield r, unletterbox(lg, valid, s.shape).argmax(0).to(torch.uint8).cpu().numpy()
+
+
+def _segment_stored_rows(model: Any, data: PreparedData, rows: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
+    """Rows through a model that segments stored slices itself, a case's same-sized slices at once."""
+    groups: dict[tuple[int, tuple[int, ...]], list[int]] = {}
+    for r in rows:
+        groups.setdefault((int(data.index[r]["case"]), data.slice(int(r))[0].shape), []).append(int(r))
+    for (case_i, _), group in groups.items():
+        stack = np.stack([np.asarray(data.slice(r)[0]) for r in group])
+        labels, _ = model.segment_stored(stack, stored_spacing(data.manifest["cases"][case_i]))
+        yield from zip(group, labels)
 
 
 def prompted_masks(

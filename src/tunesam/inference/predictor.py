@@ -127,8 +127,12 @@ class Predictor:
         size = self.model.image_size
         return letterbox_image(stored, size, self.model.interpolation), letterbox_shape(*stored.shape, size)
 
-    def segment_slices(self, slices: np.ndarray, want_probs: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        """Automated mode: ``n x h x w`` uint8 slices -> labels (and ``C x n x h x w`` probabilities)."""
+    def segment_slices(self, slices: np.ndarray, want_probs: bool = False,
+                       spacing: tuple[float, float] = (1.0, 1.0)) -> tuple[np.ndarray, np.ndarray | None]:
+        """Automated mode: ``n x h x w`` uint8 slices -> labels (and ``C x n x h x w`` probabilities).
+        ``spacing``: in-plane (row, col), for models that resample themselves (nnU-Net)."""
+        if hasattr(self.model, "segment_stored"):
+            return self.model.segment_stored(slices, spacing, want_probs)
         n, h, w = slices.shape
         labels = np.zeros((n, h, w), np.uint8)
         probs = np.zeros((len(self.labels), n, h, w), np.float16) if want_probs else None
@@ -185,7 +189,7 @@ class Predictor:
         slices, axis = _slices(arr, geom, self.pre, path, self.volumes)
         probs = None
         if self.mode == "auto":
-            labels, probs = self.segment_slices(slices, save_probabilities)
+            labels, probs = self.segment_slices(slices, save_probabilities, _plane_spacing(geom, axis))
         else:
             if not prompts:
                 raise DataError(f"{path}: this run was trained with {self.mode} prompts; give them with --prompts FILE")
@@ -200,6 +204,15 @@ class Predictor:
         if overlay:
             _write_overlay(out_dir / f"{_stem(target)}.overlay.png", slices, labels)
         return target
+
+
+def _plane_spacing(geom: Geometry, axis: int) -> tuple[float, float]:
+    """In-plane (row, col) spacing of slices taken along array ``axis`` (1 where unknown)."""
+    if not geom.spacing_known:
+        return 1.0, 1.0
+    per_axis = list(reversed(geom.spacing))  # SimpleITK's x, y, z -> the array's z, y, x
+    row, col = [s for i, s in enumerate(per_axis) if i != axis or geom.ndim == 2][-2:]
+    return float(row), float(col)
 
 
 def _stem(path: Path) -> str:

@@ -16,6 +16,12 @@ baselines: [unet]
 baseline_epochs: 2
 ```
 
+``grid`` may also be a list of such mappings (families trained with different options, e.g.
+LiteMedSAM's decoder at 256 px and a random ViT-T at 224 px): the cells are the union of
+their products. ``few_shot_epochs`` caps the K-shot cells instead of ``epochs``. Baselines
+take ``baseline_*`` options (epochs, few_shot_epochs, lr, warmup, image_size, batch_size,
+iterations for nnU-Net) and every shot count and seed of the grids.
+
 Each cell is a training run, named by its key, in ``OUT/cells/DATASET/KEY``.
 """
 from __future__ import annotations
@@ -30,9 +36,11 @@ import yaml
 GRID_DIMS = ("arch", "checkpoint", "tune", "method", "mode", "shots", "seed")
 ALIASES = {"few_shot": "shots", "seeds": "seed", "checkpoints": "checkpoint", "archs": "arch"}
 # Options every cell of the grid takes as they are (scalars); anything else is an error.
-TRAIN_OPTIONS = ("epochs", "batch_size", "lr", "warmup", "patience", "image_size", "weight_decay", "lora_rank",
+TRAIN_OPTIONS = ("epochs", "few_shot_epochs", "batch_size", "lr", "warmup", "patience", "image_size", "weight_decay", "lora_rank",
                  "adapter_blocks", "cache_embeddings", "device", "interpolation", "num_workers")
-BASELINE_OPTIONS = ("baseline_epochs", "baseline_lr", "baseline_image_size", "baseline_batch_size")
+# baseline_iterations: nnU-Net's iterations per epoch (a CPU-sized run); the rest: UNet, SwinUNETR
+BASELINE_OPTIONS = ("baseline_epochs", "baseline_few_shot_epochs", "baseline_lr", "baseline_image_size",
+                    "baseline_batch_size", "baseline_iterations", "baseline_warmup")
 TOP_LEVEL = ("datasets", "weights", "grid", "baselines", "pretrained", "ray_address", *BASELINE_OPTIONS)
 PRETRAINED_NAMES = ("sslsam", "supsam")  # weights names that mark pre-training cells (Table 4's multi-dataset row)
 
@@ -95,11 +103,21 @@ class Cell:
         return cls(**d)
 
 
+def _cell_options(options: dict[str, Any], shots: int | None) -> dict[str, Any]:
+    """A cell's options: ``few_shot_epochs`` is the epoch cap of its K-shot cells."""
+    opts = dict(options)
+    few = opts.pop("few_shot_epochs", None)
+    if shots is not None and few is not None:
+        opts["epochs"] = few
+    return opts
+
+
 @dataclass(frozen=True)
 class StudyConfig:
+    """``grids``: one or more (dimensions, options) pairs; the cells are their products together."""
+
     datasets: dict[str, str]
-    grid: dict[str, list[Any]]
-    options: dict[str, Any]
+    grids: list[tuple[dict[str, list[Any]], dict[str, Any]]]
     baselines: list[str]
     baseline_options: dict[str, Any]
     weights: dict[str, str]
@@ -110,24 +128,26 @@ class StudyConfig:
         """Every cell of the grid, and notes on combinations left out (with why)."""
         cells: list[Cell] = []
         notes: list[str] = []
-        combos = list(itertools.product(*(self.grid[d] for d in GRID_DIMS)))
+        shots_all = list(dict.fromkeys(k for grid, _ in self.grids for k in grid["shots"]))
+        seeds_all = list(dict.fromkeys(k for grid, _ in self.grids for k in grid["seed"]))
         for name, data in self.datasets.items():
-            for arch, ckpt, tune, method, mode, shots, seed in combos:
-                why = _combination_problem(arch, ckpt, tune, mode, self.options)
-                if why:
-                    note = f"left out {arch}/{ckpt}/{tune}/{method}/{mode}: {why}"
-                    if note not in notes:
-                        notes.append(note)
-                    continue
-                opts = dict(self.options)
-                if opts.get("cache_embeddings", "auto") == "auto":
-                    opts["cache_embeddings"] = tune == "decoder"  # a frozen encoder: embed each slice once
-                cells.append(Cell(name, data, "sam", arch, ckpt, self.weights.get(ckpt) if ckpt else None, tune,
-                                  method, mode, shots, int(seed), opts, pretraining=ckpt in self.pretrained))
+            for grid, options in self.grids:
+                for arch, ckpt, tune, method, mode, shots, seed in itertools.product(*(grid[d] for d in GRID_DIMS)):
+                    why = _combination_problem(arch, ckpt, tune, mode, options)
+                    if why:
+                        note = f"left out {arch}/{ckpt}/{tune}/{method}/{mode}: {why}"
+                        if note not in notes:
+                            notes.append(note)
+                        continue
+                    opts = _cell_options(options, shots)
+                    if opts.get("cache_embeddings", "auto") == "auto":
+                        opts["cache_embeddings"] = tune == "decoder"  # a frozen encoder: embed each slice once
+                    cells.append(Cell(name, data, "sam", arch, ckpt, self.weights.get(ckpt) if ckpt else None, tune,
+                                      method, mode, shots, int(seed), opts, pretraining=ckpt in self.pretrained))
             for base in self.baselines:
-                for shots, seed in itertools.product(self.grid["shots"], self.grid["seed"]):
+                for shots, seed in itertools.product(shots_all, seeds_all):
                     cells.append(Cell(name, data, "baseline", base, None, None, "encoder-decoder", "vanilla", "auto",
-                                      shots, int(seed), dict(self.baseline_options)))
+                                      shots, int(seed), _cell_options(self.baseline_options, shots)))
         keys = [(c.dataset, c.key) for c in cells]
         dup = {k for k in keys if keys.count(k) > 1}
         if dup:
@@ -170,11 +190,33 @@ def parse_study(raw: Any, base: Path | None = None) -> StudyConfig:
         if not str(name).replace("-", "").replace("_", "").isalnum():
             raise StudyError(f"dataset name {name!r}: use letters, digits, - and _ (it names folders)")
     weights = {str(k): where(v) for k, v in (raw.get("weights") or {}).items()}
-    grid_raw = dict(raw.get("grid") or {})
+    raw_grids = raw.get("grid") or {}
+    if isinstance(raw_grids, dict):
+        raw_grids = [raw_grids]
+    if not isinstance(raw_grids, list) or not all(isinstance(g, dict) for g in raw_grids):
+        raise StudyError("grid: a mapping of dimensions and options, or a list of such mappings")
+    grids = [_parse_grid(g, i if len(raw_grids) > 1 else None) for i, g in enumerate(raw_grids)]
+    baselines = raw.get("baselines") or []
+    from tunesam.baselines.nets import BASELINES
+
+    bad = [b for b in baselines if b not in BASELINES and b != "nnunet"]
+    if bad:
+        raise StudyError(f"baselines: {bad} unknown; known: unet, swinunetr, nnunet")
+    baseline_options = {k.removeprefix("baseline_"): raw[k] for k in BASELINE_OPTIONS if k in raw}
+    first = grids[0][1]
+    for k in ("epochs", "few_shot_epochs", "device", "num_workers"):  # from the (first) grid unless given
+        if k in first:
+            baseline_options.setdefault(k, first[k])
+    return StudyConfig({str(k): where(v) for k, v in datasets.items()}, grids, list(baselines),
+                       baseline_options, weights, list(raw.get("pretrained") or []), raw.get("ray_address"))
+
+
+def _parse_grid(grid_raw: dict[str, Any], index: int | None) -> tuple[dict[str, list[Any]], dict[str, Any]]:
+    where = "grid" if index is None else f"grid[{index}]"
     grid_raw = {ALIASES.get(k, k): v for k, v in grid_raw.items()}
     unknown = sorted(set(grid_raw) - set(GRID_DIMS) - set(TRAIN_OPTIONS))
     if unknown:
-        raise StudyError(f"unknown grid keys {unknown}; grid dimensions: {', '.join(GRID_DIMS)}; "
+        raise StudyError(f"unknown {where} keys {unknown}; grid dimensions: {', '.join(GRID_DIMS)}; "
                          f"options for every cell: {', '.join(TRAIN_OPTIONS)}")
     defaults = {"arch": [None], "checkpoint": [None], "tune": ["decoder"], "method": ["vanilla"], "mode": ["auto"],
                 "shots": [None], "seed": [0]}
@@ -184,29 +226,16 @@ def parse_study(raw: Any, base: Path | None = None) -> StudyConfig:
     for dim, allowed in (("tune", TUNES), ("method", METHODS), ("mode", MODES)):
         bad = [v for v in grid[dim] if v not in allowed]
         if bad:
-            raise StudyError(f"grid.{dim}: {bad} not among {list(allowed)}")
+            raise StudyError(f"{where}.{dim}: {bad} not among {list(allowed)}")
     for k in grid["shots"]:
         if k is not None and (not isinstance(k, int) or k < 1):
-            raise StudyError(f"grid.shots: {k!r} is neither null (all data) nor a positive count")
+            raise StudyError(f"{where}.shots: {k!r} is neither null (all data) nor a positive count")
     grid["checkpoint"] = [None if c in (None, "null", "random") else str(c) for c in grid["checkpoint"]]
     options = {k: grid_raw[k] for k in TRAIN_OPTIONS if k in grid_raw}
     for k, v in options.items():
         if isinstance(v, list):
-            raise StudyError(f"grid.{k} is an option for every cell, not a dimension: give one value")
-    baselines = raw.get("baselines") or []
-    from tunesam.baselines.nets import BASELINES
-
-    bad = [b for b in baselines if b not in BASELINES and b != "nnunet"]
-    if bad:
-        raise StudyError(f"baselines: {bad} unknown; known: unet, swinunetr, nnunet")
-    baseline_options = {k.removeprefix("baseline_"): raw[k] for k in BASELINE_OPTIONS if k in raw}
-    if "epochs" not in baseline_options and "epochs" in options:
-        baseline_options["epochs"] = options["epochs"]
-    for k in ("device", "num_workers"):
-        if k in options:
-            baseline_options.setdefault(k, options[k])
-    return StudyConfig({str(k): where(v) for k, v in datasets.items()}, grid, options, list(baselines),
-                       baseline_options, weights, list(raw.get("pretrained") or []), raw.get("ray_address"))
+            raise StudyError(f"{where}.{k} is an option for every cell, not a dimension: give one value")
+    return grid, options
 
 
 def load_study(path: str | Path) -> StudyConfig:

@@ -1,0 +1,200 @@
+"""The study: a tiny grid end to end to its report, a kill mid-grid and a resume that keeps
+finished cells, a changed config, Ray on the CPU, and the paired comparison."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tunesam.study.config import StudyError, parse_study
+from tunesam.study.report import write_report
+from tunesam.study.runner import run_study
+from tunesam.study.stats import paired_comparison
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _config(tmp: Path, prepared: Path, methods: str = "[lora, adapter]", epochs: int = 2) -> Path:
+    path = tmp / "study.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        datasets: {{disc: {prepared}}}
+        grid:
+          arch: [vit_t_test]
+          checkpoint: [null]
+          tune: [decoder, encoder-decoder]
+          method: {methods}
+          mode: [auto]
+          epochs: {epochs}
+          image_size: 32
+          warmup: 5
+          lr: 0.002
+          device: cpu
+          num_workers: 0
+        baselines: [unet_test]
+        baseline_image_size: 32
+        """))
+    return path
+
+
+def _cells_done(out: Path) -> dict[str, int]:
+    return {p.parent.name: p.stat().st_mtime_ns for p in (out / "cells" / "disc").glob("*/metrics.json")}
+
+
+def test_the_issue_config_expands_to_its_cells(tmp_path: Path) -> None:
+    import yaml
+
+    raw = yaml.safe_load(textwrap.dedent("""\
+        datasets: {brain: work/mni152}
+        grid:
+          arch: [litemedsam]
+          checkpoint: [litemedsam, null]
+          tune: [decoder]
+          method: [lora, adapter]
+          mode: [auto]
+          epochs: 2
+        baselines: [unet]
+        baseline_epochs: 2
+        """))
+    cells, notes = parse_study(raw, tmp_path).cells()
+    assert not notes
+    assert sorted(c.key for c in cells) == sorted([
+        "litemedsam_litemedsam_dec_lora_auto_full_s0", "litemedsam_litemedsam_dec_adapter_auto_full_s0",
+        "litemedsam_random_dec_lora_auto_full_s0", "litemedsam_random_dec_adapter_auto_full_s0", "unet_full_s0"])
+    assert all(c.options["epochs"] == 2 for c in cells)
+    assert all(c.options["cache_embeddings"] for c in cells if c.kind == "sam")  # frozen encoders share a cache
+    assert cells[0].data == str(tmp_path / "work" / "mni152")
+    with pytest.raises(StudyError, match="unknown grid keys"):
+        parse_study({**raw, "grid": {**raw["grid"], "methdo": ["lora"]}}, tmp_path)
+    with pytest.raises(StudyError, match="not a dimension"):
+        parse_study({**raw, "grid": {**raw["grid"], "epochs": [1, 2]}}, tmp_path)
+
+
+def test_tiny_study_end_to_end_report_equals_cells(prepared: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    config = _config(tmp_path, prepared)
+    lines: list[str] = []
+    run_study(config, out, dry_run=True, say=lines.append)
+    assert not (out / "cells").exists()  # a dry run trains nothing
+    text = "\n".join(lines)
+    assert "5 cells; estimated" in text and "unet_test_full_s0" in text and "embedding cache" in text
+    cells = run_study(config, out, say=lines.append)
+    assert len(cells) == 5
+    report = write_report(out)
+    with open(report / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 5
+    for row in rows:  # the report's numbers are the cells' own, recomputed here from per-class scores
+        m = json.loads((out / "cells" / row["dataset"] / row["cell"] / "metrics.json").read_text())
+        per_class = [v["dsc"] for v in m["classes"].values() if v["dsc"] is not None]
+        assert float(row["dsc"]) == pytest.approx(np.mean(per_class))
+        assert float(row["nsd"]) == pytest.approx(m["mean"]["nsd"])
+        assert int(row["trainable_params"]) > 0 and float(row["seconds_per_step"]) > 0
+    tables = (report / "tables.md").read_text()
+    best = max(rows, key=lambda r: float(r["dsc"]))
+    assert f"**{float(best['dsc']):.2f} / {float(best['nsd']):.2f}**" in tables
+    for fig in ("bars_automated_full-data.png", "validation_curves.png", "overlays_disc.png"):
+        assert (report / "figures" / fig).stat().st_size > 5000
+    rec = json.loads((report / "recommendation.json").read_text())
+    single = next(r for r in rec if r["setting"] == "Single dataset" and r["condition"] == "-")
+    assert single["best"] == max({r["strategy"]: float(r["dsc"]) for r in rows}.items(), key=lambda kv: kv[1])[0]
+    assert single["comparison"]["n"] > 0
+    assert "ViT-H + En/Decoder + LoRA" in (report / "recommendation.md").read_text()
+
+    # a second run changes nothing; a changed config adds a cell and keeps the others
+    before = _cells_done(out)
+    run_study(config, out, say=lines.append)
+    assert _cells_done(out) == before
+    run_study(_config(tmp_path, prepared, methods="[lora, adapter, vanilla]"), out, say=lines.append)
+    after = _cells_done(out)
+    assert {k: after[k] for k in before} == before and len(after) == 7
+    plan = json.loads((out / "plan.json").read_text())
+    run_study(_config(tmp_path, prepared, methods="[lora]"), out, say=lines.append)
+    assert len(json.loads((out / "plan.json").read_text())["cells"]) == 3 < len(plan["cells"])
+    assert len(list(csv.DictReader(open(write_report(out, overlays=False) / "results.csv")))) == 3
+    with pytest.raises(StudyError, match="other settings"):
+        run_study(_config(tmp_path, prepared, methods="[lora]", epochs=3), out, say=lines.append)
+
+
+KILLER = """
+import os, signal, sys
+import tunesam.engine.trainer as t
+saves = {"n": 0}
+original = t._save_state
+def save_then_die(*a, **k):
+    original(*a, **k)
+    saves["n"] += 1
+    if saves["n"] == int(os.environ["KILL_AT_SAVE"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+t._save_state = save_then_die
+from tunesam.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_killed_mid_grid_resumes_without_retraining_finished_cells(prepared: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    config = _config(tmp_path, prepared)
+    killer = tmp_path / "killer.py"
+    killer.write_text(KILLER)
+    # cells train 2 epochs each, one state save per epoch: the 5th save is the third cell's first epoch
+    done = subprocess.run([sys.executable, str(killer), "study", str(config), "--out", str(out)],
+                          env={**ENV, "KILL_AT_SAVE": "5"}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == -9, done.stderr
+    finished = _cells_done(out)
+    assert len(finished) == 2
+    third = [p for p in (out / "cells" / "disc").iterdir() if p.is_dir() and p.name not in finished]
+    assert len(third) == 1 and (third[0] / "last.pt").is_file()
+    import torch
+
+    first_epoch = torch.load(third[0] / "last.pt", weights_only=True)["rows"]
+    assert len(first_epoch) == 1
+    again = subprocess.run([sys.executable, "-m", "tunesam", "study", str(config), "--out", str(out)],
+                           env=ENV, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "2 done, 3 to run" in again.stdout
+    after = _cells_done(out)
+    assert len(after) == 5 and {k: after[k] for k in finished} == finished  # finished cells untouched
+    with open(third[0] / "log.csv") as f:
+        log = list(csv.DictReader(f))
+    assert len(log) == 2  # resumed after its first epoch, not retrained: epoch 1 is the killed process's
+    assert float(log[0]["seconds"]) == first_epoch[0]["seconds"]
+    assert float(log[0]["val_dsc"]) == first_epoch[0]["val_dsc"]
+
+
+def test_tiny_study_on_a_local_ray_instance(prepared: Path, tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'tunesam[ray]'")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    try:
+        out = tmp_path / "out"
+        lines: list[str] = []
+        run_study(_config(tmp_path, prepared), out, engine="ray", say=lines.append)
+    finally:
+        ray.shutdown()
+    assert any(line.startswith("Ray: 2 CPUs") for line in lines)
+    assert len(_cells_done(out)) == 5
+    assert len(list(csv.DictReader(open(write_report(out, overlays=False) / "results.csv")))) == 5
+
+
+def test_paired_comparison_on_constructed_scores() -> None:
+    b = {i: float(40 + i) for i in range(10)}
+    a = {i: b[i] + i + 1 for i in range(10)}  # differences 1..10, all positive
+    c = paired_comparison(a, b)
+    assert c["n"] == 10 and c["mean_diff"] == pytest.approx(5.5)
+    assert c["wilcoxon_p"] == pytest.approx(2 / 2**10)  # exact: only the all-positive sign pattern, both tails
+    assert 1 <= c["ci95"][0] < 5.5 < c["ci95"][1] <= 10
+    same = paired_comparison(b, dict(b))
+    assert same["mean_diff"] == 0 and same["wilcoxon_p"] == 1.0 and same["ci95"] == [0.0, 0.0]
+    rng = np.random.default_rng(1)
+    noise = {i: 50 + float(rng.normal()) for i in range(200)}
+    base = {i: 50.0 for i in range(200)}
+    n = paired_comparison(noise, base)
+    assert n["ci95"][0] < 0 < n["ci95"][1] and n["wilcoxon_p"] > 0.05
+    assert paired_comparison({1: 1.0}, {2: 1.0})["n"] == 0  # no common images
