@@ -47,7 +47,7 @@ def _cells_done(out: Path) -> dict[str, int]:
     return {p.parent.name: p.stat().st_mtime_ns for p in (out / "cells" / "disc").glob("*/metrics.json")}
 
 
-def test_the_issue_config_expands_to_its_cells(tmp_path: Path) -> None:
+def test_the_issue_config_expands_to_its_cells(tmp_path: Path, litemedsam_file: Path) -> None:
     import yaml
 
     raw = yaml.safe_load(textwrap.dedent("""\
@@ -70,6 +70,12 @@ def test_the_issue_config_expands_to_its_cells(tmp_path: Path) -> None:
     assert all(c.options["epochs"] == 2 for c in cells)
     assert all(c.options["cache_embeddings"] for c in cells if c.kind == "sam")  # frozen encoders share a cache
     assert cells[0].data == str(tmp_path / "work" / "mni152")
+    mixed = {**raw, "grid": [raw["grid"], {"arch": ["vit_t"], "checkpoint": ["litemedsam", None],
+                                           "tune": ["encoder-decoder"], "image_size": 224, "shots": [5]}]}
+    cells, notes = parse_study(mixed, tmp_path).cells()
+    assert notes == ["left out vit_t/litemedsam/encoder-decoder/vanilla/auto: the checkpoint is a litemedsam file"]
+    assert "vit_t_random_encdec_vanilla_auto_5shot_s0" in [c.key for c in cells]
+    assert {c.key for c in cells if c.kind == "baseline"} == {"unet_full_s0", "unet_5shot_s0"}  # every shot count
     with pytest.raises(StudyError, match="unknown grid keys"):
         parse_study({**raw, "grid": {**raw["grid"], "methdo": ["lora"]}}, tmp_path)
     with pytest.raises(StudyError, match="not a dimension"):

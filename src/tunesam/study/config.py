@@ -26,6 +26,7 @@ Each cell is a training run, named by its key, in ``OUT/cells/DATASET/KEY``.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -133,7 +134,7 @@ class StudyConfig:
         for name, data in self.datasets.items():
             for grid, options in self.grids:
                 for arch, ckpt, tune, method, mode, shots, seed in itertools.product(*(grid[d] for d in GRID_DIMS)):
-                    why = _combination_problem(arch, ckpt, tune, mode, options)
+                    why = _combination_problem(arch, ckpt, tune, mode, options, self.weights)
                     if why:
                         note = f"left out {arch}/{ckpt}/{tune}/{method}/{mode}: {why}"
                         if note not in notes:
@@ -155,9 +156,21 @@ class StudyConfig:
         return cells, notes
 
 
-def _combination_problem(arch: str | None, ckpt: str | None, tune: str, mode: str, options: dict[str, Any]) -> str:
+@functools.lru_cache(maxsize=None)
+def _checkpoint_arch(checkpoint: str) -> str:
+    from tunesam.models.build import infer_arch
+
+    return infer_arch(checkpoint)
+
+
+def _combination_problem(arch: str | None, ckpt: str | None, tune: str, mode: str, options: dict[str, Any],
+                         weights: dict[str, str] | None = None) -> str:
     if arch is None and ckpt is None:
         return "random weights need an arch"
+    if arch is not None and ckpt is not None:
+        found = _checkpoint_arch((weights or {}).get(ckpt, ckpt))
+        if found != arch:
+            return f"the checkpoint is a {found} file"
     if tune != "decoder" and options.get("cache_embeddings") is True:
         return "cache_embeddings needs a frozen encoder (tune: decoder)"
     return ""

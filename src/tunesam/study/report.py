@@ -294,6 +294,8 @@ def _bars(t: dict[str, Any], title: str, path: Path) -> None:
 
 
 def _curves(cells: list[Cell], out: Path, path: Path) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     from tunesam.viz import pyplot, save_figure
 
     plt = pyplot()
@@ -309,6 +311,7 @@ def _curves(cells: list[Cell], out: Path, path: Path) -> None:
                 rs = list(csv.DictReader(f))
             ax.plot([int(r["epoch"]) for r in rs], [float(r["val_dsc"]) for r in rs], marker=".", label=c.key)
         ax.set_title(f"{d}: validation DSC per epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation DSC (%)")
         ax.legend(fontsize=6)
