@@ -24,7 +24,7 @@ if [ "${SMALL:-0}" = 1 ]; then
 else
   SAM="arch: [litemedsam]
     checkpoint: [litemedsam]"
-  DEV=cuda; EP=30; FEW=100; BASE="[unet, swinunetr]"; BSIZE=""
+  DEV=cuda; EP=20; FEW=60; BASE="[unet, swinunetr]"; BSIZE=""
 fi
 cat > "$W/study.yaml" <<YAML
 datasets: {brain: $PWD/work/mni152}

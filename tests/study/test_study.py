@@ -16,7 +16,7 @@ import pytest
 from tunesam.study.config import StudyError, parse_study
 from tunesam.study.report import write_report
 from tunesam.study.runner import run_study
-from tunesam.study.stats import paired_comparison
+from tunesam.study.stats import paired_comparison, verdict
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -204,3 +204,7 @@ def test_paired_comparison_on_constructed_scores() -> None:
     n = paired_comparison(noise, base)
     assert n["ci95"][0] < 0 < n["ci95"][1] and n["wilcoxon_p"] > 0.05
     assert paired_comparison({1: 1.0}, {2: 1.0})["n"] == 0  # no common images
+    assert verdict(c).startswith("the winner is better")
+    tiny = paired_comparison({i: v + 0.01 * (i + 1) for i, v in b.items()}, b)
+    assert tiny["wilcoxon_p"] < 0.05 and "a tie in practice" in verdict(tiny)
+    assert verdict(n).startswith("not a clear win")

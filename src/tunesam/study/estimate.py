@@ -131,7 +131,14 @@ def describe_plan(cells: list[Cell], status: dict[str, str], out: Path) -> str:
     caches: dict[tuple[Any, ...], tuple[float, float]] = {}
     lines = [f"{'cell':<64}{'status':>9}{'steps':>8}{'s/step':>9}{'time':>10}{'disk':>11}"]
     total_s = total_b = 0.0
+    unmeasured = 0
     for cell in cells:
+        if cell.arch == "nnunet":  # nnU-Net plans its own network, patch and batch: not timed here
+            unmeasured += 1
+            steps = (cell.options.get("epochs") or 1000) * (cell.options.get("iterations") or 250)
+            lines.append(f"{cell.dataset + '/' + cell.key:<64}{status[f'{cell.dataset}/{cell.key}']:>9}{steps:>8}"
+                         f"{'-':>9}{'-':>10}{'-':>11}")
+            continue
         key = _setup_key(cell)
         if key not in measured:
             measured[key] = _measure(cell, out)
@@ -158,5 +165,6 @@ def describe_plan(cells: list[Cell], status: dict[str, str], out: Path) -> str:
         total_b += size
     lines.append(f"{len(cells)} cells; estimated {_fmt_time(total_s)} and {_fmt_bytes(total_b)} "
                  "(steps timed here after a warm-up; cells already done count zero; a cache already filled "
-                 "costs less)")
+                 "costs less)" + (f"; {unmeasured} nnU-Net cells not included: nnU-Net plans its own network "
+                                  "and batch, so it is not timed before it runs" if unmeasured else ""))
     return "\n".join(lines)

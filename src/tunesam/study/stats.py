@@ -36,11 +36,15 @@ def paired_comparison(a: dict[Any, float], b: dict[Any, float], resamples: int =
             "wins": int((d > 0).sum()), "losses": int((d < 0).sum())}
 
 
-def verdict(cmp: dict[str, Any], alpha: float = 0.05) -> str:
-    """Plain words for a comparison of the winner against the runner-up."""
+def verdict(cmp: dict[str, Any], alpha: float = 0.05, negligible: float = 1.0) -> str:
+    """Plain words for a comparison of the winner against the runner-up: a clear win needs
+    p < ``alpha`` and the interval above 0; one under ``negligible`` DSC points is said to be
+    too small to matter."""
     if not cmp["n"]:
         return "no common test images to compare on"
-    lo, hi = cmp["ci95"]
+    lo, _ = cmp["ci95"]
     if cmp["wilcoxon_p"] < alpha and lo > 0:
+        if cmp["mean_diff"] < negligible:
+            return f"consistently better, but by less than {negligible:g} DSC point: a tie in practice"
         return "the winner is better on these test images (p < 0.05, interval above 0)"
     return "not a clear win: the difference could be chance on these test images"
