@@ -36,6 +36,21 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP)
 
 
+def _add_training_args(p: argparse.ArgumentParser, epochs: str = "default 200 (few-shot 1000)") -> None:
+    """The flags train and baseline share: the recipe's length and rates, where and how it runs."""
+    p.add_argument("--few-shot", type=int, metavar="K", help="K images from distinct volumes (1000 epochs, batch 2)")
+    p.add_argument("--epochs", type=int, help=epochs)
+    p.add_argument("--patience", type=int, help="early stop after N epochs without a better val DSC (0: never)")
+    p.add_argument("--batch-size", type=int, help="default 4 (few-shot 2)")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--warmup", type=int, default=200, help="warm-up steps")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-workers", type=int, help="data loader workers (default: up to 4)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (it shows only in a terminal anyway)")
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from tunesam.info import describe, format_info
 
@@ -267,13 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="encoder blocks given adapters: first two and last two (default), or all")
     tr.add_argument("--lora-rank", type=int, help="LoRA rank (default 4)")
     tr.add_argument("--mode", default="auto", choices=MODES)
-    tr.add_argument("--few-shot", type=int, metavar="K", help="K images from distinct volumes (1000 epochs, batch 2)")
-    tr.add_argument("--epochs", type=int, help="default 200 (few-shot 1000)")
-    tr.add_argument("--patience", type=int, help="early stop after N epochs without a better val DSC (0: never)")
-    tr.add_argument("--batch-size", type=int, help="default 4 (few-shot 2)")
-    tr.add_argument("--lr", type=float, default=1e-4)
+    _add_training_args(tr)
     tr.add_argument("--weight-decay", type=float, default=0.1)
-    tr.add_argument("--warmup", type=int, default=200, help="warm-up steps")
     tr.add_argument("--constant-lr", action="store_true", help="no decay after the warm-up")
     tr.add_argument("--image-size", type=int, help=IMAGE_SIZE_HELP)
     tr.add_argument("--interpolation", choices=["bilinear", "nearest", "area"],
@@ -283,13 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="decoder-only strategies: compute the frozen encoder's embeddings once and train on them "
                          "(many times faster; the images are then not augmented)")
     tr.add_argument("--embedding-cache", metavar="DIR", help="where they are kept (default: DATA/embeddings)")
-    tr.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--num-workers", type=int, help="data loader workers (default: up to 4)")
     tr.add_argument("--checkpointing", action="store_true", help="activation checkpointing in the encoder")
     tr.add_argument("--tensorboard", action="store_true", help="also log to RUN/tensorboard")
-    tr.add_argument("--resume", action="store_true", help="continue the run in --out")
-    tr.add_argument("--quiet", action="store_true", help="no progress bar (it shows only in a terminal anyway)")
     tr.set_defaults(func=_cmd_train)
 
     from tunesam.baselines.nets import BASELINES
@@ -304,19 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("name", choices=list(BASELINES), metavar="{unet,swinunetr,nnunet}")
     bl.add_argument("--data", required=True, help="prepared dataset folder")
     bl.add_argument("--out", required=True, help="run folder to write")
-    bl.add_argument("--epochs", type=int, help="default 200 (few-shot 1000); nnU-Net: its own 1000")
+    _add_training_args(bl, epochs="default 200 (few-shot 1000); nnU-Net: its own 1000")
     bl.add_argument("--iterations", type=int, help="nnU-Net: iterations per epoch (its default 250)")
-    bl.add_argument("--few-shot", type=int, metavar="K", help="K training images from distinct volumes")
     bl.add_argument("--image-size", type=int, help="input side (default 256; SwinUNETR: a multiple of 32)")
-    bl.add_argument("--batch-size", type=int, help="default 4 (few-shot 2)")
-    bl.add_argument("--lr", type=float, default=1e-4)
-    bl.add_argument("--warmup", type=int, default=200, help="warm-up steps")
-    bl.add_argument("--patience", type=int, help="early stop after N epochs without a better val DSC (0: never)")
-    bl.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    bl.add_argument("--seed", type=int, default=0)
-    bl.add_argument("--num-workers", type=int, help="data loader workers (default: up to 4)")
-    bl.add_argument("--resume", action="store_true", help="continue the run in --out")
-    bl.add_argument("--quiet", action="store_true", help="no progress bar")
     bl.set_defaults(func=_cmd_baseline)
 
     st = sub.add_parser("study", help="a grid of runs and baselines on the same splits; its tables and figures",
