@@ -223,3 +223,19 @@ def test_early_stopping_after_patience_epochs_without_a_better_validation_dsc(pr
     assert len(rows) == 3 and len({r["val_dsc"] for r in rows}) == 1
     summary = json.loads((run / "summary.json").read_text())
     assert summary["best_epoch"] == 1 and summary["epochs_run"] == 3
+
+
+def test_cpu_time_warning_once_per_process_and_table3_measurements(prepared: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import tunesam.engine.trainer as trainer
+
+    calls: list[int] = []
+    monkeypatch.setattr(trainer, "_cpu_warning", lambda s, steps: calls.append(steps))
+    cfg = TrainConfig(data=str(prepared), out=str(tmp_path / "run"), arch="vit_test", tune="decoder",
+                      method="lora", image_size=32, epochs=3, batch_size=4, warmup=2, device="cpu",
+                      num_workers=0, patience=0)
+    run = train(cfg)
+    assert len(calls) == 1  # the estimate is given once, after the first epoch's second step
+    summary = json.loads((run / "summary.json").read_text())
+    assert 0 < summary["trainable_params"] < summary["total_params"]
+    assert summary["seconds_per_step"] > 0 and summary["device"] == "cpu"

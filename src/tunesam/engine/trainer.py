@@ -340,7 +340,8 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.Context, device: torch.device,
     say = bar.write if not bar.disable else print
     last_plot = -math.inf
     step_times: list[float] = []
-    for epoch in range(state.epoch, epochs):
+    first_epoch = state.epoch  # of this process (a resumed run starts later)
+    for epoch in range(first_epoch, epochs):
         t0 = time.perf_counter()
         bar.set_description(f"epoch {epoch + 1}/{epochs}")
         train_loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]
@@ -357,14 +358,14 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.Context, device: torch.device,
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            if i > 0 or epoch > state.epoch:  # the first step includes one-off warm-up
+            if i > 0 or epoch > first_epoch:  # the process's first step includes one-off warm-up
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 step_times.append(time.perf_counter() - t_step)
             state.step += 1
             losses.append(float(loss.detach()))
             if ctx.is_main:
-                if epoch == state.epoch and i == 1 and device.type == "cpu":  # step 0 includes warm-up
+                if epoch == first_epoch and i == 1 and device.type == "cpu":  # step 0 includes warm-up
                     _cpu_warning(time.perf_counter() - t_step, total - state.step)
                 bar.update()
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", val_dsc=f"{state.rows[-1]['val_dsc']:.2f}" if state.rows
