@@ -18,7 +18,7 @@ for name in unet swinunetr; do
   t "$TS" evaluate "$WORK/$name" --split val --weights last
 done
 rm -rf "$WORK/nnunet"
-t "$TS" baseline nnunet --data "$WORK/data" --out "$WORK/nnunet" --epochs 10 --iterations 10 --device cpu > "$WORK/nnunet.log"
+t "$TS" baseline nnunet --data "$WORK/data" --out "$WORK/nnunet" --epochs 10 --iterations 5 --device cpu > "$WORK/nnunet.log"
 t "$TS" evaluate "$WORK/nnunet" --split val --weights last
 ls "$WORK/nnunet/nnunet/preprocessed/Dataset501_tunesam/nnUNetPlans.json" \
    "$WORK"/nnunet/nnunet/results/*/*/fold_0/checkpoint_final.pth
