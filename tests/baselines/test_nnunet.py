@@ -20,7 +20,8 @@ from tunesam.inference.predictor import predict  # noqa: E402
 
 
 def test_nnunet_runs_through_nnunetv2_on_our_split(prepared: Path, tmp_path: Path) -> None:
-    before = {k: os.environ.get(k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    before = {k: os.environ.get(k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results",
+                                             "nnUNet_n_proc_DA")}
     run = train_baseline("nnunet", prepared, tmp_path / "run", epochs=2, iterations=6, device="cpu")
     assert {k: os.environ.get(k) for k in before} == before  # nnU-Net's variables only while it ran
     pre = run / "nnunet" / "preprocessed" / DATASET

@@ -57,14 +57,17 @@ def require_nnunet() -> None:
 
 
 @contextlib.contextmanager
-def nnunet_environment(run: Path) -> Iterator[dict[str, Path]]:
-    """nnU-Net's folders inside ``run``, in its environment variables while the block runs."""
+def nnunet_environment(run: Path, cpu: bool = False) -> Iterator[dict[str, Path]]:
+    """nnU-Net's folders inside ``run``, in its environment variables while the block runs
+    (``cpu``: and its augmentation workers sized for the machine, unless the user set them)."""
     paths = {"nnUNet_raw": run / "nnunet" / "raw", "nnUNet_preprocessed": run / "nnunet" / "preprocessed",
              "nnUNet_results": run / "nnunet" / "results"}
-    saved = {k: os.environ.get(k) for k in paths}
+    saved = {k: os.environ.get(k) for k in [*paths, "nnUNet_n_proc_DA"]}
     for k, p in paths.items():
         p.mkdir(parents=True, exist_ok=True)
         os.environ[k] = str(p.resolve())
+    if cpu and saved["nnUNet_n_proc_DA"] is None:
+        os.environ["nnUNet_n_proc_DA"] = str(max(1, min(4, (os.cpu_count() or 2) - 1)))
     try:
         yield paths
     finally:
@@ -196,15 +199,12 @@ def train_nnunet(data: str | Path, out: str | Path, epochs: int | None = None, d
         write_json(run / "nnunet.json", {"epochs": epochs, "iterations_per_epoch": iterations,
                                          "configuration": CONFIGURATION, "plans": PLANS})
     n_proc = processes or max(1, min(4, (os.cpu_count() or 2) - 1))
-    if dev.type == "cpu" and "nnUNet_n_proc_DA" not in os.environ:
-        os.environ["nnUNet_n_proc_DA"] = str(max(1, min(4, (os.cpu_count() or 2) - 1)))  # augmentation workers
-    with nnunet_environment(run) as paths:
+    with nnunet_environment(run, cpu=dev.type == "cpu") as paths:
         from nnunetv2.experiment_planning.plan_and_preprocess_api import (
             extract_fingerprints,
             plan_experiments,
             preprocess,
         )
-        from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name  # noqa: F401
 
         pre = paths["nnUNet_preprocessed"] / DATASET
         if not (pre / f"{PLANS}.json").is_file() or not (pre / "splits_final.json").is_file():

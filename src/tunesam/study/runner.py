@@ -271,11 +271,12 @@ def _dispatch(cells, out, say, slots, make_pool, first, wait):  # type: ignore[n
             for cell in list(pending):
                 if len(running) >= slots:
                     break
-                g = groups.get(f"{cell.dataset}/{cell.key}")
-                if g is not None and g not in filled and leaders.get(g, f"{cell.dataset}/{cell.key}") != f"{cell.dataset}/{cell.key}":
+                me = f"{cell.dataset}/{cell.key}"
+                g = groups.get(me)
+                if g is not None and g not in filled and leaders.get(g, me) != me:
                     continue  # its cache is being filled by the group's first cell
                 if g is not None:
-                    leaders.setdefault(g, f"{cell.dataset}/{cell.key}")
+                    leaders.setdefault(g, me)
                 running[pool.submit(run_cell, cell.to_dict(), str(out))] = cell
                 pending.remove(cell)
             finished, _ = wait(list(running), return_when=first)
