@@ -72,13 +72,14 @@ def predict_rows(
 
 def _segment_stored_rows(model: Any, data: PreparedData, rows: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
     """Rows through a model that segments stored slices itself, a case's same-sized slices at once."""
-    groups: dict[tuple[int, tuple[int, ...]], list[int]] = {}
+    groups: dict[tuple[int, tuple[int, ...]], list[tuple[int, np.ndarray]]] = {}
     for r in rows:
-        groups.setdefault((int(data.index[r]["case"]), data.slice(int(r))[0].shape), []).append(int(r))
+        image = np.asarray(data.slice(int(r))[0])
+        groups.setdefault((int(data.index[r]["case"]), image.shape), []).append((int(r), image))
     for (case_i, _), group in groups.items():
-        stack = np.stack([np.asarray(data.slice(r)[0]) for r in group])
-        labels, _ = model.segment_stored(stack, stored_spacing(data.manifest["cases"][case_i]))
-        yield from zip(group, labels)
+        labels, _ = model.segment_stored(np.stack([im for _, im in group]),
+                                         stored_spacing(data.manifest["cases"][case_i]))
+        yield from zip([r for r, _ in group], labels)
 
 
 def prompted_masks(

@@ -70,12 +70,11 @@ def _measure(cell: Cell, out: Path) -> dict[str, Any]:
             emb = model.encode(images, valid)
             enc_s = (time.perf_counter() - t) / len(images)
 
-    def step() -> None:
-        if emb is not None:
-            loss = _loss_on_embeddings(model, batch, emb, cfg.mode, device)
-        else:
-            with autocast_for(device):
-                loss = _forward_loss(model, batch, cfg.mode, device)
+    fixed = _FixedEmbeddings(emb) if emb is not None else None
+
+    def step() -> None:  # the trainer's own forward and loss, on the embeddings when cached
+        with autocast_for(device):
+            loss = _forward_loss(model, batch, cfg.mode, device, fixed)  # type: ignore[arg-type]
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -105,18 +104,14 @@ def _measure(cell: Cell, out: Path) -> dict[str, Any]:
             "batch": cfg.batch_size, "epochs": cfg.epochs, "whole": cfg.checkpoint is None}
 
 
-def _loss_on_embeddings(model: Any, batch: dict[str, Any], emb: torch.Tensor, mode: str, device: torch.device) -> Any:
-    from tunesam.device import autocast_for
-    from tunesam.engine.losses import dice_bce_loss, dice_ce_loss
-    from tunesam.engine.trainer import _model_inputs
+class _FixedEmbeddings:
+    """Stands in for the embedding cache: the same embeddings for the timed batch."""
 
-    inputs = _model_inputs(batch, mode, device, None)
-    inputs.pop("valid", None)
-    inputs["images"], inputs["embeddings"] = None, emb
-    with autocast_for(device):
-        logits = model(**inputs)
-    target = batch["mask"].to(device).long()
-    return dice_ce_loss(logits, target) if mode == "auto" else dice_bce_loss(logits, target)
+    def __init__(self, emb: torch.Tensor) -> None:
+        self.emb = emb
+
+    def get(self, rows: Any) -> torch.Tensor:
+        return self.emb
 
 
 def _setup_key(cell: Cell) -> tuple[Any, ...]:
@@ -133,6 +128,10 @@ def describe_plan(cells: list[Cell], status: dict[str, str], out: Path) -> str:
     total_s = total_b = 0.0
     unmeasured = 0
     for cell in cells:
+        st = status[f"{cell.dataset}/{cell.key}"]
+        if st == "done":  # nothing left to time
+            lines.append(f"{cell.dataset + '/' + cell.key:<64}{st:>9}{'-':>8}{'-':>9}{'-':>10}{'-':>11}")
+            continue
         if cell.arch == "nnunet":  # nnU-Net plans its own network, patch and batch: not timed here
             unmeasured += 1
             steps = (cell.options.get("epochs") or 1000) * (cell.options.get("iterations") or 250)
@@ -151,9 +150,6 @@ def describe_plan(cells: list[Cell], status: dict[str, str], out: Path) -> str:
         if m["emb_bytes"]:
             ckey = (cell.dataset, cell.arch, cell.checkpoint, cell.options.get("image_size"))
             caches.setdefault(ckey, (m["enc_s"] * m["n_all"], m["emb_bytes"] * m["n_all"]))
-        st = status[f"{cell.dataset}/{cell.key}"]
-        if st == "done":
-            secs = disk = 0
         total_s += secs
         total_b += disk
         lines.append(f"{cell.dataset + '/' + cell.key:<64}{st:>9}{steps:>8}{m['step_s']:>9.3f}"
@@ -164,7 +160,7 @@ def describe_plan(cells: list[Cell], status: dict[str, str], out: Path) -> str:
         total_s += secs
         total_b += size
     lines.append(f"{len(cells)} cells; estimated {_fmt_time(total_s)} and {_fmt_bytes(total_b)} "
-                 "(steps timed here after a warm-up; cells already done count zero; a cache already filled "
-                 "costs less)" + (f"; {unmeasured} nnU-Net cells not included: nnU-Net plans its own network "
+                 "(steps timed here after a warm-up; cells already done are not counted; a cache already "
+                 "filled costs less)" + (f"; {unmeasured} nnU-Net cells not included: nnU-Net plans its own network "
                                   "and batch, so it is not timed before it runs" if unmeasured else ""))
     return "\n".join(lines)
