@@ -104,10 +104,14 @@ class TrainConfig:
             interpolation=self.interpolation or get_spec(arch).interpolation,
             embedding_cache=(self.embedding_cache or str(default_cache_folder(self.data))) if self.cache_embeddings
             else None,
-            epochs=self.epochs or recipe["epochs"],
-            patience=recipe["patience"] if self.patience is None else self.patience,
-            batch_size=self.batch_size or recipe["batch_size"],
+            **self._recipe(recipe),
         )
+
+    def _recipe(self, recipe: dict[str, int]) -> dict[str, int]:
+        """The recipe's length and batch where not given."""
+        return {"epochs": self.epochs or recipe["epochs"],
+                "patience": recipe["patience"] if self.patience is None else self.patience,
+                "batch_size": self.batch_size or recipe["batch_size"]}
 
     def _resolved_baseline(self, recipe: dict[str, int]) -> TrainConfig:
         from tunesam.baselines.nets import get_baseline_spec
@@ -125,9 +129,7 @@ class TrainConfig:
             pixel_norm_rule="nnU-Net's own (planned)" if spec.network == "nnunet"
             else "the baselines' own: z-score per slice over its real pixels",
             interpolation=self.interpolation or spec.interpolation,
-            epochs=self.epochs or recipe["epochs"],
-            patience=recipe["patience"] if self.patience is None else self.patience,
-            batch_size=self.batch_size or recipe["batch_size"],
+            **self._recipe(recipe),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -51,3 +51,7 @@ def test_nnunet_runs_through_nnunetv2_on_our_split(prepared: Path, tmp_path: Pat
     stamp = (results_folder(run) / "fold_0" / "checkpoint_final.pth").stat().st_mtime_ns
     train_baseline("nnunet", prepared, run, epochs=2, iterations=6, device="cpu", resume=True)
     assert (results_folder(run) / "fold_0" / "checkpoint_final.pth").stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="--iterations: run 6, now 9"):
+        train_baseline("nnunet", prepared, run, epochs=2, iterations=9, device="cpu", resume=True)
+    with pytest.raises(ValueError, match="already exists"):
+        train_baseline("nnunet", prepared, run, epochs=2, iterations=6, device="cpu")

@@ -28,7 +28,6 @@ import contextlib
 import json
 import os
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -181,17 +180,20 @@ def train_nnunet(data: str | Path, out: str | Path, epochs: int | None = None, d
     require_nnunet()
     from tunesam.config import TrainConfig, save_config
     from tunesam.device import pick_device
-    from tunesam.engine.trainer import _write_preprocessing
+    from tunesam.engine.trainer import _prepare_run_folder, _write_preprocessing
 
-    run = Path(out)
-    if run.exists() and any(run.iterdir()) and not resume:
-        raise ValueError(f"{run}: already exists; use --resume to continue it, or another --out")
     prepared = PreparedData.open(data)
     dev = pick_device(device)
     epochs = epochs or 1000
     iterations = iterations or 250
-    cfg = TrainConfig(data=str(data), out=str(run), arch="nnunet", tune="encoder-decoder", method="vanilla",
+    cfg = TrainConfig(data=str(data), out=str(out), arch="nnunet", tune="encoder-decoder", method="vanilla",
                       epochs=epochs, few_shot=few_shot, seed=seed, device=device).resolved()
+    run = _prepare_run_folder(cfg, resume)  # the trainer's rules: no overwrite; resume with the same options
+    if resume:
+        saved = json.loads((run / "nnunet.json").read_text())["iterations_per_epoch"]
+        if saved != iterations:
+            raise ValueError(f"{run}: --resume with other options than the run had: --iterations: run {saved}, "
+                             f"now {iterations}")
     run.mkdir(parents=True, exist_ok=True)
     if not resume:
         save_config(cfg, run / "config.yaml")
@@ -223,18 +225,15 @@ def train_nnunet(data: str | Path, out: str | Path, epochs: int | None = None, d
         trainer = trainer_cls(plans=plans, configuration=CONFIGURATION, fold=0, dataset_json=dataset_json, device=dev)
         latest = Path(trainer.output_folder) / "checkpoint_latest.pth"
         final = Path(trainer.output_folder) / "checkpoint_final.pth"
-        if resume and final.is_file():
-            pass  # training finished before the interruption
-        else:
+        if not (resume and final.is_file()):  # else training finished before the interruption
             if resume and latest.is_file():
                 trainer.load_checkpoint(_safe_load(latest))
-            t0 = time.perf_counter()
             trainer.run_training()
-            _write_run_records(run, trainer, time.perf_counter() - t0, iterations, dev)
+            _write_run_records(run, trainer, iterations, dev)
     return run
 
 
-def _write_run_records(run: Path, trainer: Any, seconds: float, iterations: int, device: torch.device) -> None:
+def _write_run_records(run: Path, trainer: Any, iterations: int, device: torch.device) -> None:
     """log.csv and summary.json in tunesam's form, from nnU-Net's own log."""
     from tunesam.engine.trainer import _write_log
 

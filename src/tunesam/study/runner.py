@@ -42,7 +42,7 @@ def cell_status(cell: Cell, out: Path) -> str:
         return "changed"  # a folder the study did not make
     if (folder / "metrics.json").is_file():
         return "done"
-    if (folder / "last.pt").is_file():
+    if (folder / "last.pt").is_file() or (folder / "nnunet.json").is_file():  # nnU-Net keeps its own state
         return "partial"
     return "stale" if folder.exists() else "new"
 
