@@ -150,6 +150,33 @@ def _cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    import logging
+
+    from tunesam.pretrain.config import PretrainConfig
+    from tunesam.pretrain.runner import pretrain
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.objective == "prompt":
+        _refuse(args, "to pretrain prompt (MAE options)", "mask_ratio", "mae_variant", "mask_patch", "no_norm_pix_loss",
+                "decoder_dim", "decoder_depth", "decoder_heads")
+    else:
+        _refuse(args, "to pretrain mae (prompt options)", "prompt_rules", "max_prompts")
+    optional = {k: getattr(args, k) for k in ("mask_ratio", "decoder_dim", "decoder_depth", "decoder_heads",
+                                              "prompt_rules", "max_prompts") if getattr(args, k) is not None}
+    cfg = PretrainConfig(
+        objective=args.objective, data=tuple(args.data), out=args.out, arch=args.arch, checkpoint=args.checkpoint,
+        epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, accumulate=args.accumulate,
+        lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup, image_size=args.image_size,
+        pixel_norm=args.pixel_norm, device=args.device, seed=args.seed, num_workers=args.num_workers,
+        checkpointing=args.checkpointing, mae_variant=args.mae_variant, mask_patch=args.mask_patch,
+        norm_pix_loss=not args.no_norm_pix_loss, **optional,
+    )
+    run = pretrain(cfg, resume=args.resume, progress=False if args.quiet else None)
+    print(f"pre-trained weights written to {run / 'checkpoint.pth'} (SAM layout: use them with train --checkpoint)")
+    return 0
+
+
 def _refuse(args: argparse.Namespace, why: str, *names: str) -> None:
     """Flags that do not apply here are an error, never silently dropped."""
     given = [f"--{n.replace('_', '-')}" for n in names if getattr(args, n) not in (None, False)]
@@ -371,6 +398,50 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--weights", default="best", choices=["best", "last"])
     ex.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     ex.set_defaults(func=_cmd_export)
+
+    pt = sub.add_parser("pretrain", help="pre-train on extra data first: prompt (SupSAM) or mae (SSLSAM)",
+                        description="prompt: the paper's task-expansive prompt-based learning on several labelled "
+                                    "datasets (per image one class, one box or point per connected component; "
+                                    "prompt encoder frozen, image encoder and mask decoder vanilla; batch 3, AdamW "
+                                    "1e-4, early stop after 5 epochs). mae: masked autoencoding of the image encoder "
+                                    "on the datasets' images (75%% hidden, 512-wide 8-block decoder, AdamW (0.9, "
+                                    "0.95) wd 0.05, lr 1.5e-4 x batch/256, cosine; batch 2 x 16 accumulated). Both "
+                                    "write RUN/checkpoint.pth in the official SAM layout for train --checkpoint.")
+    pt.add_argument("objective", choices=["prompt", "mae"])
+    pt.add_argument("--data", required=True, nargs="+", metavar="DIR", help="prepared dataset folders, pooled")
+    pt.add_argument("--out", required=True, help="run folder to write")
+    pt.add_argument("--arch", choices=list(ARCHS), metavar="ARCH", help=ARCH_HELP)
+    pt.add_argument("--checkpoint", help=CHECKPOINT_HELP + "; default: random weights")
+    pt.add_argument("--pixel-norm", choices=PIXEL_NORMS, help=PIXEL_NORM_HELP)
+    pt.add_argument("--image-size", type=int, help=IMAGE_SIZE_HELP)
+    pt.add_argument("--epochs", type=int, help="default: prompt 100 (early stop), mae 50")
+    pt.add_argument("--patience", type=int, help="early stop after N epochs without a better val DSC "
+                                                 "(default prompt 5; mae 0: never)")
+    pt.add_argument("--batch-size", type=int, help="per process (default prompt 3, mae 2)")
+    pt.add_argument("--accumulate", type=int, help="micro-batches per optimiser step (default prompt 1, mae 16)")
+    pt.add_argument("--lr", type=float, help="default prompt 1e-4; mae 1.5e-4 x effective batch / 256")
+    pt.add_argument("--weight-decay", type=float, help="default prompt 0.1, mae 0.05")
+    pt.add_argument("--warmup", type=int, help="warm-up optimiser steps (default prompt 200; mae 5%% of the run)")
+    pt.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--num-workers", type=int, help="data loader workers (default: up to 4)")
+    pt.add_argument("--checkpointing", action="store_true", help="activation checkpointing in the encoder")
+    pt.add_argument("--resume", action="store_true", help="continue the run in --out")
+    pt.add_argument("--quiet", action="store_true", help="no progress bar (it shows only in a terminal anyway)")
+    pt.add_argument("--prompt-rules", choices=["paper", "code"],
+                    help="prompt: paper (default: Gaussian box noise, points above the median edge distance) or code "
+                         "(the authors' released code: boxes grown by U(0, 10%%), points from the top 10%%)")
+    pt.add_argument("--max-prompts", type=int, help="prompt: components prompted per image at most (default 16)")
+    pt.add_argument("--mask-ratio", type=float, help="mae: share of patches hidden (default 0.75)")
+    pt.add_argument("--mae-variant", choices=["masked-grid", "visible"],
+                    help="mae: masked-grid (default: the whole grid, hidden patches as a learned mask token; every "
+                         "architecture) or visible (SAM ViT: visible tokens only, global attention in every block)")
+    pt.add_argument("--mask-patch", type=int, help="mae: side of a hidden square in input pixels (default 16)")
+    pt.add_argument("--no-norm-pix-loss", action="store_true", help="mae: raw pixel targets, not per-patch normalised")
+    pt.add_argument("--decoder-dim", type=int, help="mae: decoder width (default 512)")
+    pt.add_argument("--decoder-depth", type=int, help="mae: decoder blocks (default 8)")
+    pt.add_argument("--decoder-heads", type=int, help="mae: decoder heads (default 16)")
+    pt.set_defaults(func=_cmd_pretrain)
 
     dm = sub.add_parser("demo", help="the whole pipeline on the embedded MNI152 example (CPU, minutes)",
                         description="Prepare the MNI152 example; from LiteMedSAM's weights (when installed: "

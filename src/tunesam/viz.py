@@ -78,25 +78,28 @@ def pyplot() -> Any:
     return plt
 
 
-def curves_figure(rows: Sequence[dict[str, float]]) -> Any:
-    """A matplotlib figure of a run's ``log.csv`` rows: training loss and validation DSC per
-    epoch on two axes, the best epoch marked."""
+def curves_figure(rows: Sequence[dict[str, float]], metric: str = "val_dsc") -> Any:
+    """A matplotlib figure of a run's ``log.csv`` rows: training loss and the validation
+    ``metric`` per epoch on two axes, the best epoch marked (``val_dsc``: highest, in percent;
+    ``val_loss``: lowest)."""
     plt = pyplot()
 
     epochs = [int(r["epoch"]) for r in rows]
     loss = [float(r["train_loss"]) for r in rows]
-    dsc = [float(r["val_dsc"]) for r in rows]
-    fig, (ax_loss, ax_dsc) = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
+    values = [float(r[metric]) for r in rows]
+    is_dsc = metric == "val_dsc"
+    label, unit = ("validation DSC", "DSC (%)") if is_dsc else ("validation loss", "loss")
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
     ax_loss.plot(epochs, loss, marker="o", ms=3, color="tab:blue", label="train loss")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="training loss")
-    ax_dsc.plot(epochs, dsc, marker="o", ms=3, color="tab:red", label="validation DSC")
-    ax_dsc.set(xlabel="epoch", ylabel="DSC (%)", title="validation DSC")
-    if dsc:
-        best = max(range(len(dsc)), key=lambda i: (dsc[i], -i))
-        for ax in (ax_loss, ax_dsc):
+    ax_val.plot(epochs, values, marker="o", ms=3, color="tab:red", label=label)
+    ax_val.set(xlabel="epoch", ylabel=unit, title=label)
+    if values:
+        best = max(range(len(values)), key=lambda i: ((values[i] if is_dsc else -values[i]), -i))
+        for ax in (ax_loss, ax_val):
             ax.axvline(epochs[best], color="grey", ls="--", lw=1, label=f"best epoch {epochs[best]}")
-        ax_dsc.plot([epochs[best]], [dsc[best]], marker="*", ms=12, color="tab:red", ls="none")
-    for ax in (ax_loss, ax_dsc):
+        ax_val.plot([epochs[best]], [values[best]], marker="*", ms=12, color="tab:red", ls="none")
+    for ax in (ax_loss, ax_val):
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=8)
         ax.xaxis.get_major_locator().set_params(integer=True)

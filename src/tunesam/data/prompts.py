@@ -5,6 +5,10 @@ noise of standard deviation 10% of the box size per side, at most 20 px at 1024 
 scaled with the input size) or a point (sampled among the component's pixels whose
 distance to the component's edge is above the median). For evaluation the prompt is
 deterministic: the tight box, or the point farthest from the edge.
+
+``rules="code"`` follows the authors' released code instead of the paper's text: each box side
+moved outwards by a uniform 0-10% of the box's size, and points drawn from the top 10% of
+edge distances (``tunesam pretrain prompt --prompt-rules code``).
 """
 from __future__ import annotations
 
@@ -15,6 +19,9 @@ from scipy import ndimage
 
 NOISE_FRACTION = 0.1
 MAX_NOISE_AT_1024 = 20.0
+CODE_GROWTH = 0.1  # rules="code": each side grows by U(0, 10%) of the box size
+CODE_POINT_QUANTILE = 0.9  # rules="code": points from the top 10% of edge distances
+RULES = ("paper", "code")
 
 
 @dataclass(frozen=True)
@@ -30,10 +37,15 @@ def components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return ndimage.label(mask, structure=np.ones((3, 3), int))
 
 
-def box_prompt(component: np.ndarray, image_size: int, rng: np.random.Generator | None) -> Prompt:
+def box_prompt(component: np.ndarray, image_size: int, rng: np.random.Generator | None,
+               rules: str = "paper") -> Prompt:
     ys, xs = np.nonzero(component)
     x0, x1, y0, y1 = float(xs.min()), float(xs.max()), float(ys.min()), float(ys.max())
-    if rng is not None:
+    if rng is not None and rules == "code":
+        w, h = x1 - x0 + 1, y1 - y0 + 1
+        grow = rng.uniform(0.0, CODE_GROWTH, 4) * np.array([w, h, w, h])
+        x0, y0, x1, y1 = x0 - grow[0], y0 - grow[1], x1 + grow[2], y1 + grow[3]
+    elif rng is not None:
         cap = MAX_NOISE_AT_1024 * image_size / 1024
         w, h = x1 - x0 + 1, y1 - y0 + 1
         noise = rng.normal(0.0, 1.0, 4) * NOISE_FRACTION * np.array([w, h, w, h])
@@ -45,31 +57,42 @@ def box_prompt(component: np.ndarray, image_size: int, rng: np.random.Generator 
     return Prompt(box=(x0, y0, x1, y1))
 
 
-def point_prompt(component: np.ndarray, rng: np.random.Generator | None) -> Prompt:
+def point_prompt(component: np.ndarray, rng: np.random.Generator | None, rules: str = "paper") -> Prompt:
     dist = ndimage.distance_transform_edt(np.pad(component, 1))[1:-1, 1:-1]
     if rng is None:
         y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
         return Prompt(point=(float(x), float(y)))
     inside = dist[component]
-    ys, xs = np.nonzero(component & (dist > np.median(inside)))
+    if rules == "code":
+        ys, xs = np.nonzero(component & (dist >= np.quantile(inside, CODE_POINT_QUANTILE)))
+    else:
+        ys, xs = np.nonzero(component & (dist > np.median(inside)))
     if ys.size == 0:  # thin objects: every pixel is at the median distance
         ys, xs = np.nonzero(component)
     i = int(rng.integers(len(ys)))
     return Prompt(point=(float(xs[i]), float(ys[i])))
 
 
-def simulate(component: np.ndarray, mode: str, image_size: int, rng: np.random.Generator | None) -> Prompt:
-    """A ``box`` or ``point`` prompt for one component (``rng=None``: deterministic)."""
+def simulate(component: np.ndarray, mode: str, image_size: int, rng: np.random.Generator | None,
+             rules: str = "paper") -> Prompt:
+    """A ``box`` or ``point`` prompt for one component (``rng=None``: deterministic);
+    ``rules`` ``paper`` or ``code`` (see the module)."""
+    if rules not in RULES:
+        raise ValueError(f"prompt rules must be paper or code, got {rules!r}")
     if mode == "box":
-        return box_prompt(component, image_size, rng)
+        return box_prompt(component, image_size, rng, rules)
     if mode == "point":
-        return point_prompt(component, rng)
+        return point_prompt(component, rng, rules)
     raise ValueError(f"prompt mode must be box or point, got {mode!r}")
+
+
+def pick_class(mask: np.ndarray, rng: np.random.Generator) -> int:
+    """A random class among those present in ``mask`` (which must have one)."""
+    classes = [int(c) for c in np.unique(mask) if c != 0]
+    return classes[int(rng.integers(len(classes)))]
 
 
 def pick_object(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A random connected component of a random class present in ``mask`` (boolean)."""
-    classes = [int(c) for c in np.unique(mask) if c != 0]
-    cls = classes[int(rng.integers(len(classes)))]
-    labels, n = components(mask == cls)
+    labels, n = components(mask == pick_class(mask, rng))
     return labels == int(rng.integers(1, n + 1))

@@ -239,12 +239,12 @@ def _load_state(run: Path, model: SamSegmenter, opt: torch.optim.Optimizer) -> S
                  payload["bad_epochs"], list(payload["rows"]))
 
 
-def _write_log(run: Path, rows: list[dict[str, Any]]) -> None:
+def _write_log(run: Path, rows: list[dict[str, Any]], fields: list[str] = LOG_FIELDS) -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=LOG_FIELDS)
+    writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: r[k] for k in LOG_FIELDS})
+        writer.writerow({k: r[k] for k in fields})
     atomic_write(run / "log.csv", lambda tmp: tmp.write_text(buf.getvalue()))
 
 

@@ -245,11 +245,19 @@ class ImageEncoderViT(nn.Module):
         self.neck = make_neck(embed_dim, out_chans)
         self.grad_checkpointing = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(x)
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The patch embedding, ``B x 3 x S x S`` -> ``B x S/16 x S/16 x D`` (where masked
+        image modelling puts its mask token)."""
+        return self.patch_embed(x)
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything after :meth:`embed`: positions, blocks, neck -> ``B x out_chans x S/16 x S/16``."""
         if self.pos_embed is not None:
             x = x + self.pos_embed
         use_ckpt = self.grad_checkpointing and torch.is_grad_enabled()
         for blk in self.blocks:
             x = checkpoint(blk, x, use_reentrant=False) if use_ckpt else blk(x)
         return self.neck(x.permute(0, 3, 1, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trunk(self.embed(x))

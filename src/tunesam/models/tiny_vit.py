@@ -71,6 +71,7 @@ class PatchEmbed(nn.Module):
         if stride not in (1, 4):
             raise ValueError(f"TinyViT's stem has stride 4 (MobileSAM) or 1 (LiteMedSAM), got {stride}")
         kernel, step, pad = (3, 2, 1) if stride == 4 else (1, 1, 0)
+        self.stride, self.embed_dim = stride, embed_dim
         self.seq = nn.Sequential(
             Conv2d_BN(in_chans, embed_dim // 2, kernel, step, pad),
             nn.GELU(),
@@ -386,10 +387,18 @@ class TinyViT(nn.Module):
         """The attention blocks in order (stages 1-3)."""
         return [blk for layer in self.layers[1:] for blk in layer.blocks]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(x)
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolutional stem, ``B x 3 x S x S`` -> ``B x C0 x S/r x S/r`` (where masked
+        image modelling puts its mask token)."""
+        return self.patch_embed(x)
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything after :meth:`embed`: the four stages and the neck."""
         for layer in self.layers:
             x = layer(x)
         b, _, c = x.shape
         x = x.view(b, self.out_grid, self.out_grid, c).permute(0, 3, 1, 2)
         return self.neck(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trunk(self.embed(x))

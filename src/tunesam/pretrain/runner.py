@@ -1,0 +1,358 @@
+"""``tunesam pretrain prompt|mae``: the pre-training loop shared by SupSAM and SSLSAM.
+
+A run folder holds ``config.yaml`` (resolved), ``log.csv`` (epoch, train loss, the
+validation figure, lr, seconds), ``curves.png``, ``last.pt`` (resume state: weights,
+optimiser, step, RNG; as ``train``'s), ``summary.json`` and ``checkpoint.pth``: a plain state
+dict in the official SAM key layout that ``train --checkpoint``, ``evaluate --checkpoint``,
+``info --checkpoint`` and segment-anything's builders read. SupSAM's checkpoint is the epoch
+with the best pooled validation DSC (early stop after ``patience`` epochs without a better
+one); SSLSAM's is the last epoch's (MAE's practice), and ``reconstructions/`` holds a figure
+per epoch. Everything is written atomically; ``--resume`` continues after the last finished
+epoch. Under torchrun every process trains a shard (DDP); rank 0 writes.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+
+from tunesam.device import autocast_for
+from tunesam.engine import distributed as D
+from tunesam.engine.schedule import lr_at
+from tunesam.engine.trainer import PLOT_EVERY_S, State, _load_state, _progress_bar, _save_state, _write_log
+from tunesam.io import write_json
+from tunesam.models.build import build_model
+from tunesam.models.segmenter import SamSegmenter
+from tunesam.pretrain import mae as M
+from tunesam.pretrain import supsam
+from tunesam.pretrain.config import MAE_WARMUP_FRACTION, PretrainConfig, load_pretrain_config, save_pretrain_config
+from tunesam.pretrain.data import ImageSlices, PromptSlices, collate_prompts, open_all
+
+log = logging.getLogger("tunesam.pretrain")
+CHECKPOINT = "checkpoint.pth"
+MAE_VAL_LIMIT = 200  # MAE validation loss: at most this many val slices, evenly spread
+RECONSTRUCTED = 4  # slices in each epoch's reconstruction figure
+
+
+@dataclass
+class Task:
+    """What differs between the objectives; the loop does the rest."""
+
+    net: nn.Module  # the module trained (DDP wraps it)
+    groups: list[dict[str, Any]]
+    betas: tuple[float, float]
+    train_set: Dataset
+    val_set: Dataset
+    collate: Callable[[list[dict[str, Any]]], dict[str, Any]] | None
+    loss: Callable[[nn.Module, dict[str, Any], int], torch.Tensor]  # (net, batch, micro-step) -> loss
+    validate: Callable[[DataLoader], tuple[float, float]]  # -> (sum, count) of this process
+    lr: Callable[[int, int], float]  # (step, total) -> lr
+    export: Callable[[Path], list[str]]
+    metric: str  # val_dsc (higher is better) or val_loss (lower)
+    keep: str  # which epoch checkpoint.pth holds: best or last
+    after_epoch: Callable[[Path, int], None] = lambda run, epoch: None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def _seed_of(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+# -- the two objectives ----------------------------------------------------------------------
+def _start_model(cfg: PretrainConfig) -> SamSegmenter:
+    model = build_model(cfg.arch, cfg.checkpoint, 1, cfg.image_size, cfg.pixel_norm)
+    model.interpolation = str(cfg.interpolation)
+    return model
+
+
+def _prompt_task(cfg: PretrainConfig, device: torch.device) -> Task:
+    stores = open_all(cfg.data)
+    model = supsam.prepare_model(_start_model(cfg))
+    model.image_encoder.grad_checkpointing = cfg.checkpointing
+    net = supsam.PromptedSam(model).to(device)
+    params = [p for p in net.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    common = {"image_size": cfg.image_size, "interpolation": cfg.interpolation, "seed": cfg.seed,
+              "rules": cfg.prompt_rules, "max_prompts": cfg.max_prompts}
+
+    def validate(loader: DataLoader) -> tuple[float, float]:
+        return supsam.validate(net, loader, device)
+
+    return Task(
+        net=net, groups=groups, betas=(0.9, 0.999),
+        train_set=PromptSlices(stores, "train", augment=True, **common),
+        val_set=PromptSlices(stores, "val", augment=False, **common),
+        collate=collate_prompts,
+        loss=lambda n, batch, _: supsam.loss(n, batch, device),
+        validate=validate,
+        lr=lambda step, total: lr_at(step, float(cfg.lr), int(cfg.warmup), total),
+        export=lambda path: _export_prompt(net.sam, path),
+        metric="val_dsc", keep="best",
+        notes={"trained": "image encoder + mask decoder (vanilla); prompt encoder frozen",
+               "frozen": model.frozen_parts},
+    )
+
+
+def _export_prompt(model: SamSegmenter, path: Path) -> list[str]:
+    from tunesam.export import export_checkpoint
+
+    return export_checkpoint(model, path)
+
+
+def _mae_task(cfg: PretrainConfig, device: torch.device, ctx: D.Context) -> Task:
+    from tunesam.models.registry import get_spec
+
+    stores = open_all(cfg.data)
+    start = _start_model(cfg)
+    for p in start.parameters():
+        p.requires_grad_(False)
+    encoder = start.image_encoder
+    for p in encoder.parameters():
+        p.requires_grad_(True)
+    encoder.grad_checkpointing = cfg.checkpointing
+    net = M.MaskedAutoencoder(encoder, int(cfg.image_size), get_spec(str(cfg.arch)).patch_size,
+                              int(cfg.mask_patch), str(cfg.mae_variant), cfg.decoder_dim, cfg.decoder_depth,
+                              cfg.decoder_heads, cfg.norm_pix_loss).to(device)
+    start.to(device)  # its pixel normalisation prepares the images
+    common = {"image_size": cfg.image_size, "interpolation": cfg.interpolation, "seed": cfg.seed}
+    train_set = ImageSlices(stores, "train", augment=True, **common)
+    val_all = ImageSlices(stores, "val", augment=False, **common)
+    keep = np.unique(np.linspace(0, len(val_all) - 1, min(MAE_VAL_LIMIT, len(val_all))).round().astype(int))
+    val_set = ImageSlices(stores, "val", augment=False, rows=keep, **common)
+    patches = net.grid**2
+
+    def train_loss(n: nn.Module, batch: dict[str, Any], micro: int) -> torch.Tensor:
+        """Masks drawn from (seed, micro-step, rank): a resumed run hides what it would have."""
+        images = start.preprocess(batch["image"].to(device, non_blocking=True), batch["valid"].to(device))
+        g = torch.Generator().manual_seed(_seed_of(cfg.seed, micro, ctx.rank))
+        mask = M.random_mask(len(images), patches, cfg.mask_ratio, g).to(device)
+        return n(images, batch["valid"].to(device), mask)[0]
+
+    def warmup(total: int) -> int:
+        return int(cfg.warmup) if cfg.warmup is not None else round(MAE_WARMUP_FRACTION * total)
+
+    @torch.no_grad()
+    def validate(loader: DataLoader) -> tuple[float, float]:
+        net.eval()
+        total, count = 0.0, 0.0
+        for batch in loader:  # the masks of validation are fixed per slice
+            images = start.preprocess(batch["image"].to(device), batch["valid"].to(device))
+            masks = torch.stack([M.random_mask(1, patches, cfg.mask_ratio,
+                                               torch.Generator().manual_seed(_seed_of(cfg.seed, int(d), int(r))))[0]
+                                 for d, r in zip(batch["dataset"], batch["index"])]).to(device)
+            with autocast_for(device):
+                loss, _ = net(images, batch["valid"].to(device), masks)
+            total += float(loss) * len(images)
+            count += len(images)
+        return total, count
+
+    @torch.no_grad()
+    def figure(run: Path, epoch: int) -> None:
+        net.eval()
+        items = [val_set[i] for i in range(min(RECONSTRUCTED, len(val_set)))]
+        images = start.preprocess(torch.stack([it["image"] for it in items]).to(device),
+                                  torch.stack([it["valid"] for it in items]).to(device))
+        masks = torch.stack([M.random_mask(1, patches, cfg.mask_ratio,
+                                           torch.Generator().manual_seed(_seed_of(cfg.seed, it["dataset"],
+                                                                                  it["index"])))[0]
+                             for it in items]).to(device)
+        valid = torch.stack([it["valid"] for it in items]).to(device)
+        with autocast_for(device):
+            _, pred = net(images, valid, masks)
+        recon = net.reconstruct(images, pred, masks)
+        M.reconstruction_figure(run / "reconstructions" / f"epoch_{epoch:03d}.png", images, masks, recon,
+                                net.mask_patch, f"MAE ({cfg.mae_variant}, {cfg.mask_ratio:.0%} hidden), epoch {epoch}")
+
+    def export(path: Path) -> list[str]:
+        from tunesam.export import export_checkpoint
+
+        return export_checkpoint(start, path)  # start.image_encoder is the trained encoder
+
+    groups = M.mae_parameter_groups(net, float(cfg.weight_decay))
+    return Task(
+        net=net, groups=groups, betas=(0.9, 0.95), train_set=train_set, val_set=val_set, collate=None,
+        loss=train_loss, validate=validate,
+        lr=lambda step, total: M.cosine_lr_at(step, float(cfg.lr), warmup(total), total),
+        export=export, metric="val_loss", keep="last", after_epoch=figure,
+        notes={"variant": cfg.mae_variant, "mask_patch": cfg.mask_patch, "blank_slices_dropped":
+               train_set.blank + val_all.blank, "validation_slices": len(val_set),
+               "kept": "the image encoder; prompt encoder and mask decoder of the starting checkpoint, unchanged"},
+    )
+
+
+# -- run folder ---------------------------------------------------------------------------------
+def _prepare_run_folder(cfg: PretrainConfig, resume: bool) -> Path:
+    run = Path(cfg.out)
+    if resume:
+        saved = load_pretrain_config(run / "config.yaml")
+        free = {"device", "num_workers", "out"}
+        diffs = {k: (v, getattr(cfg, k)) for k, v in saved.to_dict().items()
+                 if k not in free and (list(getattr(cfg, k)) if k == "data" else getattr(cfg, k)) != v}
+        if diffs:
+            raise ValueError(f"{run}: --resume with other options than the run had: "
+                             + "; ".join(f"--{k.replace('_', '-')}: run {a!r}, now {b!r}" for k, (a, b) in diffs.items()))
+        return run
+    if run.exists() and any(run.iterdir()):
+        kind = "a pre-training run" if (run / "config.yaml").exists() else "a non-empty folder"
+        raise ValueError(f"{run}: already exists ({kind}); use --resume to continue it, or another --out")
+    return run
+
+
+def _loader(ds: Dataset, cfg: PretrainConfig, ctx: D.Context, device: torch.device, shuffle: bool,
+            collate: Any) -> DataLoader:
+    import os
+
+    workers = cfg.num_workers if cfg.num_workers is not None else min(4, max(0, (os.cpu_count() or 1) - 1))
+    sampler = D.EpochSampler(len(ds), cfg.seed, ctx, shuffle, pad=shuffle)  # type: ignore[arg-type]
+    return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
+                      pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+
+
+def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool | None = None) -> Path:
+    """Pre-train as ``cfg`` says; returns the run folder (``RUN/checkpoint.pth`` inside).
+    ``progress``: the tqdm bar (``None``: when stderr is a terminal)."""
+    ctx, device = D.setup(cfg.device)
+    try:
+        return _pretrain(cfg.resolved(ctx.world), resume, ctx, device, progress)
+    finally:
+        D.teardown()
+
+
+def _pretrain(cfg: PretrainConfig, resume: bool, ctx: D.Context, device: torch.device,
+              progress: bool | None) -> Path:
+    run = _prepare_run_folder(cfg, resume)
+    if ctx.distributed:
+        torch.distributed.barrier()
+    torch.manual_seed(cfg.seed)
+    task = _prompt_task(cfg, device) if cfg.objective == "prompt" else _mae_task(cfg, device, ctx)
+    opt = torch.optim.AdamW(task.groups, lr=float(cfg.lr), betas=task.betas, fused=device.type == "cuda")
+    train_loader = _loader(task.train_set, cfg, ctx, device, True, task.collate)
+    val_loader = _loader(task.val_set, cfg, ctx, device, False, task.collate)
+    if ctx.is_main and not resume:
+        run.mkdir(parents=True, exist_ok=True)
+        save_pretrain_config(cfg, run / "config.yaml")
+    state = _load_state(run, task.net, opt) if resume else State()
+    higher = task.metric == "val_dsc"
+    if not resume:
+        state.best = -math.inf if higher else math.inf
+    net: nn.Module = task.net
+    if ctx.distributed:
+        net = DistributedDataParallel(task.net, device_ids=[device.index] if device.type == "cuda" else None)
+    accumulate = int(cfg.accumulate or 1)
+    micro_per_epoch = len(train_loader)
+    steps_per_epoch = math.ceil(micro_per_epoch / accumulate)
+    epochs = int(cfg.epochs or 1)
+    total = epochs * steps_per_epoch
+    fields = ["epoch", "train_loss", task.metric, "lr", "seconds"]
+    if ctx.is_main:
+        log.info("%s: pretrain %s on %d datasets: %d train / %d val items, %d steps per epoch (batch %d x %d "
+                 "accumulated x %d processes), %d epochs, device %s", run, cfg.objective, len(cfg.data),
+                 len(task.train_set), len(task.val_set), steps_per_epoch, cfg.batch_size, accumulate, ctx.world,
+                 epochs, device)
+    bar = _progress_bar(total, state.step, progress, ctx)
+    say = bar.write if not bar.disable else print
+    last_plot = -math.inf
+    step_times: list[float] = []
+    first_epoch = state.epoch
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for epoch in range(first_epoch, epochs):
+        t0 = time.perf_counter()
+        bar.set_description(f"epoch {epoch + 1}/{epochs}")
+        train_loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]
+        net.train()
+        losses: list[float] = []
+        lr = float(cfg.lr)
+        t_step = time.perf_counter()
+        for i, batch in enumerate(train_loader):
+            group_end = min(micro_per_epoch, (i // accumulate + 1) * accumulate)
+            in_group = group_end - (i // accumulate) * accumulate
+            last_micro = i + 1 == group_end
+            sync = net.no_sync() if ctx.distributed and not last_micro else contextlib.nullcontext()
+            with sync:
+                with autocast_for(device):
+                    loss = task.loss(net, batch, epoch * micro_per_epoch + i)
+                (loss / in_group).backward()
+            losses.append(float(loss.detach()))
+            if not last_micro:
+                continue
+            lr = task.lr(state.step, total)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if state.step > 0 and (i >= accumulate or epoch > first_epoch):  # the first includes warm-up
+                step_times.append(time.perf_counter() - t_step)
+            t_step = time.perf_counter()
+            state.step += 1
+            if ctx.is_main:
+                bar.update()
+                bar.set_postfix(loss=f"{np.mean(losses[-in_group:]):.4f}", refresh=False)
+        loss_sum, loss_n = D.all_sum(torch.tensor([sum(losses), len(losses)], dtype=torch.float64), ctx).tolist()
+        v_sum, v_n = D.all_sum(torch.tensor(task.validate(val_loader), dtype=torch.float64), ctx).tolist()
+        value = v_sum / max(1.0, v_n)
+        row = {"epoch": epoch + 1, "train_loss": round(loss_sum / max(1.0, loss_n), 6),
+               task.metric: round(value, 6 if not higher else 4), "lr": lr,
+               "seconds": round(time.perf_counter() - t0, 3)}
+        state.rows.append(row)
+        state.epoch = epoch + 1
+        improved = value > state.best if higher else value < state.best
+        if improved:
+            state.best, state.best_epoch, state.bad_epochs = value, epoch + 1, 0
+        else:
+            state.bad_epochs += 1
+        stop = bool(cfg.patience and state.bad_epochs >= cfg.patience)
+        if ctx.is_main:
+            shown = f"val DSC {value:.2f}" if higher else f"val loss {value:.4f}"
+            say(f"epoch {epoch + 1}/{epochs}  loss {row['train_loss']:.4f}  {shown}{'  (best)' if improved else ''}"
+                f"  {row['seconds']:.1f}s")
+            sys.stdout.flush()
+            if task.keep == "last" or improved:
+                notes = task.export(run / CHECKPOINT)
+                if epoch == first_epoch:
+                    for note in notes:
+                        log.info("checkpoint: %s", note)
+            _save_state(run, state, opt, task.net, whole=True)
+            _write_log(run, state.rows, fields)
+            task.after_epoch(run, epoch + 1)
+            if stop or epoch + 1 == epochs or time.perf_counter() - last_plot >= PLOT_EVERY_S:
+                from tunesam.viz import curves_figure, save_figure
+
+                save_figure(run / "curves.png", curves_figure(state.rows, task.metric))
+                last_plot = time.perf_counter()
+        if stop:
+            if ctx.is_main:
+                say(f"early stop: no better validation DSC for {cfg.patience} epochs "
+                    f"(best {state.best:.2f} at epoch {state.best_epoch})")
+            break
+    bar.close()
+    if ctx.is_main:
+        module = task.net
+        write_json(run / "summary.json", {
+            "objective": cfg.objective, "checkpoint": CHECKPOINT, "checkpoint_epoch":
+                state.best_epoch if task.keep == "best" else state.epoch,
+            "best_" + task.metric: state.best, "best_epoch": state.best_epoch,
+            "epochs_run": state.epoch, "steps": state.step,
+            "total_params": sum(p.numel() for p in module.parameters()),
+            "trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
+            "seconds_per_step": float(np.mean(step_times)) if step_times else None,
+            "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+            "effective_batch": cfg.effective_batch(ctx.world), "device": str(device),
+            "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
+            **task.notes,
+        })
+    return run
