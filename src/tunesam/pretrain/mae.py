@@ -255,7 +255,7 @@ class MaskedAutoencoder(nn.Module):
 
 def mae_parameter_groups(model: MaskedAutoencoder, weight_decay: float) -> list[dict]:
     """MAE's groups: weight decay on weight matrices only; none on norms, biases, position
-    tables and mask tokens. Parameters that get no gradient (TinyViT's unused classifier; the
+    tables (ViT's ``pos_embed`` and ``rel_pos``, TinyViT's ``attention_biases``) and mask tokens. Parameters that get no gradient (TinyViT's unused classifier; the
     neck in the visible variant) are frozen and left out."""
     unused = ("encoder.head.", "encoder.norm_head.") + (("encoder.neck.",) if model.variant == "visible" else ())
     decay, plain = [], []
@@ -265,7 +265,7 @@ def mae_parameter_groups(model: MaskedAutoencoder, weight_decay: float) -> list[
             continue
         if not p.requires_grad:
             continue
-        no_decay = p.ndim < 2 or "pos_embed" in name or "rel_pos" in name or "mask_token" in name
+        no_decay = p.ndim < 2 or any(t in name for t in ("pos_embed", "rel_pos", "attention_biases", "mask_token"))
         (plain if no_decay else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
 
@@ -296,8 +296,7 @@ def reconstruction_figure(path: Path, images: torch.Tensor, mask: torch.Tensor, 
         shown = np.where(hidden[i].cpu().numpy(), np.nan, orig)
         for ax, img, name in zip(axes[i], (orig, shown, recon[i, 0].float().cpu().numpy()),
                                  ("original", "masked", "reconstruction")):
-            cmap = plt.get_cmap("gray").copy()
-            cmap.set_bad("#3060a0")
+            cmap = plt.get_cmap("gray").with_extremes(bad="#3060a0")
             ax.imshow(img, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
             ax.set_axis_off()
             if i == 0:

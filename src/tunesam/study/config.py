@@ -43,6 +43,7 @@ TRAIN_OPTIONS = ("epochs", "few_shot_epochs", "batch_size", "lr", "warmup", "pat
 BASELINE_OPTIONS = ("baseline_epochs", "baseline_few_shot_epochs", "baseline_lr", "baseline_image_size",
                     "baseline_batch_size", "baseline_iterations", "baseline_warmup")
 TOP_LEVEL = ("datasets", "weights", "grid", "baselines", "pretrained", "ray_address", *BASELINE_OPTIONS)
+PRETRAIN_CHECKPOINT = "checkpoint.pth"  # what 'tunesam pretrain' writes in its run folder
 PRETRAINED_NAMES = ("sslsam", "supsam")  # weights names that mark pre-training cells (Table 4's multi-dataset row)
 
 
@@ -74,7 +75,11 @@ class Cell:
             return "random"
         if self.checkpoint is None:
             return "random"
-        return Path(self.checkpoint).stem if ("/" in self.checkpoint or "." in self.checkpoint) else self.checkpoint
+        if "/" not in self.checkpoint and "." not in self.checkpoint:
+            return self.checkpoint
+        path = Path(self.checkpoint)
+        # a pre-training run's RUN/checkpoint.pth is named by its run folder
+        return path.parent.name if path.name == PRETRAIN_CHECKPOINT and path.parent.name else path.stem
 
     @property
     def strategy(self) -> str:
@@ -144,7 +149,9 @@ class StudyConfig:
                     if opts.get("cache_embeddings", "auto") == "auto":
                         opts["cache_embeddings"] = tune == "decoder"  # a frozen encoder: embed each slice once
                     cells.append(Cell(name, data, "sam", arch, ckpt, self.weights.get(ckpt) if ckpt else None, tune,
-                                      method, mode, shots, int(seed), opts, pretraining=ckpt in self.pretrained))
+                                      method, mode, shots, int(seed), opts,
+                                      pretraining=ckpt in self.pretrained
+                                      or written_by_pretrain(self.weights.get(ckpt, ckpt) if ckpt else None)))
             for base in self.baselines:
                 for shots, seed in itertools.product(shots_all, seeds_all):
                     cells.append(Cell(name, data, "baseline", base, None, None, "encoder-decoder", "vanilla", "auto",
@@ -222,6 +229,18 @@ def parse_study(raw: Any, base: Path | None = None) -> StudyConfig:
             baseline_options.setdefault(k, first[k])
     return StudyConfig({str(k): where(v) for k, v in datasets.items()}, grids, list(baselines),
                        baseline_options, weights, list(raw.get("pretrained") or []), raw.get("ray_address"))
+
+
+def written_by_pretrain(checkpoint: str | None) -> bool:
+    """Whether ``checkpoint`` is a ``tunesam pretrain`` run's output (its folder's config.yaml
+    names a pre-training objective): its cells answer Table 4's multi-dataset row."""
+    if not checkpoint or not checkpoint.endswith(PRETRAIN_CHECKPOINT):
+        return False
+    try:
+        saved = yaml.safe_load((Path(checkpoint).parent / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(saved, dict) and saved.get("objective") in ("prompt", "mae")
 
 
 def _parse_grid(grid_raw: dict[str, Any], index: int | None) -> tuple[dict[str, list[Any]], dict[str, Any]]:

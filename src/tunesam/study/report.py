@@ -219,8 +219,8 @@ def recommend(cells: list[Cell], metrics: dict[tuple[str, str], dict[str, Any]])
         row: dict[str, Any] = {"setting": setting, "condition": condition}
         strats = _candidates(cells, keep)
         if setting == "Multiple datasets" and not any(c.pretrained for cs in strats.values() for c in cs):
-            row["note"] = ("no cells start from pre-trained weights (SSLSAM/SupSAM): run 'tunesam pretrain', name the "
-                           "checkpoint under weights: and pretrained: in the study config")
+            row["note"] = ("no cells start from pre-trained weights (SSLSAM/SupSAM): run 'tunesam pretrain mae|prompt' "
+                           "and list its RUN/checkpoint.pth under checkpoint: in the study config")
             out.append(row)
             continue
         if not strats:

@@ -1,0 +1,372 @@
+"""Pre-training: SupSAM's prompt sampling and frozen prompt encoder, MAE's masking, loss and
+schedule, the SAM-layout checkpoints they write, and resuming after a kill."""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from tunesam.data.prompts import simulate
+from tunesam.models.build import build_model
+from tunesam.models.checkpoint import read_state_dict
+from tunesam.models.registry import build_sam
+from tunesam.pretrain import mae as M
+from tunesam.pretrain.config import PretrainConfig
+from tunesam.pretrain.data import PromptSlices, collate_prompts, is_blank
+from tunesam.pretrain.runner import pretrain
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "log.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def _start_checkpoint(tmp_path: Path, arch: str, seed: int = 1) -> Path:
+    """A random SAM-layout checkpoint of ``arch`` at its native size, written as a user's file."""
+    torch.manual_seed(seed)
+    path = tmp_path / f"{arch}_start.pth"
+    torch.save(build_sam(arch).state_dict(), path)
+    return path
+
+
+# -- SupSAM -----------------------------------------------------------------------------------
+class _Store:
+    """The two calls PromptSlices makes of a prepared store, on hand-made slices."""
+
+    def __init__(self, masks: list[np.ndarray]) -> None:
+        self.masks = masks
+        self.folder = Path("hand-made")
+
+    def rows(self, split: str, include_empty: bool = True) -> np.ndarray:
+        return np.arange(len(self.masks))
+
+    def slice(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return np.full(self.masks[i].shape, 90, np.uint8), self.masks[i]
+
+
+def _two_class_mask() -> np.ndarray:
+    """Class 1: three separate squares; class 2: two separate bars."""
+    m = np.zeros((60, 80), np.uint8)
+    m[5:12, 5:12] = 1
+    m[30:40, 10:18] = 1
+    m[45:55, 60:75] = 1
+    m[5:9, 40:70] = 2
+    m[20:24, 40:70] = 2
+    return m
+
+
+def test_supsam_items_prompt_one_class_and_every_component_once() -> None:
+    mask = _two_class_mask()
+    ds = PromptSlices([_Store([mask])], "train", image_size=64, augment=True, seed=3)
+    from tunesam.data.dataset import letterbox_mask
+
+    classes_64 = letterbox_mask(mask, 64).numpy()  # the class map at the input size
+    seen_classes, kinds = set(), []
+    for epoch in range(40):
+        item = ds[(0, epoch)]
+        targets = item["masks"].numpy().astype(bool)
+        classes = {int(c) for t in targets for c in np.unique(classes_64[t])}
+        assert len(classes) == 1  # one object class per image
+        cls = classes.pop()
+        seen_classes.add(cls)
+        assert len(targets) == {1: 3, 2: 2}[cls]  # one prompt per connected component
+        for t in targets:
+            assert ndimage.label(t)[1] == 1  # each target is one component
+        assert targets.sum(0).max() == 1  # distinct components, none prompted twice
+        kinds += item["kind"].tolist()
+        # a box prompt encloses its component; a point prompt lies on it
+        for k, t, box, point in zip(item["kind"], targets, item["box"], item["point"]):
+            ys, xs = np.nonzero(t)
+            if k == 0:
+                x0, y0, x1, y1 = box.tolist()
+                assert x0 <= xs.min() + 3 and x1 >= xs.max() - 3 and y0 <= ys.min() + 3 and y1 >= ys.max() - 3
+            else:
+                x, y = (int(round(v)) for v in point.tolist())
+                assert t[min(y, 47), min(x, 63)] or t[max(0, y - 1):y + 2, max(0, x - 1):x + 2].any()
+    assert seen_classes == {1, 2}
+    assert 0.3 < np.mean(kinds) < 0.7  # boxes and points with equal odds
+    batch = collate_prompts([ds[(0, 0)], ds[(0, 1)]])
+    assert batch["image"].shape == (2, 1, 64, 64)
+    assert len(batch["owner"]) == len(batch["kind"]) == len(batch["masks"])
+    assert set(batch["owner"].tolist()) == {0, 1}
+
+
+def test_validation_prompts_are_fixed_and_the_cap_keeps_a_subset() -> None:
+    mask = _two_class_mask()
+    val = PromptSlices([_Store([mask])], "val", image_size=64, augment=False, seed=3)
+    a, b = val[(0, 0)], val[(0, 7)]
+    assert torch.equal(a["masks"], b["masks"]) and torch.equal(a["box"], b["box"]) and torch.equal(a["kind"], b["kind"])
+    capped = PromptSlices([_Store([mask])], "train", image_size=64, augment=True, seed=0, max_prompts=1)
+    assert all(len(capped[(0, e)]["kind"]) == 1 for e in range(10))
+
+
+def test_code_rules_grow_boxes_and_pick_deep_points() -> None:
+    comp = np.zeros((100, 100), bool)
+    comp[20:60, 30:50] = True  # 20 wide, 40 tall
+    rng = np.random.default_rng(0)
+    dist = ndimage.distance_transform_edt(np.pad(comp, 1))[1:-1, 1:-1]
+    top = np.quantile(dist[comp], 0.9)
+    for _ in range(50):
+        x0, y0, x1, y1 = simulate(comp, "box", 100, rng, rules="code").box
+        assert 30 - 2.0 <= x0 <= 30 and 49 <= x1 <= 49 + 2.0 and 20 - 4.0 <= y0 <= 20 and 59 <= y1 <= 59 + 4.0
+        x, y = simulate(comp, "point", 100, rng, rules="code").point
+        assert dist[int(y), int(x)] >= top
+    with pytest.raises(ValueError, match="paper or code"):
+        simulate(comp, "box", 100, rng, rules="other")
+
+
+def test_pretrain_prompt_keeps_the_prompt_encoder_and_exports_sam_layout(prepared: Path, tmp_path: Path) -> None:
+    start = _start_checkpoint(tmp_path, "litemedsam_test")
+    cfg = PretrainConfig(objective="prompt", data=(str(prepared),), out=str(tmp_path / "sup"), arch=None,
+                         checkpoint=str(start), epochs=3, batch_size=4, lr=2e-3, warmup=3, device="cpu",
+                         num_workers=0, patience=0)
+    run = pretrain(cfg)
+    rows = _rows(run)
+    assert len(rows) == 3 and float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    before, after = read_state_dict(start), read_state_dict(run / "checkpoint.pth")
+    assert before.keys() == after.keys()  # the official layout, key for key
+    prompt_keys = [k for k in before if k.startswith("prompt_encoder.")]
+    assert prompt_keys and all(torch.equal(before[k], after[k]) for k in prompt_keys)  # frozen: same bytes
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("image_encoder."))
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("mask_decoder."))
+    # round trip: the checkpoint is the best epoch's model, loaded strictly by build_model
+    best = max(range(3), key=lambda i: (float(rows[i]["val_dsc"]), -i)) + 1
+    import json
+
+    assert json.loads((run / "summary.json").read_text())["checkpoint_epoch"] == best
+    model = build_model(None, run / "checkpoint.pth")
+    assert model.arch == "litemedsam_test"
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, after[k])
+
+
+# -- MAE ----------------------------------------------------------------------------------------
+def test_random_mask_hides_exactly_the_ratio() -> None:
+    g = torch.Generator().manual_seed(0)
+    mask = M.random_mask(5, 256, 0.75, g)
+    assert mask.shape == (5, 256) and (mask.sum(1) == 192).all()
+    assert not torch.equal(mask[0], mask[1])  # drawn per image
+    assert 0.7 < mask.float().mean(0).mean() < 0.8
+
+
+def _tiny_mae(arch: str = "litemedsam_test", variant: str = "masked-grid", size: int = 64) -> tuple:
+    from tunesam.models.registry import get_spec
+
+    sam = build_sam(arch, image_size=size)
+    net = M.MaskedAutoencoder(sam.image_encoder, size, get_spec(arch).patch_size, 16, variant, 32, 2, 4)
+    return sam, net
+
+
+@pytest.mark.parametrize("arch, variant", [("litemedsam_test", "masked-grid"), ("vit_t_test", "masked-grid"),
+                                           ("vit_test", "masked-grid"), ("vit_test", "visible")])
+def test_mae_loss_counts_hidden_real_patches_only(arch: str, variant: str) -> None:
+    sam, net = _tiny_mae(arch, variant)
+    net.eval()
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 64, 64)
+    valid = torch.tensor([[64, 64], [64, 40]])  # the second image: letterbox padding on the right
+    images[1, :, :, 40:] = 0
+    mask = M.random_mask(2, 16, 0.75, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        loss, pred = net(images, valid, mask)
+    # worked out by hand: mean over hidden patches with a real pixel of the per-patch MSE
+    target = M.patchify(images, 16)
+    target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6) ** 0.5
+    cols = torch.arange(16) % 4
+    real = torch.stack([torch.ones(16, dtype=torch.bool), cols * 16 < 40])
+    counted = mask & real
+    expected = ((pred - target) ** 2).mean(-1)[counted].mean()
+    assert math.isclose(float(loss), float(expected), rel_tol=1e-5)
+    # predictions of visible patches (and of padding) do not count
+    def scramble_visible(_, __, out: torch.Tensor) -> torch.Tensor:
+        return torch.where(counted[..., None], out, out + 1e3)
+
+    handle = net.decoder_pred.register_forward_hook(scramble_visible)
+    try:
+        with torch.no_grad():
+            scrambled, _ = net(images, valid, mask)
+    finally:
+        handle.remove()
+    assert math.isclose(float(scrambled), float(loss), rel_tol=1e-5)
+    # hidden pixels reach nothing: changing them leaves every prediction as it was
+    hidden_px = torch.nn.functional.interpolate(mask.reshape(2, 1, 4, 4).float(), scale_factor=16)[:, 0].bool()
+    changed = images + 5.0 * hidden_px[:, None]
+    with torch.no_grad():
+        _, pred2 = net(changed, valid, mask)
+    assert torch.allclose(pred, pred2, atol=1e-5)
+
+
+def test_mae_schedule_and_recipe_values() -> None:
+    base = 1.5e-4 * 32 / 256
+    assert M.cosine_lr_at(0, base, 10, 110) == 0.0
+    assert math.isclose(M.cosine_lr_at(5, base, 10, 110), base / 2)
+    assert math.isclose(M.cosine_lr_at(10, base, 10, 110), base)
+    assert math.isclose(M.cosine_lr_at(60, base, 10, 110), base / 2)  # half-way through the cosine
+    assert math.isclose(M.cosine_lr_at(110, base, 10, 110), 0.0, abs_tol=1e-15)
+    cfg = PretrainConfig(objective="mae", data=("d",), out="o", arch="vit_b").resolved()
+    assert (cfg.batch_size, cfg.accumulate, cfg.weight_decay, cfg.mask_ratio) == (2, 16, 0.05, 0.75)
+    assert math.isclose(cfg.lr, base)  # 1.5e-4 x (2 x 16) / 256
+    assert math.isclose(PretrainConfig(objective="mae", data=("d",), out="o", arch="vit_b").resolved(world=8).lr,
+                        1.5e-4 * 256 / 256)
+    assert (cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads, cfg.mae_variant) == (512, 8, 16, "masked-grid")
+    sam, net = _tiny_mae()
+    groups = M.mae_parameter_groups(net, 0.05)
+    names = {id(p): n for n, p in net.named_parameters()}
+    plain = {names[id(p)] for p in groups[1]["params"]}
+    assert "mask_token" in plain and all(names[id(p)].endswith("weight") for p in groups[0]["params"])
+    assert not any(n.endswith("bias") or "norm" in n for n in (names[id(p)] for p in groups[0]["params"]))
+    with pytest.raises(ValueError, match="TinyViT"):
+        PretrainConfig(objective="mae", data=("d",), out="o", arch="vit_t", mae_variant="visible").resolved()
+
+
+def test_sine_cosine_positions() -> None:
+    pos = M.sincos_2d(8, 3)
+    assert pos.shape == (9, 8)
+    # cell (row 1, col 2): row half sin/cos of 1 * omega, column half of 2 * omega, omega = (1, 1e-2)
+    omega = np.array([1.0, 1e-2])
+    want = np.concatenate([np.sin(1 * omega), np.cos(1 * omega), np.sin(2 * omega), np.cos(2 * omega)])
+    assert np.allclose(pos[1 * 3 + 2].numpy(), want, atol=1e-6)
+
+
+def test_pretrain_mae_exports_the_encoder_with_the_start_prompt_parts(prepared: Path, tmp_path: Path) -> None:
+    start = _start_checkpoint(tmp_path, "litemedsam_test")
+    cfg = PretrainConfig(objective="mae", data=(str(prepared),), out=str(tmp_path / "ssl"), arch=None,
+                         checkpoint=str(start), epochs=3, batch_size=4, accumulate=2, lr=2e-3, warmup=2,
+                         device="cpu", num_workers=0, decoder_dim=32, decoder_depth=2, decoder_heads=4)
+    run = pretrain(cfg)
+    rows = _rows(run)
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert sorted(p.name for p in (run / "reconstructions").iterdir()) == [f"epoch_00{i}.png" for i in (1, 2, 3)]
+    before, after = read_state_dict(start), read_state_dict(run / "checkpoint.pth")
+    assert before.keys() == after.keys()
+    for k in before:
+        if not k.startswith("image_encoder."):
+            assert torch.equal(before[k], after[k]), k  # prompt encoder and decoder: the start's
+    trained = torch.load(run / "last.pt", map_location="cpu", weights_only=True)["weights"]
+    for k, v in after.items():
+        if k.startswith("image_encoder."):
+            assert torch.equal(v, trained["encoder." + k.removeprefix("image_encoder.")]), k
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("image_encoder.layers."))
+    model = build_model(None, run / "checkpoint.pth")  # strict load
+    assert model.load_report is not None and model.arch == "litemedsam_test"
+
+
+def test_blank_slices_are_dropped() -> None:
+    assert is_blank(np.zeros((20, 20), np.uint8))
+    few = np.zeros((20, 20), np.uint8)
+    few[0, :3] = 200  # 3 of 400 pixels
+    assert is_blank(few)
+    few[:3, :] = 50
+    assert not is_blank(few)
+
+
+# -- runs: CLI, resume after a kill ------------------------------------------------------------
+KILLER = """
+import os, signal, sys
+import tunesam.pretrain.runner as R
+from tunesam.cli import main
+
+original, calls = R._save_state, [0]
+
+def kill_at(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(*args, **kwargs)
+
+R._save_state = kill_at
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("objective", ["prompt", "mae"])
+def test_killed_pretraining_resumes_to_the_same_checkpoint(prepared: Path, tmp_path: Path, objective: str) -> None:
+    def cli(out: Path, *extra: str) -> list[str]:
+        args = ["pretrain", objective, "--data", str(prepared), "--out", str(out), "--arch", "vit_t_test",
+                "--image-size", "64", "--epochs", "3", "--batch-size", "6", "--lr", "1e-3", "--warmup", "2",
+                "--device", "cpu", "--num-workers", "0", "--patience", "0", *extra]
+        if objective == "mae":
+            args += ["--accumulate", "2", "--decoder-dim", "32", "--decoder-depth", "1", "--decoder-heads", "2"]
+        return args
+
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run([sys.executable, "-m", "tunesam", *cli(full)], check=True, env=ENV, capture_output=True)
+    (tmp_path / "killer.py").write_text(KILLER)
+    res = subprocess.run([sys.executable, str(tmp_path / "killer.py"), *cli(killed)], env=ENV, capture_output=True)
+    assert res.returncode == -signal.SIGKILL
+    assert len(_rows(killed)) == 1  # killed while saving epoch 2's state
+    res = subprocess.run([sys.executable, "-m", "tunesam", *cli(killed, "--resume")], env=ENV, capture_output=True,
+                         text=True)
+    assert res.returncode == 0, res.stderr
+    assert [r["train_loss"] for r in _rows(full)] == [r["train_loss"] for r in _rows(killed)]
+    a, b = read_state_dict(full / "checkpoint.pth"), read_state_dict(killed / "checkpoint.pth")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    res = subprocess.run([sys.executable, "-m", "tunesam", *cli(killed, "--resume", "--lr", "2e-3")], env=ENV,
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "--lr: run 0.001, now 0.002" in res.stderr
+    res = subprocess.run([sys.executable, "-m", "tunesam", *cli(full)], env=ENV, capture_output=True, text=True)
+    assert res.returncode == 2 and "already exists" in res.stderr
+
+
+def test_study_cells_from_pretraining_checkpoints_answer_the_multi_dataset_row(tmp_path: Path) -> None:
+    from tunesam.study.config import parse_study
+
+    runs = {}
+    for name, objective in (("ssl", "mae"), ("sup", "prompt")):
+        run = tmp_path / name
+        run.mkdir()
+        torch.save(build_sam("vit_t_test", image_size=64).state_dict(), run / "checkpoint.pth")
+        (run / "config.yaml").write_text(f"objective: {objective}\n")
+        runs[name] = str(run / "checkpoint.pth")
+    plain = tmp_path / "plain.pth"
+    torch.save(build_sam("vit_t_test", image_size=64).state_dict(), plain)
+    study = parse_study({"datasets": {"d": str(tmp_path / "d")},
+                         "grid": {"arch": ["vit_t_test"], "checkpoint": [runs["ssl"], runs["sup"], str(plain)],
+                                  "image_size": 64}})
+    cells, _ = study.cells()
+    by_name = {c.weights_name: c for c in cells}
+    assert set(by_name) == {"ssl", "sup", "plain"}  # a run's checkpoint.pth is named by its run folder
+    assert by_name["ssl"].pretrained and by_name["sup"].pretrained and not by_name["plain"].pretrained
+
+
+@pytest.mark.parametrize("objective", ["prompt", "mae"])
+def test_two_process_ddp_pretraining_on_cpu(prepared: Path, tmp_path: Path, objective: str) -> None:
+    import json
+
+    run = tmp_path / objective
+    args = ["pretrain", objective, "--data", str(prepared), "--out", str(run), "--arch", "vit_t_test",
+            "--image-size", "64", "--epochs", "2", "--batch-size", "3", "--device", "cpu", "--num-workers", "0"]
+    if objective == "mae":  # lr left to MAE's rule: 1.5e-4 x (3 x 2 x 2 processes) / 256
+        args += ["--accumulate", "2", "--decoder-dim", "32", "--decoder-depth", "1", "--decoder-heads", "2"]
+    else:
+        args += ["--warmup", "2"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "tunesam",
+           *args]
+    res = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert len(_rows(run)) == 2
+    summary = json.loads((run / "summary.json").read_text())
+    # 18 training slices over 2 processes: 9 each, batch 3 -> 3 micro-batches per epoch and process
+    if objective == "mae":
+        assert summary["effective_batch"] == 12 and summary["steps"] == 2 * 2  # ceil(3 / 2) steps an epoch
+        assert math.isclose(float(yaml_value(run, "lr")), 1.5e-4 * 12 / 256)
+    else:
+        assert summary["effective_batch"] == 6 and summary["steps"] == 2 * 3
+    build_model(None, run / "checkpoint.pth")
+
+
+def yaml_value(run: Path, key: str) -> object:
+    import yaml
+
+    return yaml.safe_load((run / "config.yaml").read_text())[key]
