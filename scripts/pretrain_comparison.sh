@@ -5,12 +5,15 @@
 #   A: pre-train on the MNI152 example's training slabs, fine-tune on the prostate lists (5
 #      train slices) and score their 5 validation slices at the last epoch (the lists have no
 #      test set, so nothing is selected on the scored set);
-#   B: pre-train on the prostate lists, fine-tune on MNI152 and score its test slabs.
+#   B: pre-train on the prostate lists, fine-tune on MNI152 and score its test slabs;
+#   C: MobileSAM's architecture (vit_t, random weights: its file is not on PyPI) at 256 px and
+#      a tiny test ViT at 64 px, both objectives on the two datasets pooled, then train and
+#      evaluate on MNI152: every architecture family through the whole path, not a ranking.
 # Every setting below was fixed before any score was seen; the same fine-tuning recipe for
-# the three starting points. Usage: scripts/pretrain_comparison.sh [WORK_DIR] [A|B|AB]
+# the three starting points. Usage: scripts/pretrain_comparison.sh [WORK_DIR] [A|B|C|ABC]
 set -euo pipefail
 WORK=${1:-work/pretrain}
-WHICH=${2:-AB}
+WHICH=${2:-ABC}
 SRC=${PROSTATE:-../shared/data/finetune-sam-demo/MRI-Prostate}
 TS=${TUNESAM:-tunesam}
 mkdir -p "$WORK"
@@ -53,5 +56,20 @@ if [[ $WHICH == *A* ]]; then
     echo "== A: prostate 5-shot encoder+decoder adapter from $name (Table 4's SSLSAM setting)"
     finetune "$WORK/prostate" "$WORK/A-ft-encdec-$name" "$start" val last --tune encoder-decoder --method adapter \
       --few-shot 5 --lr 1e-4 --warmup 10 --epochs 20
+  done
+fi
+if [[ $WHICH == *C* ]]; then
+  for spec in vit_t:256 vit_test:64; do
+    arch=${spec%%:*} size=${spec##*:}
+    for objective in mae prompt; do
+      out="$WORK/C-$arch-$objective"
+      [ -f "$out/summary.json" ] || t "$TS" pretrain "$objective" --data "$WORK/mni152" "$WORK/prostate" --out "$out" \
+        --arch "$arch" --image-size "$size" --epochs 5 --lr 1e-3 --warmup 10 --device cpu --quiet \
+        $([ "$objective" = mae ] && echo --accumulate 1) $([ -d "$out" ] && echo --resume)
+      cat "$out/log.csv"
+      echo "== C: MNI152 decoder vanilla from $out/checkpoint.pth"
+      finetune "$WORK/mni152" "$WORK/C-ft-$arch-$objective" "$out/checkpoint.pth" test best --tune decoder \
+        --method vanilla --image-size "$size" --lr 1e-3 --warmup 10 --epochs 5 --patience 0
+    done
   done
 fi

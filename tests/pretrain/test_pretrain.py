@@ -149,6 +149,23 @@ def test_pretrain_prompt_keeps_the_prompt_encoder_and_exports_sam_layout(prepare
     assert model.arch == "litemedsam_test"
     for k, v in model.state_dict().items():
         assert torch.equal(v, after[k])
+    from tunesam.eval.evaluate import evaluate_checkpoint
+
+    scored = evaluate_checkpoint(str(run / "checkpoint.pth"), None, str(prepared), "box", "test", None, None, "cpu")
+    assert 0.0 <= scored["mean"]["dsc"] <= 100.0
+
+
+def test_prompt_pretraining_stops_after_patience_epochs_without_a_better_val_dsc(prepared: Path,
+                                                                                 tmp_path: Path) -> None:
+    # lr 1e-30 leaves every weight as it was (and vit_test has no batch norm), so validation
+    # never improves after epoch 1: patience 2 stops the run at epoch 3 of 10
+    cfg = PretrainConfig(objective="prompt", data=(str(prepared),), out=str(tmp_path / "stop"), arch="vit_test",
+                         image_size=64, epochs=10, batch_size=6, lr=1e-30, warmup=0, patience=2, device="cpu",
+                         num_workers=0)
+    rows = _rows(pretrain(cfg))
+    assert len(rows) == 3 and len({r["val_dsc"] for r in rows}) == 1
+    resolved = PretrainConfig(objective="prompt", data=("d",), out="o", arch="vit_b").resolved()
+    assert (resolved.patience, resolved.batch_size, resolved.lr, resolved.prompt_rules) == (5, 3, 1e-4, "paper")
 
 
 # -- MAE ----------------------------------------------------------------------------------------
