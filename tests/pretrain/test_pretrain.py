@@ -387,3 +387,32 @@ def yaml_value(run: Path, key: str) -> object:
     import yaml
 
     return yaml.safe_load((run / "config.yaml").read_text())[key]
+
+
+def test_visible_token_attention_equals_a_global_block_on_the_whole_grid() -> None:
+    from helpers import randomize_
+
+    sam = randomize_(build_sam("vit_test", image_size=64))
+    blk = sam.image_encoder.blocks[1]  # a global-attention block: its table spans the whole 4 x 4 grid
+    assert blk.window_size == 0
+    grid = torch.randn(2, 4, 4, 32)
+    rows, cols = (torch.arange(16) // 4).expand(2, -1), (torch.arange(16) % 4).expand(2, -1)
+    with torch.no_grad():
+        every = M._global_block(blk, grid.reshape(2, 16, 32), rows, cols)
+        assert torch.allclose(every, blk(grid).reshape(2, 16, 32), atol=1e-5)
+        # visible tokens only: the full grid's attention with the hidden keys masked out, its bias
+        # built from the block's own decomposed relative positions (tested against SAM's code)
+        keep = torch.tensor([0, 3, 5, 6, 12, 15])
+        sub = M._global_block(blk, grid.reshape(2, 16, 32)[:, keep], rows[:, keep], cols[:, keep])
+        attn = blk.attn
+        x = grid.reshape(2, 16, 32)
+        q, k, v = attn.qkv(blk.norm1(x)).reshape(2, 16, 3, 2, 16).permute(2, 0, 3, 1, 4).unbind(0)
+        bias_h, bias_w = attn._rel_pos_terms(q, 4, 4)  # B x heads x 16 x 4 (key row), x 4 (key column)
+        bias = bias_h[..., rows[0]] + bias_w[..., cols[0]]  # B x heads x 16 x 16
+        scores = (q * 16**-0.5) @ k.transpose(-1, -2) + bias
+        hidden = torch.ones(16, dtype=torch.bool)
+        hidden[keep] = False
+        out = scores.masked_fill(hidden, float("-inf")).softmax(-1) @ v
+        y = x + attn.proj(out.transpose(1, 2).reshape(2, 16, 32))
+        want = (y + blk.mlp(blk.norm2(y)))[:, keep]
+        assert torch.allclose(sub, want, atol=1e-5)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from tunesam.models.image_encoder import Block, ImageEncoderViT
 from tunesam.models.segmenter import SamSegmenter
@@ -217,8 +218,10 @@ class MaskedAutoencoder(nn.Module):
         keep = (~mask).nonzero()[:, 1].reshape(b, -1)  # B x N visible patch numbers, ascending
         tokens = x.reshape(b, g * g, d).gather(1, keep[..., None].expand(-1, -1, d))
         rows, cols = keep // g, keep % g
+        use_ckpt = enc.grad_checkpointing and torch.is_grad_enabled()
         for blk in enc.blocks:
-            tokens = _global_block(blk, tokens, rows, cols)
+            tokens = (checkpoint(_global_block, blk, tokens, rows, cols, use_reentrant=False) if use_ckpt
+                      else _global_block(blk, tokens, rows, cols))
         full = tokens.new_zeros(b, g * g, d)
         return full.scatter(1, keep[..., None].expand(-1, -1, d), self.feature_norm(tokens))
 
