@@ -41,9 +41,9 @@ if [[ $WHICH == *B* ]]; then
   pretrain_pair "$WORK/prostate" 10 "$WORK/B-pre"
   for start in litemedsam "$WORK/B-pre-mae/checkpoint.pth" "$WORK/B-pre-prompt/checkpoint.pth"; do
     name=$(basename "$(dirname "$start")"); [ "$start" = litemedsam ] && name=direct
-    echo "== B: MNI152 decoder vanilla from $name"
+    echo "== B: MNI152 decoder vanilla from $name (the demo's recipe)"
     finetune "$WORK/mni152" "$WORK/B-ft-$name" "$start" test best --tune decoder --method vanilla \
-      --cache-embeddings --lr 5e-4 --warmup 10 --epochs 30 --patience 0
+      --cache-embeddings --lr 5e-4 --warmup 10 --epochs 10 --patience 0
   done
 fi
 if [[ $WHICH == *A* ]]; then
@@ -55,7 +55,7 @@ if [[ $WHICH == *A* ]]; then
       --few-shot 5 --cache-embeddings --lr 5e-4 --warmup 10 --epochs 200
     echo "== A: prostate 5-shot encoder+decoder adapter from $name (Table 4's SSLSAM setting)"
     finetune "$WORK/prostate" "$WORK/A-ft-encdec-$name" "$start" val last --tune encoder-decoder --method adapter \
-      --few-shot 5 --lr 1e-4 --warmup 10 --epochs 20
+      --few-shot 5 --lr 1e-4 --warmup 10 --epochs 10
   done
 fi
 if [[ $WHICH == *C* ]]; then

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -144,20 +144,31 @@ class TrainConfig:
         return cls(**d)
 
 
-def save_config(cfg: TrainConfig, path: Path) -> None:
+def save_yaml(data: dict[str, Any], path: Path, title: str) -> None:
+    """Write a resolved configuration as YAML, atomically, under a ``# title`` line."""
     from tunesam.io import atomic_write
 
-    text = "# tunesam training configuration (resolved)\n" + yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    text = f"# {title}\n" + yaml.safe_dump(data, sort_keys=False)
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
-def load_config(path: Path) -> TrainConfig:
+def load_yaml(path: Path, build: Callable[[dict[str, Any]], Any], what: str) -> Any:
+    """Read a configuration written by :func:`save_yaml` and ``build`` it, with errors that
+    name the file (``what``: the kind of run, for the messages)."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path.parent}: not a training run (no config.yaml)")
+        raise FileNotFoundError(f"{path.parent}: not a {what} run (no config.yaml)")
     try:
         data = yaml.safe_load(path.read_text())
         if not isinstance(data, dict):
             raise ValueError(f"expected a mapping of options, found {type(data).__name__}")
-        return TrainConfig.from_dict(data)
+        return build(data)
     except (yaml.YAMLError, ValueError, TypeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not a valid training configuration ({str(exc).splitlines()[0]})") from exc
+        raise ValueError(f"{path}: not a valid {what} configuration ({str(exc).splitlines()[0]})") from exc
+
+
+def save_config(cfg: TrainConfig, path: Path) -> None:
+    save_yaml(cfg.to_dict(), path, "tunesam training configuration (resolved)")
+
+
+def load_config(path: Path) -> TrainConfig:
+    return load_yaml(path, TrainConfig.from_dict, "training")

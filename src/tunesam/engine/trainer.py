@@ -61,6 +61,19 @@ class State:
     bad_epochs: int = 0
     rows: list[dict[str, Any]] = field(default_factory=list)
 
+    def record(self, row: dict[str, Any], value: float, patience: int | None, higher: bool = True
+               ) -> tuple[bool, bool]:
+        """Log an epoch's row and its validation ``value``; returns ``(improved, stop)``, stop
+        after ``patience`` epochs without a better value (``higher`` or lower is better)."""
+        self.rows.append(row)
+        self.epoch = int(row["epoch"])
+        improved = value > self.best if higher else value < self.best
+        if improved:
+            self.best, self.best_epoch, self.bad_epochs = value, self.epoch, 0
+        else:
+            self.bad_epochs += 1
+        return improved, bool(patience and self.bad_epochs >= patience)
+
 
 # -- set-up ---------------------------------------------------------------------------------
 def _prepare_run_folder(cfg: TrainConfig, resume: bool) -> Path:
@@ -376,14 +389,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.Context, device: torch.device,
         train_loss = loss_sum / max(1.0, loss_n)
         row = {"epoch": epoch + 1, "train_loss": round(train_loss, 6), "val_dsc": round(val_dsc, 4),
                "lr": lr, "seconds": round(time.perf_counter() - t0, 3)}
-        state.rows.append(row)
-        state.epoch = epoch + 1
-        improved = val_dsc > state.best
-        if improved:
-            state.best, state.best_epoch, state.bad_epochs = val_dsc, epoch + 1, 0
-        else:
-            state.bad_epochs += 1
-        stop = bool(cfg.patience and state.bad_epochs >= cfg.patience)
+        improved, stop = state.record(row, val_dsc, cfg.patience)
         if ctx.is_main:
             say(f"epoch {epoch + 1}/{epochs}  loss {train_loss:.4f}  val DSC {val_dsc:.2f}"
                 f"{'  (best)' if improved else ''}  {row['seconds']:.1f}s")
@@ -430,7 +436,7 @@ def _tensorboard(run: Path, cfg: TrainConfig, ctx: D.Context) -> Any:
     return SummaryWriter(str(run / "tensorboard"))
 
 
-def _plot(run: Path, rows: list[dict[str, Any]]) -> None:
+def _plot(run: Path, rows: list[dict[str, Any]], metric: str = "val_dsc") -> None:
     from tunesam.viz import curves_figure, save_figure
 
-    save_figure(run / "curves.png", curves_figure(rows))
+    save_figure(run / "curves.png", curves_figure(rows, metric))

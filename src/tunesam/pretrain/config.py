@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 OBJECTIVES = ("prompt", "mae")
 PROMPT_RULES = ("paper", "code")
 MAE_VARIANTS = ("masked-grid", "visible")
@@ -167,19 +165,12 @@ class PretrainConfig:
 
 
 def save_pretrain_config(cfg: PretrainConfig, path: Path) -> None:
-    from tunesam.io import atomic_write
+    from tunesam.config import save_yaml
 
-    text = "# tunesam pre-training configuration (resolved)\n" + yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-    atomic_write(path, lambda tmp: tmp.write_text(text))
+    save_yaml(cfg.to_dict(), path, "tunesam pre-training configuration (resolved)")
 
 
 def load_pretrain_config(path: Path) -> PretrainConfig:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path.parent}: not a pre-training run (no config.yaml)")
-    try:
-        data = yaml.safe_load(path.read_text())
-        if not isinstance(data, dict):
-            raise ValueError(f"expected a mapping of options, found {type(data).__name__}")
-        return PretrainConfig.from_dict(data)
-    except (yaml.YAMLError, ValueError, TypeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not a valid pre-training configuration ({str(exc).splitlines()[0]})") from exc
+    from tunesam.config import load_yaml
+
+    return load_yaml(path, PretrainConfig.from_dict, "pre-training")

@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader, Dataset
 from tunesam.device import autocast_for
 from tunesam.engine import distributed as D
 from tunesam.engine.schedule import lr_at
-from tunesam.engine.trainer import PLOT_EVERY_S, State, _load_state, _progress_bar, _save_state, _write_log
+from tunesam.engine.trainer import (PLOT_EVERY_S, State, _load_state, _plot, _progress_bar, _save_state,
+                                    _write_log)
 from tunesam.io import write_json
 from tunesam.models.build import build_model
 from tunesam.models.segmenter import SamSegmenter
@@ -308,14 +309,7 @@ def _pretrain(cfg: PretrainConfig, resume: bool, ctx: D.Context, device: torch.d
         row = {"epoch": epoch + 1, "train_loss": round(loss_sum / max(1.0, loss_n), 6),
                task.metric: round(value, 6 if not higher else 4), "lr": lr,
                "seconds": round(time.perf_counter() - t0, 3)}
-        state.rows.append(row)
-        state.epoch = epoch + 1
-        improved = value > state.best if higher else value < state.best
-        if improved:
-            state.best, state.best_epoch, state.bad_epochs = value, epoch + 1, 0
-        else:
-            state.bad_epochs += 1
-        stop = bool(cfg.patience and state.bad_epochs >= cfg.patience)
+        improved, stop = state.record(row, value, cfg.patience, higher)
         if ctx.is_main:
             shown = f"val DSC {value:.2f}" if higher else f"val loss {value:.4f}"
             say(f"epoch {epoch + 1}/{epochs}  loss {row['train_loss']:.4f}  {shown}{'  (best)' if improved else ''}"
@@ -330,9 +324,7 @@ def _pretrain(cfg: PretrainConfig, resume: bool, ctx: D.Context, device: torch.d
             _write_log(run, state.rows, fields)
             task.after_epoch(run, epoch + 1)
             if stop or epoch + 1 == epochs or time.perf_counter() - last_plot >= PLOT_EVERY_S:
-                from tunesam.viz import curves_figure, save_figure
-
-                save_figure(run / "curves.png", curves_figure(state.rows, task.metric))
+                _plot(run, state.rows, task.metric)
                 last_plot = time.perf_counter()
         if stop:
             if ctx.is_main:
