@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from tunesam.device import autocast_for
 from tunesam.engine import distributed as D
 from tunesam.engine.schedule import lr_at
-from tunesam.engine.trainer import (PLOT_EVERY_S, State, _load_state, _plot, _progress_bar, _save_state,
+from tunesam.engine.trainer import (PLOT_EVERY_S, State, _cpu_warning, _load_state, _plot, _progress_bar, _save_state,
                                     _write_log)
 from tunesam.io import write_json
 from tunesam.models.build import build_model
@@ -298,6 +298,8 @@ def _pretrain(cfg: PretrainConfig, resume: bool, ctx: D.Context, device: torch.d
                 torch.cuda.synchronize(device)
             if state.step > 0 and (i >= accumulate or epoch > first_epoch):  # the first includes warm-up
                 step_times.append(time.perf_counter() - t_step)
+                if len(step_times) == 1 and device.type == "cpu" and ctx.is_main:
+                    _cpu_warning(step_times[0], total - state.step)
             t_step = time.perf_counter()
             state.step += 1
             if ctx.is_main:
