@@ -285,7 +285,9 @@ def cosine_lr_at(step: int, base_lr: float, warmup: int, total: int, min_lr: flo
 def reconstruction_figure(path: Path, images: torch.Tensor, mask: torch.Tensor, recon: torch.Tensor,
                           mask_patch: int, title: str) -> None:
     """Rows of original | masked | reconstruction for a few slices (first channel, each row
-    scaled by its original's range)."""
+    scaled by its original's range). With per-patch targets a hidden patch is drawn from its
+    prediction de-normalised by the true patch's mean and spread (MAE's own visualisation), so
+    a flat block means no structure predicted inside it."""
     from tunesam.viz import pyplot, save_figure
 
     plt = pyplot()

@@ -43,7 +43,7 @@ from tunesam.pretrain.data import ImageSlices, PromptSlices, collate_prompts, op
 log = logging.getLogger("tunesam.pretrain")
 CHECKPOINT = "checkpoint.pth"
 MAE_VAL_LIMIT = 200  # MAE validation loss: at most this many val slices, evenly spread
-RECONSTRUCTED = 4  # slices in each epoch's reconstruction figure
+RECONSTRUCTED = 4  # slices in each epoch's reconstruction figure, evenly spread over the val set
 
 
 @dataclass
@@ -162,7 +162,8 @@ def _mae_task(cfg: PretrainConfig, device: torch.device, ctx: D.Context) -> Task
     @torch.no_grad()
     def figure(run: Path, epoch: int) -> None:
         net.eval()
-        items = [val_set[i] for i in range(min(RECONSTRUCTED, len(val_set)))]
+        shown = np.unique(np.linspace(0, len(val_set) - 1, min(RECONSTRUCTED, len(val_set))).round().astype(int))
+        items = [val_set[int(i)] for i in shown]  # spread over the pooled validation slices
         images = start.preprocess(torch.stack([it["image"] for it in items]).to(device),
                                   torch.stack([it["valid"] for it in items]).to(device))
         masks = torch.stack([M.random_mask(1, patches, cfg.mask_ratio,
