@@ -148,7 +148,7 @@ class ImageSlices(_Pooled):
     """
 
     def __init__(self, stores: Sequence[PreparedData], split: str, image_size: int, interpolation: str = "bilinear",
-                 augment: bool = False, seed: int = 0, rows: Sequence[int] | None = None) -> None:
+                 augment: bool = False, seed: int = 0) -> None:
         super().__init__(stores, split, image_size, interpolation, augment, seed)
         items, self.blank = [], 0
         for d, store in enumerate(self.stores):
@@ -158,9 +158,15 @@ class ImageSlices(_Pooled):
                 else:
                     items.append((d, int(r)))
         self.items = np.array(items, dtype=np.int64).reshape(-1, 2)
-        if rows is not None:
-            self.items = self.items[np.asarray(rows, dtype=np.int64)]
         self._check()
+
+    def subset(self, positions: Sequence[int]) -> ImageSlices:
+        """The same set restricted to ``positions`` of its items (no second scan for blanks)."""
+        import copy
+
+        out = copy.copy(self)
+        out.items = self.items[np.asarray(positions, dtype=np.int64)]
+        return out
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         d, row, image, _, _ = self._read(key)

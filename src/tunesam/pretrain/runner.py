@@ -131,7 +131,7 @@ def _mae_task(cfg: PretrainConfig, device: torch.device, ctx: D.Context) -> Task
     train_set = ImageSlices(stores, "train", augment=True, **common)
     val_all = ImageSlices(stores, "val", augment=False, **common)
     keep = np.unique(np.linspace(0, len(val_all) - 1, min(MAE_VAL_LIMIT, len(val_all))).round().astype(int))
-    val_set = ImageSlices(stores, "val", augment=False, rows=keep, **common)
+    val_set = val_all.subset(keep)
     patches = net.grid**2
 
     def train_loss(n: nn.Module, batch: dict[str, Any], micro: int) -> torch.Tensor:
