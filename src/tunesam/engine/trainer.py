@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from tunesam.baselines.nets import BaselineSegmenter, build_baseline, is_baseline
 from tunesam.data.dataset import SliceDataset, few_shot_rows
@@ -120,14 +120,18 @@ def _make_model(cfg: TrainConfig, num_classes: int, device: torch.device) -> Sam
     return model.to(device)
 
 
+def decay_groups(params: Any, weight_decay: float) -> list[dict[str, Any]]:
+    """Optimiser groups of the parameters that train: weight decay on matrices only (biases,
+    norms, tokens and tables are not decayed)."""
+    params = [p for p in params if p.requires_grad]
+    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+
+
 def _optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW; weight decay on matrices only (biases, norms, tokens and tables are not decayed)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == "cuda")
+    """AdamW over :func:`decay_groups`."""
+    return torch.optim.AdamW(decay_groups(model.parameters(), cfg.weight_decay), lr=cfg.lr,
+                             fused=device.type == "cuda")
 
 
 def _datasets(data: PreparedData, cfg: TrainConfig) -> tuple[SliceDataset, SliceDataset]:
@@ -146,11 +150,13 @@ def _datasets(data: PreparedData, cfg: TrainConfig) -> tuple[SliceDataset, Slice
     return train, val
 
 
-def _loader(ds: SliceDataset, cfg: TrainConfig, ctx: D.Context, device: torch.device, shuffle: bool) -> DataLoader:
-    """Training (``shuffle``): padded shards, equal steps per rank; validation: each item once."""
+def _loader(ds: Dataset, cfg: Any, ctx: D.Context, device: torch.device, shuffle: bool,
+            collate: Any = None) -> DataLoader:
+    """Training (``shuffle``): padded shards, equal steps per rank; validation: each item once.
+    ``cfg``: a training or pre-training configuration (batch size, workers, seed)."""
     workers = cfg.num_workers if cfg.num_workers is not None else min(4, max(0, (os.cpu_count() or 1) - 1))
-    sampler = D.EpochSampler(len(ds), cfg.seed, ctx, shuffle, pad=shuffle)
-    return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers,
+    sampler = D.EpochSampler(len(ds), cfg.seed, ctx, shuffle, pad=shuffle)  # type: ignore[arg-type]
+    return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
                       pin_memory=device.type == "cuda", persistent_workers=workers > 0)
 
 

@@ -30,8 +30,9 @@ from torch.utils.data import DataLoader, Dataset
 from tunesam.device import autocast_for
 from tunesam.engine import distributed as D
 from tunesam.engine.schedule import lr_at
-from tunesam.engine.trainer import (PLOT_EVERY_S, State, _cpu_warning, _load_state, _plot, _progress_bar, _save_state,
-                                    _write_log)
+from tunesam.engine.trainer import (PLOT_EVERY_S, State, _cpu_warning, _load_state, _loader, _plot, _progress_bar,
+                                    _save_state, _write_log, decay_groups)
+from tunesam.export import export_checkpoint
 from tunesam.io import write_json
 from tunesam.models.build import build_model
 from tunesam.models.segmenter import SamSegmenter
@@ -51,6 +52,7 @@ class Task:
     """What differs between the objectives; the loop does the rest."""
 
     net: nn.Module  # the module trained (DDP wraps it)
+    sam: SamSegmenter  # what checkpoint.pth holds (MAE: its image encoder is the one trained)
     groups: list[dict[str, Any]]
     betas: tuple[float, float]
     train_set: Dataset
@@ -59,7 +61,6 @@ class Task:
     loss: Callable[[nn.Module, dict[str, Any], int], torch.Tensor]  # (net, batch, micro-step) -> loss
     validate: Callable[[DataLoader], tuple[float, float]]  # -> (sum, count) of this process
     lr: Callable[[int, int], float]  # (step, total) -> lr
-    export: Callable[[Path], list[str]]
     metric: str  # val_dsc (higher is better) or val_loss (lower)
     keep: str  # which epoch checkpoint.pth holds: best or last
     after_epoch: Callable[[Path, int], None] = lambda run, epoch: None
@@ -82,9 +83,6 @@ def _prompt_task(cfg: PretrainConfig, device: torch.device) -> Task:
     model = supsam.prepare_model(_start_model(cfg))
     model.image_encoder.grad_checkpointing = cfg.checkpointing
     net = supsam.PromptedSam(model).to(device)
-    params = [p for p in net.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
     common = {"image_size": cfg.image_size, "interpolation": cfg.interpolation, "seed": cfg.seed,
               "rules": cfg.prompt_rules, "max_prompts": cfg.max_prompts}
 
@@ -92,24 +90,18 @@ def _prompt_task(cfg: PretrainConfig, device: torch.device) -> Task:
         return supsam.validate(net, loader, device)
 
     return Task(
-        net=net, groups=groups, betas=(0.9, 0.999),
+        net=net, sam=model, groups=decay_groups(net.parameters(), float(cfg.weight_decay)),
+        betas=(0.9, 0.999),
         train_set=PromptSlices(stores, "train", augment=True, **common),
         val_set=PromptSlices(stores, "val", augment=False, **common),
         collate=collate_prompts,
         loss=lambda n, batch, _: supsam.loss(n, batch, device),
         validate=validate,
         lr=lambda step, total: lr_at(step, float(cfg.lr), int(cfg.warmup), total),
-        export=lambda path: _export_prompt(net.sam, path),
         metric="val_dsc", keep="best",
         notes={"trained": "image encoder + mask decoder (vanilla); prompt encoder frozen",
                "frozen": model.frozen_parts},
     )
-
-
-def _export_prompt(model: SamSegmenter, path: Path) -> list[str]:
-    from tunesam.export import export_checkpoint
-
-    return export_checkpoint(model, path)
 
 
 def _mae_task(cfg: PretrainConfig, device: torch.device, ctx: D.Context) -> Task:
@@ -141,6 +133,12 @@ def _mae_task(cfg: PretrainConfig, device: torch.device, ctx: D.Context) -> Task
         mask = M.random_mask(len(images), patches, cfg.mask_ratio, g).to(device)
         return n(images, batch["valid"].to(device), mask)[0]
 
+    def fixed_masks(datasets: Any, rows: Any) -> torch.Tensor:
+        """Validation and figure masks: one per slice, the same every epoch."""
+        return torch.stack([M.random_mask(1, patches, cfg.mask_ratio,
+                                          torch.Generator().manual_seed(_seed_of(cfg.seed, int(d), int(r))))[0]
+                            for d, r in zip(datasets, rows)]).to(device)
+
     def warmup(total: int) -> int:
         return int(cfg.warmup) if cfg.warmup is not None else round(MAE_WARMUP_FRACTION * total)
 
@@ -150,9 +148,7 @@ def _mae_task(cfg: PretrainConfig, device: torch.device, ctx: D.Context) -> Task
         total, count = 0.0, 0.0
         for batch in loader:  # the masks of validation are fixed per slice
             images = start.preprocess(batch["image"].to(device), batch["valid"].to(device))
-            masks = torch.stack([M.random_mask(1, patches, cfg.mask_ratio,
-                                               torch.Generator().manual_seed(_seed_of(cfg.seed, int(d), int(r))))[0]
-                                 for d, r in zip(batch["dataset"], batch["index"])]).to(device)
+            masks = fixed_masks(batch["dataset"], batch["index"])
             with autocast_for(device):
                 loss, _ = net(images, batch["valid"].to(device), masks)
             total += float(loss) * len(images)
@@ -166,10 +162,7 @@ def _mae_task(cfg: PretrainConfig, device: torch.device, ctx: D.Context) -> Task
         items = [val_set[int(i)] for i in shown]  # spread over the pooled validation slices
         images = start.preprocess(torch.stack([it["image"] for it in items]).to(device),
                                   torch.stack([it["valid"] for it in items]).to(device))
-        masks = torch.stack([M.random_mask(1, patches, cfg.mask_ratio,
-                                           torch.Generator().manual_seed(_seed_of(cfg.seed, it["dataset"],
-                                                                                  it["index"])))[0]
-                             for it in items]).to(device)
+        masks = fixed_masks([it["dataset"] for it in items], [it["index"] for it in items])
         valid = torch.stack([it["valid"] for it in items]).to(device)
         with autocast_for(device):
             _, pred = net(images, valid, masks)
@@ -177,17 +170,12 @@ def _mae_task(cfg: PretrainConfig, device: torch.device, ctx: D.Context) -> Task
         M.reconstruction_figure(run / "reconstructions" / f"epoch_{epoch:03d}.png", images, masks, recon,
                                 net.mask_patch, f"MAE ({cfg.mae_variant}, {cfg.mask_ratio:.0%} hidden), epoch {epoch}")
 
-    def export(path: Path) -> list[str]:
-        from tunesam.export import export_checkpoint
-
-        return export_checkpoint(start, path)  # start.image_encoder is the trained encoder
-
     groups = M.mae_parameter_groups(net, float(cfg.weight_decay))
     return Task(
-        net=net, groups=groups, betas=(0.9, 0.95), train_set=train_set, val_set=val_set, collate=None,
+        net=net, sam=start, groups=groups, betas=(0.9, 0.95), train_set=train_set, val_set=val_set, collate=None,
         loss=train_loss, validate=validate,
         lr=lambda step, total: M.cosine_lr_at(step, float(cfg.lr), warmup(total), total),
-        export=export, metric="val_loss", keep="last", after_epoch=figure,
+        metric="val_loss", keep="last", after_epoch=figure,
         notes={"variant": cfg.mae_variant, "mask_patch": cfg.mask_patch, "blank_slices_dropped":
                train_set.blank + val_all.blank, "validation_slices": len(val_set),
                "kept": "the image encoder; prompt encoder and mask decoder of the starting checkpoint, unchanged"},
@@ -210,16 +198,6 @@ def _prepare_run_folder(cfg: PretrainConfig, resume: bool) -> Path:
         kind = "a pre-training run" if (run / "config.yaml").exists() else "a non-empty folder"
         raise ValueError(f"{run}: already exists ({kind}); use --resume to continue it, or another --out")
     return run
-
-
-def _loader(ds: Dataset, cfg: PretrainConfig, ctx: D.Context, device: torch.device, shuffle: bool,
-            collate: Any) -> DataLoader:
-    import os
-
-    workers = cfg.num_workers if cfg.num_workers is not None else min(4, max(0, (os.cpu_count() or 1) - 1))
-    sampler = D.EpochSampler(len(ds), cfg.seed, ctx, shuffle, pad=shuffle)  # type: ignore[arg-type]
-    return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
-                      pin_memory=device.type == "cuda", persistent_workers=workers > 0)
 
 
 def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool | None = None) -> Path:
@@ -319,7 +297,7 @@ def _pretrain(cfg: PretrainConfig, resume: bool, ctx: D.Context, device: torch.d
                 f"  {row['seconds']:.1f}s")
             sys.stdout.flush()
             if task.keep == "last" or improved:
-                notes = task.export(run / CHECKPOINT)
+                notes = export_checkpoint(task.sam, run / CHECKPOINT)
                 if epoch == first_epoch:
                     for note in notes:
                         log.info("checkpoint: %s", note)
