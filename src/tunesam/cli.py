@@ -6,6 +6,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from tunesam.data.prompts import RULES as PROMPT_RULES
 from tunesam.models.known import LITEMEDSAM
 from tunesam.models.registry import ARCHS
 from tunesam.peft.strategy import ADAPTER_BLOCKS, METHODS, MODES, TUNES, Strategy
@@ -100,7 +101,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         data=args.data, out=args.out, arch=args.arch, tune=args.tune, method=args.method,
         checkpoint=args.checkpoint, pixel_norm=args.pixel_norm, adapter_blocks=args.adapter_blocks or "default",
-        lora_rank=4 if args.lora_rank is None else args.lora_rank, mode=args.mode, few_shot=args.few_shot, epochs=args.epochs,
+        lora_rank=4 if args.lora_rank is None else args.lora_rank, mode=args.mode, prompt_rules=args.prompt_rules,
+        few_shot=args.few_shot, epochs=args.epochs,
         patience=args.patience, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup=args.warmup, constant_lr=args.constant_lr, image_size=args.image_size, device=args.device,
         seed=args.seed, num_workers=args.num_workers, checkpointing=args.checkpointing,
@@ -208,12 +210,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
             cache = args.embedding_cache or default_cache_folder(args.data)
         metrics = evaluate_checkpoint(args.checkpoint, args.arch, args.data, args.mode, args.split,
-                                      args.image_size, args.pixel_norm, args.device, args.out, cache)
+                                      args.image_size, args.pixel_norm, args.device, args.out, cache,
+                                      args.prompt_rules or "paper", args.prompt_seed)
     elif args.run:
         _refuse(args, "to a RUN: its architecture, input size, normalisation and cache come from the run",
                 "arch", "image_size", "pixel_norm", "cache_embeddings", "embedding_cache")
         metrics = evaluate_run(args.run, args.data, args.split, args.mode, args.device, args.batch_size or 8,
-                               args.weights or "best")
+                               args.weights or "best", args.prompt_rules, args.prompt_seed)
         if args.out:
             from tunesam.io import write_json
 
@@ -309,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="encoder blocks given adapters: first two and last two (default), or all")
     tr.add_argument("--lora-rank", type=int, help="LoRA rank (default 4)")
     tr.add_argument("--mode", default="auto", choices=MODES)
+    tr.add_argument("--prompt-rules", default="paper", choices=PROMPT_RULES,
+                    help="prompt modes: how prompts are drawn in training and validation, and by default in evaluate "
+                         "(paper: section 2.3; code: the authors' released code; tight: tight box or deepest point)")
     _add_training_args(tr)
     tr.add_argument("--weight-decay", type=float, default=0.1)
     tr.add_argument("--constant-lr", action="store_true", help="no decay after the warm-up")
@@ -373,6 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--embedding-cache", metavar="DIR", help="with --checkpoint: the cache folder")
     ev.add_argument("--weights", choices=["best", "last"],
                     help="a run's best epoch (by validation DSC) or its last (no selection on the validation set)")
+    ev.add_argument("--prompt-rules", choices=PROMPT_RULES,
+                    help="prompted modes: paper (the training rules, as the paper evaluates: noisy boxes, points deeper "
+                         "than the median edge distance; default for --checkpoint), code (the authors' released "
+                         "code), tight (tight box or deepest point, as MedSAM evaluates). Default for a run: its "
+                         "training rules")
+    ev.add_argument("--prompt-seed", type=int, default=0, help="prompts are drawn per image from this seed")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--batch-size", type=int, help="slices per forward of a RUN (default 8)")
     ev.set_defaults(func=_cmd_evaluate)

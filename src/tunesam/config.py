@@ -9,6 +9,7 @@ from typing import Any, Callable
 import yaml
 
 from tunesam.baselines.nets import is_baseline
+from tunesam.data.prompts import RULES
 from tunesam.peft.strategy import Strategy
 
 # The paper's recipes (section 4.1; few-shot: section 4.4).
@@ -28,6 +29,8 @@ class TrainConfig:
     ``cache_embeddings`` computes a frozen encoder's embeddings once (in ``embedding_cache``,
     default ``DATA/embeddings``) and trains the decoder on them; the images are then not
     augmented (the paper's histogram equalisation and brightness/contrast jitter are off).
+    ``prompt_rules`` (prompt modes): how training, validation and, by default, evaluation draw
+    prompts: ``paper`` (section 2.3), ``code`` (the authors' released code) or ``tight``.
     """
 
     data: str
@@ -40,6 +43,7 @@ class TrainConfig:
     adapter_blocks: str = "default"
     lora_rank: int = 4
     mode: str = "auto"
+    prompt_rules: str = "paper"
     few_shot: int | None = None
     epochs: int | None = None
     patience: int | None = None
@@ -73,6 +77,8 @@ class TrainConfig:
             raise ValueError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         if self.cache_embeddings and self.tune != "decoder":
             raise ValueError("--cache-embeddings needs a frozen image encoder: use it with --tune decoder")
+        if self.prompt_rules not in RULES:
+            raise ValueError(f"--prompt-rules must be one of {', '.join(RULES)}, got {self.prompt_rules!r}")
         if self.interpolation not in (None, "bilinear", "nearest", "area"):
             raise ValueError("--interpolation must be bilinear, nearest or area")
 

@@ -56,7 +56,8 @@ def test_zero_shot_box_dsc_equals_the_official_path(litemedsam_official: torch.n
     data = prepare(PROSTATE, tmp_path / "prostate", PrepareOptions(labels="merge"))
     official_scores = []
     for split in ("train", "val"):
-        metrics = evaluate_checkpoint("litemedsam", None, data.folder, "box", split=split, device="cpu")
+        metrics = evaluate_checkpoint("litemedsam", None, data.folder, "box", split=split, device="cpu",
+                                      prompt_rules="tight")
         assert metrics["arch"] == "litemedsam" and metrics["pixel_norm"] == "minmax" and metrics["image_size"] == 256
         cases = {c["id"]: c for c in data.manifest["cases"]}
         for row in metrics["per_image"]:

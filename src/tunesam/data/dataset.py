@@ -96,8 +96,10 @@ class SliceDataset(Dataset):
         mode: ``auto``, or ``box``/``point``: each item then prompts one connected component
             of one class, chosen and prompted on the stored slice, then scaled (``box`` 4 floats
             x0 y0 x1 y1, ``point`` 2 floats x y, in model-input pixels), and its ``mask`` is that
-            component (0/1) letterboxed. Prompts are random when
-            ``augment`` is set, deterministic otherwise.
+            component (0/1) letterboxed. Prompts are drawn anew each epoch when ``augment`` is
+            set, and fixed per slice otherwise (validation sees the same prompts every epoch).
+        prompt_rules: how prompts are drawn, ``paper`` (default), ``code`` or ``tight`` (see
+            :mod:`tunesam.data.prompts`).
         seed: fixes every random choice per (seed, epoch, slice); the epoch comes with the
             index from the training sampler, or from :meth:`set_epoch`.
     """
@@ -114,11 +116,13 @@ class SliceDataset(Dataset):
         mode: str = "auto",
         seed: int = 0,
         augment_images: bool = True,
+        prompt_rules: str = "paper",
     ) -> None:
         self.data = data if isinstance(data, PreparedData) else PreparedData.open(data)
         self.augment = augment
         self.augment_images = augment_images
         self.mode = mode
+        self.prompt_rules = prompt_rules
         self.seed = seed
         self.epoch = 0
         self.split = split
@@ -157,8 +161,9 @@ class SliceDataset(Dataset):
             # The object and its prompt are taken on the stored slice, where every object of a
             # non-empty slice exists, and the prompt is scaled to the input as SAM does (an
             # object thinner than a resized pixel still gets its prompt; its target may be empty).
-            obj = pick_object(np.asarray(mask), rng or np.random.default_rng([self.seed, row]))
-            prompt = simulate(obj, self.mode, max(h, w), rng)
+            rng = rng or np.random.default_rng([self.seed, row])  # fixed per slice without augment
+            obj = pick_object(np.asarray(mask), rng)
+            prompt = simulate(obj, self.mode, max(h, w), rng, self.prompt_rules)
             scale = self.image_size / max(h, w)
             item["mask"] = letterbox_mask(obj.astype(np.uint8), self.image_size)
             item["box"] = torch.tensor(prompt.box or (0.0, 0.0, 0.0, 0.0), dtype=torch.float32) * scale

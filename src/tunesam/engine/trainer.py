@@ -135,7 +135,8 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -
 
 
 def _datasets(data: PreparedData, cfg: TrainConfig) -> tuple[SliceDataset, SliceDataset]:
-    common = {"image_size": cfg.image_size, "interpolation": cfg.interpolation, "mode": cfg.mode, "seed": cfg.seed}
+    common = {"image_size": cfg.image_size, "interpolation": cfg.interpolation, "mode": cfg.mode, "seed": cfg.seed,
+              "prompt_rules": cfg.prompt_rules}
     train_rows = val_rows = None
     if cfg.few_shot:
         train_rows = few_shot_rows(data, "train", cfg.few_shot, cfg.seed)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from tunesam.data.dataset import letterbox_image, letterbox_shape, unletterbox
-from tunesam.data.prompts import components, simulate
+from tunesam.data.prompts import RULE_TEXT, components, image_rng, simulate
 from tunesam.data.readers import DataError
 from tunesam.data.store import PreparedData
 from tunesam.device import autocast_for, pick_device
@@ -84,13 +84,15 @@ def _segment_stored_rows(model: Any, data: PreparedData, rows: Sequence[int]) ->
 
 def prompted_masks(
     model: SamSegmenter, image: np.ndarray, ref: np.ndarray, mode: str, device: torch.device, multimask: bool,
-    embedding: torch.Tensor | None = None,
+    embedding: torch.Tensor | None = None, rules: str = "tight", rng: np.random.Generator | None = None,
 ) -> dict[str, dict[int, np.ndarray]]:
     """Per variant, per class: the union of the masks predicted for each component's prompt.
 
     Components and their prompts are taken on the stored (native) slice, as a user would draw
     them, then scaled into the model's input like SAM's own ``ResizeLongestSide`` (times
-    ``S / max(h, w)``). ``embedding`` (``1 x C x g x g``) skips the encoder when given.
+    ``S / max(h, w)``). Prompts follow ``rules`` with ``rng`` (classes in ascending order,
+    components in label order; see :func:`tunesam.data.prompts.image_rng`); without ``rng``
+    they are tight. ``embedding`` (``1 x C x g x g``) skips the encoder when given.
     """
     size = model.image_size
     valid = letterbox_shape(*image.shape, size)
@@ -106,7 +108,7 @@ def prompted_masks(
             letterbox_image(image, size, model.interpolation)[None].to(device), torch.tensor([valid], device=device))
         for c in [int(v) for v in np.unique(ref) if v != 0]:
             labels, n = components(ref == c)
-            prompts = [simulate(labels == k, mode, max(image.shape), None) for k in range(1, n + 1)]
+            prompts = [simulate(labels == k, mode, max(image.shape), rng, rules) for k in range(1, n + 1)]
             if mode == "box":
                 kw: dict[str, Any] = {"boxes": torch.tensor([p.box for p in prompts], device=device) * scale}
             else:
@@ -142,12 +144,16 @@ def evaluate_model(
     batch_size: int = 8,
     tolerance: float = NSD_TOLERANCE,
     embedding_cache: str | Path | None = None,
+    prompt_rules: str = "paper",
+    prompt_seed: int = 0,
 ) -> dict[str, Any]:
     """Score ``model`` on a split of ``data``; returns the ``metrics.json`` content.
 
     ``embedding_cache``: a folder where the frozen encoder's embeddings of the split are
     cached (see :mod:`tunesam.models.embedding_cache`), shared with training and other
-    evaluations of the same encoder.
+    evaluations of the same encoder. Prompted modes draw one prompt per connected component
+    of each class by ``prompt_rules`` (``paper``, the training rules, as the paper evaluates;
+    ``code``; ``tight``), from a generator seeded by ``prompt_seed`` and the image.
     """
     dev = device if isinstance(device, torch.device) else pick_device(device)
     model = model.to(dev).eval()
@@ -173,7 +179,8 @@ def evaluate_model(
     if mode == "auto":
         result.update(_evaluate_auto(model, data, rows, classes, labels, dev, batch_size, tolerance, cache))
     else:
-        result.update(_evaluate_prompted(model, data, rows, classes, labels, mode, dev, multimask, tolerance, cache))
+        result.update(_evaluate_prompted(model, data, rows, classes, labels, mode, dev, multimask, tolerance, cache,
+                                         prompt_rules, prompt_seed))
     return result
 
 
@@ -187,7 +194,7 @@ def _evaluate_auto(model, data, rows, classes, labels, device, batch_size, toler
         counts = class_counts_2d(pred, ref, classes, stored_spacing(case), tolerance)
         pooled.add(counts)  # every slice: false positives on empty ones count
         if ref.any():
-            table.add_counts(counts, case=case["id"], slice=idx)
+            table.add_counts(counts, case=case["id"], patient=case["patient"], slice=idx)
         if case["geometry"]["shape"] and len(case["geometry"]["shape"]) == 3:
             volumes.setdefault(int(data.index[row]["case"]), []).append((idx, pred, ref))
     out = {**table.aggregate(), "per_image": table.rows, "pooled": pooled.aggregate()}
@@ -211,7 +218,8 @@ def _evaluate_auto(model, data, rows, classes, labels, device, batch_size, toler
     return out
 
 
-def _evaluate_prompted(model, data, rows, classes, labels, mode, device, multimask, tolerance, cache) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def _evaluate_prompted(model, data, rows, classes, labels, mode, device, multimask, tolerance, cache,  # type: ignore[no-untyped-def]
+                       rules, seed) -> dict[str, Any]:
     tables = {v: ScoreTable(labels) for v in (MULTIMASK_VARIANTS if multimask else ("single",))}
     pooled = PooledScores(labels)
     for row in rows:
@@ -221,17 +229,20 @@ def _evaluate_prompted(model, data, rows, classes, labels, mode, device, multima
         case = data.case(int(row))
         spacing = stored_spacing(case)
         embedding = cache.get([int(row)]) if cache is not None else None
-        for variant, per_class in prompted_masks(model, image, ref, mode, device, multimask, embedding).items():
+        masks = prompted_masks(model, image, ref, mode, device, multimask, embedding, rules, image_rng(seed, int(row)))
+        for variant, per_class in masks.items():
             # a class map per class (prompted masks of different classes may overlap)
             counts = {c: counts_2d(per_class.get(c, np.zeros(ref.shape, bool)), ref == c, spacing, tolerance)
                       for c in classes}
             if variant == "single":
                 pooled.add(counts)
-            tables[variant].add_counts(counts, case=case["id"], slice=int(data.index[row]["slice"]))
+            tables[variant].add_counts(counts, case=case["id"], patient=case["patient"],
+                                       slice=int(data.index[row]["slice"]))
     main = tables["single"]
     out: dict[str, Any] = {**main.aggregate(), "per_image": main.rows, "pooled": pooled.aggregate(),
-                           "prompts": f"one {mode} per connected component of each class (deterministic: "
-                                      + ("tight box)" if mode == "box" else "point farthest from the edge)")}
+                           "prompt_rules": rules, "prompt_seed": seed,
+                           "prompts": f"one {mode} per connected component of each class; {RULE_TEXT[rules]}"
+                                      + ("" if rules == "tight" else f"; drawn per image from seed {seed}")}
     if multimask:
         out["multimask"] = {v: tables[v].aggregate() for v in ("highest_iou", "oracle")}
     return out
@@ -257,7 +268,8 @@ def format_metrics(m: dict[str, Any]) -> str:
     for variant, agg in m.get("multimask", {}).items():
         rows.append((f"multimask {variant}", agg["mean"]["dsc"], agg["mean"]["nsd"], ""))
     width = max(22, *(len(r[0]) + 2 for r in rows))
-    lines = [f"split {m['split']}, mode {m['mode']}, NSD tolerance {m['nsd_tolerance']:g} {m['nsd_unit']}",
+    rule = f", prompts: {m['prompt_rules']} rule (seed {m.get('prompt_seed', 0)})" if "prompt_rules" in m else ""
+    lines = [f"split {m['split']}, mode {m['mode']}{rule}, NSD tolerance {m['nsd_tolerance']:g} {m['nsd_unit']}",
              f"{'class':<{width}}{'DSC':>9}{'NSD':>9}{'n':>7}"]
     lines += [f"{name:<{width}}{fmt(d):>9}{fmt(n):>9}{k!s:>7}".rstrip() for name, d, n, k in rows]
     return "\n".join(lines)
@@ -265,11 +277,15 @@ def format_metrics(m: dict[str, Any]) -> str:
 
 def evaluate_run(run_folder: str | Path, data: str | Path | None = None, split: str = "test",
                  mode: str | None = None, device: str = "auto", batch_size: int = 8,
-                 weights: str = "best") -> dict[str, Any]:
-    """Evaluate a run's ``best`` (or ``last``) weights and write ``RUN/metrics.json``.
+                 weights: str = "best", prompt_rules: str | None = None, prompt_seed: int = 0,
+                 save_as: str = "metrics.json") -> dict[str, Any]:
+    """Evaluate a run's ``best`` (or ``last``) weights and write ``RUN/metrics.json`` (or
+    ``RUN/save_as``).
 
     ``last`` scores the final epoch without selection on the validation set: the honest
     choice when the split to score is the validation set itself (lists with no test set).
+    Prompted runs are scored with the rules they were trained with unless ``prompt_rules``
+    names others.
     """
     if weights not in ("best", "last"):
         raise ValueError(f"--weights must be best or last, got {weights!r}")
@@ -290,22 +306,27 @@ def evaluate_run(run_folder: str | Path, data: str | Path | None = None, split: 
     cache_dir = None
     if run.config.cache_embeddings and model.encoder_is_frozen():
         cache_dir = run.config.embedding_cache if data is None else default_cache_folder(prepared.folder)
-    metrics = evaluate_model(model, prepared, split, mode, dev, batch_size=batch_size, embedding_cache=cache_dir)
+    rules = prompt_rules or run.config.prompt_rules
+    metrics = evaluate_model(model, prepared, split, mode, dev, batch_size=batch_size, embedding_cache=cache_dir,
+                             prompt_rules=rules, prompt_seed=prompt_seed)
     metrics["run"] = str(Path(run_folder).resolve())
     metrics["weights"] = weights
     metrics["data"] = str(prepared.folder.resolve())
-    write_json(Path(run_folder) / "metrics.json", metrics)
+    if Path(save_as).name != save_as:
+        raise ValueError(f"save_as must be a file name inside the run folder, got {save_as!r}")
+    write_json(Path(run_folder) / save_as, metrics)
     return metrics
 
 
 def evaluate_checkpoint(checkpoint: str | Path, arch: str | None, data: str | Path, mode: str, split: str = "test",
                         image_size: int | None = None, pixel_norm: str | None = None, device: str = "auto",
-                        out: str | Path | None = None, embedding_cache: str | Path | None = None) -> dict[str, Any]:
+                        out: str | Path | None = None, embedding_cache: str | Path | None = None,
+                        prompt_rules: str = "paper", prompt_seed: int = 0) -> dict[str, Any]:
     """Score an un-fine-tuned SAM-format checkpoint with prompts (single, highest-IoU, oracle).
 
     ``checkpoint`` may be a known name (``litemedsam``); ``arch`` ``None`` is read from the
-    file, ``image_size`` ``None`` is the architecture's native input; ``embedding_cache`` as
-    in :func:`evaluate_model`.
+    file, ``image_size`` ``None`` is the architecture's native input; ``embedding_cache``,
+    ``prompt_rules`` and ``prompt_seed`` as in :func:`evaluate_model`.
     """
     from tunesam.models.build import build_model
 
@@ -314,7 +335,8 @@ def evaluate_checkpoint(checkpoint: str | Path, arch: str | None, data: str | Pa
     prepared = PreparedData.open(data)
     model = build_model(arch, checkpoint, 1, image_size, pixel_norm)
     model.requires_grad_(False)  # un-fine-tuned: a frozen encoder, so the fused one and caches apply
-    metrics = evaluate_model(model, prepared, split, mode, device, multimask=True, embedding_cache=embedding_cache)
+    metrics = evaluate_model(model, prepared, split, mode, device, multimask=True, embedding_cache=embedding_cache,
+                             prompt_rules=prompt_rules, prompt_seed=prompt_seed)
     metrics.update({"checkpoint": str(checkpoint), "arch": model.arch, "image_size": model.image_size,
                     "pixel_norm": model.pixel_norm, "data": str(prepared.folder.resolve())})
     if out is not None:

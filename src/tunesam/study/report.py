@@ -22,11 +22,13 @@ from typing import Any
 import numpy as np
 
 from tunesam.io import atomic_write, write_json
-from tunesam.study.config import Cell
-from tunesam.study.stats import paired_comparison, per_image_dsc, verdict
+from tunesam.study.config import AUGMENTATION, WEIGHT_CLASSES, Cell
+from tunesam.study.recommend import missing_cells, recommend
+from tunesam.study.runner import TIGHT_METRICS
 
-RESULT_FIELDS = ["dataset", "cell", "strategy", "kind", "arch", "weights", "tune", "method", "mode", "shots", "seed",
-                 "dsc", "nsd", "dsc_3d", "nsd_3d", "pooled_dsc", "pooled_nsd", "test_images",
+RESULT_FIELDS = ["dataset", "cell", "strategy", "kind", "arch", "weights", "weights_class", "tune", "method", "mode",
+                 "shots", "seed", "augmentation", "prompt_rules", "dsc", "nsd", "dsc_tight", "nsd_tight",
+                 "dsc_3d", "nsd_3d", "pooled_dsc", "pooled_nsd", "test_cases", "test_images",
                  "trainable_params", "total_params", "seconds_per_step", "peak_memory_bytes", "peak_memory_kind",
                  "device", "epochs_run", "best_epoch"]
 
@@ -66,18 +68,22 @@ def collect(out: Path) -> tuple[list[dict[str, Any]], dict[tuple[str, str], dict
         if not (folder / "metrics.json").is_file():
             continue
         m = json.loads((folder / "metrics.json").read_text())
-        eff_path = folder / "efficiency.json"
+        eff_path, tight_path = folder / "efficiency.json", folder / TIGHT_METRICS
         eff = json.loads(eff_path.read_text()) if eff_path.is_file() else {}
+        tight = json.loads(tight_path.read_text())["mean"] if tight_path.is_file() else {}
         metrics[(cell.dataset, cell.key)] = m
         finished.append(cell)
         rows.append({
             "dataset": cell.dataset, "cell": cell.key, "strategy": cell.strategy, "kind": cell.kind,
-            "arch": cell.arch, "weights": cell.weights_name, "tune": cell.tune, "method": cell.method,
-            "mode": cell.mode, "shots": "" if cell.shots is None else cell.shots, "seed": cell.seed,
+            "arch": cell.arch, "weights": cell.weights_name, "weights_class": cell.weights_class, "tune": cell.tune,
+            "method": cell.method, "mode": cell.mode, "shots": "" if cell.shots is None else cell.shots,
+            "seed": cell.seed, "augmentation": cell.augmentation, "prompt_rules": m.get("prompt_rules", ""),
             "dsc": m["mean"]["dsc"], "nsd": m["mean"]["nsd"],
+            "dsc_tight": tight.get("dsc", ""), "nsd_tight": tight.get("nsd", ""),
             "dsc_3d": m.get("mean_3d", {}).get("dsc", ""), "nsd_3d": m.get("mean_3d", {}).get("nsd", ""),
             "pooled_dsc": m.get("pooled", {}).get("mean", {}).get("dsc", ""),
             "pooled_nsd": m.get("pooled", {}).get("mean", {}).get("nsd", ""),
+            "test_cases": len({r.get("patient", r["case"]) for r in m.get("per_image", [])}),  # the unit
             "test_images": len(m.get("per_image", [])),
             **{k: eff.get(k, "") for k in ("trainable_params", "total_params", "seconds_per_step",
                                            "peak_memory_bytes", "peak_memory_kind", "device", "epochs_run",
@@ -100,44 +106,58 @@ def result_tables(rows: list[dict[str, Any]], cells: list[Cell]) -> dict[str, di
     """Per scenario: {datasets, strategies, dsc[ds][st], nsd[ds][st]} (seed means)."""
     by_key = {(c.dataset, c.key): c for c in cells}
     groups: dict[str, dict[str, Any]] = {}
-    acc: dict[str, dict[tuple[str, str], list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+    acc: dict[str, dict[tuple[str, str], list[tuple[float, ...]]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         cell = by_key[(r["dataset"], r["cell"])]
-        acc[_scenario(cell)][(r["dataset"], r["strategy"])].append((r["dsc"], r["nsd"]))
+        tight = r["dsc_tight"] if r["dsc_tight"] not in ("", None) else math.nan
+        acc[_scenario(cell)][(r["dataset"], r["strategy"])].append((r["dsc"], r["nsd"], tight))
     for scen, vals in acc.items():
         datasets = sorted({d for d, _ in vals})
         strategies = sorted({s for _, s in vals})
-        dsc = {d: {s: float(np.mean([v[0] for v in vals[(d, s)]])) for s in strategies if (d, s) in vals}
-               for d in datasets}
-        nsd = {d: {s: float(np.mean([v[1] for v in vals[(d, s)]])) for s in strategies if (d, s) in vals}
-               for d in datasets}
-        groups[scen] = {"datasets": datasets, "strategies": strategies, "dsc": dsc, "nsd": nsd}
+
+        def mean_of(i: int) -> dict[str, dict[str, float]]:
+            return {d: {s: float(np.mean([v[i] for v in vals[(d, s)]])) for s in strategies if (d, s) in vals}
+                    for d in datasets}
+
+        groups[scen] = {"datasets": datasets, "strategies": strategies, "dsc": mean_of(0), "nsd": mean_of(1),
+                        "dsc_tight": mean_of(2) if scen.split(",")[0] != "automated" else None}
     return groups
 
 
 def _mean_over(table: dict[str, dict[str, float]], strategy: str) -> float | None:
-    vals = [row[strategy] for row in table.values() if strategy in row]
-    return float(np.mean(vals)) if vals else None
+    """The mean over datasets, only for a strategy that has every dataset of the table (a
+    mean over fewer datasets would compare it on other data than its rivals)."""
+    if not all(strategy in row for row in table.values()):
+        return None
+    return float(np.mean([row[strategy] for row in table.values()]))
 
 
 def markdown_table(t: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
-    """Markdown (best DSC per row in bold) and CSV rows of one scenario's table."""
+    """Markdown (best DSC per row in bold) and CSV rows of one scenario's table; prompted
+    scenarios also give the DSC with tight prompts (MedSAM's evaluation) after a ``|``."""
     sts = t["strategies"]
+    tight = t.get("dsc_tight")
     head = "| dataset | " + " | ".join(sts) + " |"
     lines = [head, "|" + "---|" * (len(sts) + 1)]
     csv_rows = []
     for d in [*t["datasets"], "mean"]:
-        dsc = t["dsc"][d] if d != "mean" else {s: _mean_over(t["dsc"], s) for s in sts}
-        nsd = t["nsd"][d] if d != "mean" else {s: _mean_over(t["nsd"], s) for s in sts}
+        def pick(table: dict[str, dict[str, float]]) -> dict[str, float | None]:
+            return table[d] if d != "mean" else {s: _mean_over(table, s) for s in sts}
+
+        dsc, nsd = pick(t["dsc"]), pick(t["nsd"])
+        dsc_t = pick(tight) if tight is not None else {}
         present = [s for s in sts if dsc.get(s) is not None]
         best = max(present, key=lambda s: dsc[s]) if present else None
         cells = []
         for s in sts:
             text = f"{_fmt(dsc.get(s))} / {_fmt(nsd.get(s))}" if dsc.get(s) is not None else "-"
+            if tight is not None and dsc.get(s) is not None:
+                text += f" \\| {_fmt(dsc_t.get(s))}"
             cells.append(f"**{text}**" if s == best else text)
         lines.append(f"| {'**mean**' if d == 'mean' else d} | " + " | ".join(cells) + " |")
         csv_rows.append({"dataset": d, **{f"{s} dsc": dsc.get(s, "") for s in sts},
-                         **{f"{s} nsd": nsd.get(s, "") for s in sts}, "best": best or ""})
+                         **{f"{s} nsd": nsd.get(s, "") for s in sts},
+                         **{f"{s} dsc_tight": dsc_t.get(s, "") for s in sts if tight is not None}, "best": best or ""})
     return "\n".join(lines), csv_rows
 
 
@@ -179,95 +199,85 @@ def _efficiency_markdown(eff: list[dict[str, Any]]) -> str:
 
 
 # -- recommendation ----------------------------------------------------------------------------
-def _candidates(cells: list[Cell], keep: Any) -> dict[str, list[Cell]]:
-    out: dict[str, list[Cell]] = defaultdict(list)
-    for c in cells:
-        if keep(c):
-            out[c.strategy].append(c)
-    return out
+def _diff(c: dict[str, Any] | None) -> tuple[str, str, str]:
+    """(difference [CI], p (smallest possible p), cases / slices) of a comparison, as text."""
+    if not c or not c.get("n_cases"):
+        return "-", "-", "-"
+    ci = "" if c["ci95"] is None else f" [{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}]"
+    floor = f" (min {c['min_p']:.3g})" if c.get("min_p") is not None and c["min_p"] >= 0.05 else ""
+    return f"{c['mean_diff']:+.2f}{ci}", f"{c['p']:.3g}{floor}", f"{c['n_cases']} / {c['n_images']}"
 
 
-def _strategy_scores(strats: dict[str, list[Cell]], metrics: dict[tuple[str, str], dict[str, Any]]
-                     ) -> dict[str, tuple[float, dict[Any, float]]]:
-    """Strategy -> (mean DSC over datasets, per-image DSC averaged over seeds)."""
-    out = {}
-    for st, cs in strats.items():
-        per_ds: dict[str, list[float]] = defaultdict(list)
-        images: dict[Any, list[float]] = defaultdict(list)
-        for c in cs:
-            m = metrics[(c.dataset, c.key)]
-            per_ds[c.dataset].append(m["mean"]["dsc"])
-            for k, v in per_image_dsc(m, c.dataset).items():
-                images[k].append(v)
-        out[st] = (float(np.mean([np.mean(v) for v in per_ds.values()])),
-                   {k: float(np.mean(v)) for k, v in images.items()})
-    return out
-
-
-def recommend(cells: list[Cell], metrics: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, Any]]:
-    """Table 4's scenarios from this study: the best strategy of each, its runner-up and the
-    paired comparison of the two over the test images."""
-    shots = sorted({c.shots for c in cells if c.shots is not None})
-    scenarios: list[tuple[str, str, Any]] = [
-        ("Single dataset", "-", lambda c: c.mode == "auto" and c.shots is None and not c.pretrained),
-        ("Multiple datasets", "-", lambda c: c.mode == "auto" and c.shots is None),
-        *[("Single dataset", f"Few-shot ({k}-shot)", lambda c, k=k: c.mode == "auto" and c.shots == k) for k in shots],
-        ("Single dataset", "Prompt-based", lambda c: c.mode != "auto" and c.shots is None),
-    ]
-    out = []
-    for setting, condition, keep in scenarios:
-        row: dict[str, Any] = {"setting": setting, "condition": condition}
-        strats = _candidates(cells, keep)
-        if setting == "Multiple datasets" and not any(c.pretrained for cs in strats.values() for c in cs):
-            row["note"] = ("no cells start from pre-trained weights (SSLSAM/SupSAM): run 'tunesam pretrain mae|prompt' "
-                           "and list its RUN/checkpoint.pth under checkpoint: in the study config")
-            out.append(row)
-            continue
-        if not strats:
-            row["note"] = "no cells of this kind in the study"
-            out.append(row)
-            continue
-        scores = _strategy_scores(strats, metrics)
-        ranked = sorted(scores, key=lambda s: scores[s][0], reverse=True)
-        row["best"], row["best_dsc"] = ranked[0], scores[ranked[0]][0]
-        if setting == "Multiple datasets":
-            pre = [s for s in ranked if any(c.pretrained for c in strats[s])]
-            row["best"], row["best_dsc"] = pre[0], scores[pre[0]][0]
-            rivals = [s for s in ranked if s != pre[0] and not any(c.pretrained for c in strats[s])]
-        else:
-            rivals = ranked[1:]
-        if rivals:
-            row["runner_up"], row["runner_up_dsc"] = rivals[0], scores[rivals[0]][0]
-            row["comparison"] = paired_comparison(scores[row["best"]][1], scores[rivals[0]][1])
-            row["verdict"] = verdict(row["comparison"])
-        out.append(row)
-    return out
-
-
-def _recommendation_markdown(recs: list[dict[str, Any]]) -> str:
+def _recommendation_markdown(recs: list[dict[str, Any]], cells: list[Cell], missing: list[str]) -> str:
     lines = ["# Recommendation from this study", "",
-             "Best strategy per scenario by mean test DSC over the study's datasets (seeds averaged), against the "
-             "runner-up on the same test images: mean per-image DSC difference with a 95% bootstrap interval, and "
-             "the Wilcoxon signed-rank p-value.", "",
-             "| setting | condition | best (DSC) | runner-up (DSC) | difference [95% CI] | Wilcoxon p | n | verdict |",
-             "|---|---|---|---|---|---|---|---|"]
+             "Each row ranks SAM fine-tuning strategies (weights x tune x method) of one condition, on the datasets, "
+             "seeds and test images all of them finished; baselines are compared separately below. The score of a "
+             "strategy is the mean over datasets of the mean over test cases (patients or volumes) of each case's "
+             "mean slice DSC, seeds averaged. The best is compared with the runner-up case by case.", "",
+             "| setting | condition | best (DSC) | starts from | runner-up (DSC) | difference [95% CI] | p | "
+             "cases / slices | verdict |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in recs:
-        if "note" in r:
-            lines.append(f"| {r['setting']} | {r['condition']} | - | - | - | - | - | {r['note']} |")
+        flag = " (provisional)" if r["provisional"] else ""
+        if r["best"] is None:
+            lines.append(f"| {r['setting']} | {r['condition']} | - | - | - | - | - | - | {r['verdict_text']}{flag} |")
             continue
-        best = f"{r['best']} ({r['best_dsc']:.2f})"
-        if "runner_up" not in r:
-            lines.append(f"| {r['setting']} | {r['condition']} | {best} | - | - | - | - | the only strategy |")
+        best = f"{r['best_label']} ({r['best_dsc']:.2f})"
+        runner = f"{r['runner_up_label']} ({r['runner_up_dsc']:.2f})" if r["runner_up"] else "-"
+        diff, p, n = _diff(r["comparison"])
+        word = f"**{r['verdict']}**: {r['verdict_text']}" if r["runner_up"] else r["verdict_text"]
+        if r.get("wins_both_prompts"):
+            word += "; the same strategy wins with box and with point prompts"
+        lines.append(f"| {r['setting']} | {r['condition']} | {best} | {r['best_weights_class']} | {runner} | {diff} | "
+                     f"{p} | {n} | {word}{flag} |")
+    lines += ["", "## Best SAM strategy against the best baseline", "",
+              "| setting | condition | best SAM strategy | best baseline | difference [95% CI] | p | cases / slices | "
+              "verdict | augmentation (SAM / baseline) |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in recs:
+        b = r.get("baseline")
+        if not b:
             continue
-        c = r["comparison"]
-        diff = "-" if not c["n"] else f"{c['mean_diff']:+.2f} [{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}]"
-        p = "-" if c["wilcoxon_p"] is None else f"{c['wilcoxon_p']:.3g}"
-        lines.append(f"| {r['setting']} | {r['condition']} | {best} | {r['runner_up']} ({r['runner_up_dsc']:.2f}) | "
-                     f"{diff} | {p} | {c['n']} | {r['verdict']} |")
-    lines += ["", "## The paper's Table 4 (the prior)", "", "| setting | condition | optimal strategy |", "|---|---|---|"]
+        sam = r.get("best_label") or "-"
+        base = b.get("best_baseline_label") or "-"
+        diff, p, n = _diff(b["comparison"])
+        note = f" ({b['note']})" if b.get("note") else ""
+        word = f"**{b['verdict']}**: {b['verdict_text']}" if b["comparison"] else b["verdict_text"]
+        aug = " / ".join(", ".join(b["augmentation"][k]) for k in ("sam", "baseline")) if b.get("augmentation") else "-"
+        lines.append(f"| {r['setting']} | {r['condition']} | {sam} | {base} | {diff} | {p} | {n} | {word}{note} | {aug} |")
+    lines += ["", "## Rankings", ""]
+    policies = {c.strategy: c.augmentation for c in cells}
+    for r in recs:
+        if not r.get("ranking") or r["best"] is None:
+            continue
+        lines.append(f"- **{r['setting']}, {r['condition']}**: " + "; ".join(
+            f"{e['label']} {e['dsc']:.2f} ({e['weights_class']}, augmentation {policies.get(e['strategy'], '?')})"
+            for e in r["ranking"]))
+        if r.get("left_out"):
+            lines.append(f"  - not ranked (no finished cell on the others' datasets and seeds): {', '.join(r['left_out'])}")
+        kinds = {policies.get(e["strategy"]) for e in r["ranking"]}
+        if len(kinds) > 1:
+            lines.append(f"  - **the strategies of this row train with different augmentation** ({', '.join(sorted(kinds))}): "
+                         "a difference between them may come from it")
+    lines += ["", "Augmentation: " + "; ".join(f"`{k}` {v}" for k, v in AUGMENTATION.items()) + ".",
+              "Starts: " + "; ".join(f"`{k}` {v}" for k, v in WEIGHT_CLASSES.items()) + "."]
+    if missing:
+        lines += ["", f"## Provisional: {len(missing)} cells have not finished", "",
+                  "Rows marked provisional rank only what has finished; these cells are missing: "
+                  + ", ".join(missing[:40]) + (" ..." if len(missing) > 40 else "")]
+    lines += ["", "## How the comparisons are made", "",
+              "- Unit of replication: the test case (patient or volume), not the slice; slices of one volume are not "
+              "independent. A case's score is the mean DSC of its test slices (seeds averaged).",
+              "- Difference: mean over cases of (best - rival), each dataset weighing equally (datasets are blocks).",
+              "- Test: paired permutation test of that difference (sign flips of case differences; exact up to 16 "
+              "cases), two-sided. With n cases no test can go below p = 2 / 2^n (0.125 for 4 cases): the table says "
+              "so as the smallest possible p.",
+              "- Interval: 95% percentile bootstrap resampling cases within each dataset.",
+              "- Verdict: better / worse when p < 0.05 (a tie in practice when the difference is under 1 DSC point); "
+              "a tie when the interval lies within +-1 point; inconclusive otherwise.",
+              "", "## The paper's Table 4 (the prior)", "", "| setting | condition | optimal strategy |", "|---|---|---|"]
     lines += [f"| {s} | {c} | {o} |" for s, c, o in PAPER_TABLE_4]
     lines += ["", "The paper's answer comes from 17 datasets on GPUs at 1024 px; this one from your data, cells and "
-              "budget. Where they differ, trust your own only where the comparison above says it is a clear win."]
+              "budget. Where they differ, trust your own only where the verdict is better or worse."]
     return "\n".join(lines) + "\n"
 
 
@@ -425,14 +435,19 @@ def write_report(out: str | Path, device: str = "cpu", overlays: bool = True) ->
     _write_csv(report / "results.csv", RESULT_FIELDS, rows)
     tables = result_tables(rows, cells)
     md = ["# Study results", "", "Test DSC / NSD (%), mean over images per class then over classes (the paper's "
-          "unit); seeds averaged; best DSC per row in bold.", ""]
+          "unit); seeds averaged; best DSC per row in bold. The mean row is given only for strategies that "
+          "finished every dataset of the table.", ""]
     figures = report / "figures"
     for scen, t in sorted(tables.items()):
         text, csv_rows = markdown_table(t)
         md += [f"## {scen}", "", text, ""]
         slug = scen.replace(", ", "_").replace(" ", "-")
+        measures = ("dsc", "nsd") if t.get("dsc_tight") is None else ("dsc", "nsd", "dsc_tight")
+        if t.get("dsc_tight") is not None:
+            md += ["DSC / NSD with the prompts drawn by the cells' training rules (the paper's evaluation), then after "
+                   "the bar the DSC with tight prompts (tight box or deepest point, MedSAM's evaluation).", ""]
         _write_csv(report / "tables" / f"{slug}.csv",
-                   ["dataset", *[f"{s} {m}" for s in t["strategies"] for m in ("dsc", "nsd")], "best"], csv_rows)
+                   ["dataset", *[f"{s} {m}" for s in t["strategies"] for m in measures], "best"], csv_rows)
         _bars(t, f"Test DSC per dataset ({scen})", figures / f"bars_{slug}.png")
     eff = efficiency_rows(rows)
     md += ["## Efficiency (Table 3's columns, measured in this study)", "", _efficiency_markdown(eff), ""]
@@ -442,7 +457,8 @@ def write_report(out: str | Path, device: str = "cpu", overlays: bool = True) ->
     _kshot(rows, cells, figures / "kshot.png")
     if overlays:
         _overlays(cells, out, metrics, lambda d: figures / f"overlays_{d}.png", device)
-    recs = recommend(cells, metrics)
-    _write_text(report / "recommendation.md", _recommendation_markdown(recs))
+    planned = load_cells(out)
+    recs = recommend(planned, metrics)
+    _write_text(report / "recommendation.md", _recommendation_markdown(recs, planned, missing_cells(planned, metrics)))
     write_json(report / "recommendation.json", recs)
     return report

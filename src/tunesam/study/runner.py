@@ -29,6 +29,8 @@ from typing import Any
 from tunesam.io import write_json
 from tunesam.study.config import Cell, StudyConfig, StudyError, load_study
 
+TIGHT_METRICS = "metrics_tight.json"  # prompted cells: also scored with tight prompts (MedSAM's evaluation)
+
 
 # -- cell status -----------------------------------------------------------------------------
 def cell_status(cell: Cell, out: Path) -> str:
@@ -152,7 +154,9 @@ def run_cell(cell_dict: dict[str, Any], out: str) -> dict[str, Any]:
     with PeakMemory(cuda) as peak:
         if not (folder / "summary.json").is_file():  # summary.json: training finished
             _train_cell(cell, root, resume=status == "partial")
-        evaluate_run(folder, device=device)
+        if cell.mode != "auto" and cell.options.get("prompt_rules", "paper") != "tight":
+            evaluate_run(folder, device=device, prompt_rules="tight", save_as=TIGHT_METRICS)
+        evaluate_run(folder, device=device)  # metrics.json last: it marks the cell done
     summary = json.loads((folder / "summary.json").read_text())
     record = {**summary, "peak_memory_bytes": peak.peak, "peak_memory_kind": peak.kind,
               "cell_seconds": round(time.perf_counter() - t0, 2)}

@@ -1,50 +1,183 @@
-"""Paired comparison of two cells over the same test images."""
+"""Paired comparison of two strategies, with the case as the unit of replication.
+
+Slices of one volume are not independent evidence: a model that fails on one patient fails
+on most of that patient's slices. So the scores are averaged to one number per case first
+(the mean DSC of its test images, over the seeds that both strategies ran), and the
+comparison is made over cases. A case is the patient where the data records one with
+several images or volumes (the split keeps a patient's images together), else the volume:
+
+* **effect**: the mean case difference (a - b, DSC points), each dataset weighing equally
+  and each case equally within its dataset (datasets are blocks: fixed, not sampled);
+* **test**: a paired permutation test of that effect (``scipy.stats.permutation_test``,
+  the signs of the case differences flipped), exact up to 16 cases, 99,999 random flips
+  beyond; two-sided;
+* **interval**: a 95% percentile bootstrap that resamples cases within each dataset
+  (``scipy.stats.bootstrap``, 10,000 resamples; datasets with one case enter as they are).
+
+With n cases no two-sided sign-flip test can go below p = 2 / 2**n (0.125 for 4 cases): the
+comparison says so instead of calling a loss "could be chance".
+"""
 from __future__ import annotations
 
 import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
+ALPHA = 0.05
+NEGLIGIBLE = 1.0  # DSC points: a consistent difference below this is a tie in practice
+EXACT_UP_TO = 16  # cases: exact sign-flip distribution (2**16 flips) up to here
+PERMUTATIONS = 99_999
+BOOTSTRAPS = 10_000
+VERDICTS = ("better", "worse", "tie", "inconclusive")
 
-def per_image_dsc(metrics: dict[str, Any], dataset: str) -> dict[tuple[str, str, int], float]:
-    """(dataset, case, slice) -> the image's DSC (percent), the mean over its scored classes."""
+# (dataset, seed, case: the unit of replication, image: "volume#slice")
+ImageKey = tuple[str, int, str, str]
+
+
+def image_dsc(metrics: Mapping[str, Any], dataset: str, seed: int) -> dict[ImageKey, float]:
+    """(dataset, seed, case, image) -> the image's DSC (percent): the mean over its scored
+    classes. The case is the row's patient (metrics.json records it), else its volume."""
     out = {}
     for row in metrics.get("per_image", []):
         vals = [v["dsc"] for v in row["scores"].values() if v["dsc"] is not None and not math.isnan(v["dsc"])]
         if vals:
-            out[(dataset, str(row["case"]), int(row["slice"]))] = 100.0 * float(np.mean(vals))
+            unit = str(row.get("patient", row["case"]))
+            out[(dataset, int(seed), unit, f"{row['case']}#{row['slice']}")] = 100.0 * float(np.mean(vals))
     return out
 
 
-def paired_comparison(a: dict[Any, float], b: dict[Any, float], resamples: int = 10000,
-                      seed: int = 0) -> dict[str, Any]:
-    """``a`` against ``b`` on the images both scored: the mean difference (a - b), its 95%
-    bootstrap interval (percentile, images resampled with replacement) and the two-sided
-    Wilcoxon signed-rank p-value (``scipy.stats.wilcoxon``; 1.0 when every difference is 0)."""
-    from scipy.stats import wilcoxon
-
-    keys = sorted(set(a) & set(b), key=str)
-    if not keys:
-        return {"n": 0, "mean_diff": None, "ci95": None, "wilcoxon_p": None}
-    d = np.array([a[k] - b[k] for k in keys], dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    boot = d[rng.integers(0, len(d), size=(resamples, len(d)))].mean(1)
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    p = 1.0 if not np.any(d != 0) else float(wilcoxon(d, zero_method="wilcox", alternative="two-sided").pvalue)
-    return {"n": len(d), "mean_diff": float(d.mean()), "ci95": [float(lo), float(hi)], "wilcoxon_p": p,
-            "wins": int((d > 0).sum()), "losses": int((d < 0).sum())}
+def case_scores(images: Mapping[ImageKey, float], keep: Iterable[ImageKey] | None = None
+                ) -> dict[tuple[str, str], float]:
+    """(dataset, case) -> the mean over seeds of the case's mean image DSC, on ``keep`` only."""
+    keys = set(images) if keep is None else set(keep)
+    per_seed: dict[tuple[str, str, int], list[float]] = defaultdict(list)
+    for k in keys:
+        dataset, seed, case, _ = k
+        per_seed[(dataset, case, seed)].append(images[k])
+    per_case: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for (dataset, case, _), vals in per_seed.items():
+        per_case[(dataset, case)].append(float(np.mean(vals)))
+    return {k: float(np.mean(v)) for k, v in per_case.items()}
 
 
-def verdict(cmp: dict[str, Any], alpha: float = 0.05, negligible: float = 1.0) -> str:
-    """Plain words for a comparison of the winner against the runner-up: a clear win needs
-    p < ``alpha`` and the interval above 0; one under ``negligible`` DSC points is said to be
-    too small to matter."""
-    if not cmp["n"]:
-        return "no common test images to compare on"
-    lo, _ = cmp["ci95"]
-    if cmp["wilcoxon_p"] < alpha and lo > 0:
-        if cmp["mean_diff"] < negligible:
-            return f"consistently better, but by less than {negligible:g} DSC point: a tie in practice"
-        return "the winner is better on these test images (p < 0.05, interval above 0)"
-    return "not a clear win: the difference could be chance on these test images"
+def dataset_weights(cases: Iterable[tuple[str, str]]) -> dict[tuple[str, str], float]:
+    """Weights that make each dataset count equally and each of its cases equally."""
+    cases = list(cases)
+    per_ds: dict[str, int] = defaultdict(int)
+    for d, _ in cases:
+        per_ds[d] += 1
+    return {(d, c): 1.0 / (len(per_ds) * per_ds[d]) for d, c in cases}
+
+
+def blocked_mean(scores: Mapping[tuple[str, str], float]) -> float | None:
+    """The mean over datasets of the mean over their cases."""
+    if not scores:
+        return None
+    w = dataset_weights(scores)
+    return float(sum(w[k] * v for k, v in scores.items()))
+
+
+def min_p_value(n_nonzero: int) -> float:
+    """The smallest two-sided p a sign-flip test can give with this many non-zero differences."""
+    return min(1.0, 2.0 / 2.0**n_nonzero)
+
+
+def compare(a: Mapping[ImageKey, float], b: Mapping[ImageKey, float], seed: int = 0) -> dict[str, Any]:
+    """``a`` against ``b`` on the images both scored (same dataset, seed, case and slice).
+
+    Returns the ``comparison`` object of ``recommendation.json``: ``unit`` ("case"),
+    ``n_cases``, ``n_images`` (distinct test slices), ``n_datasets``, ``n_seeds``,
+    ``mean_diff`` (a - b, DSC points), ``ci95``, ``p``, ``min_p`` (the smallest p possible
+    with these cases), ``test`` and ``interval`` (what was computed), ``wins``/``losses``
+    (cases).
+    """
+    from scipy.stats import permutation_test
+
+    common = set(a) & set(b)
+    out: dict[str, Any] = {"unit": "case", "n_cases": 0, "n_images": len({(k[0], k[2], k[3]) for k in common}),
+                           "n_datasets": len({k[0] for k in common}), "n_seeds": len({k[1] for k in common}),
+                           "mean_diff": None, "ci95": None, "p": None, "min_p": None, "test": None, "interval": None}
+    if not common:
+        return out
+    ca, cb = case_scores(a, common), case_scores(b, common)
+    keys = sorted(ca)
+    w = dataset_weights(keys)
+    weights = np.array([w[k] for k in keys])
+    xa, xb = np.array([ca[k] for k in keys]), np.array([cb[k] for k in keys])
+    diff = xa - xb
+    effect = float(weights @ diff)
+    nonzero = int(np.count_nonzero(diff))
+    out.update(n_cases=len(keys), mean_diff=effect, wins=int((diff > 0).sum()), losses=int((diff < 0).sum()))
+    blocks = "datasets weighted equally, " if out["n_datasets"] > 1 else ""
+
+    def weighted(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+        return np.sum(weights * (x - y), axis=axis)
+
+    if nonzero == 0:
+        out.update(p=1.0, min_p=1.0, test="paired permutation test on case means (every difference is 0)")
+    else:
+        exact = len(keys) <= EXACT_UP_TO
+        res = permutation_test((xa, xb), weighted, permutation_type="samples", vectorized=True,
+                               n_resamples=np.inf if exact else PERMUTATIONS, alternative="two-sided",
+                               rng=np.random.default_rng(seed))
+        out.update(p=float(min(1.0, res.pvalue)), min_p=min_p_value(nonzero) if exact else 2.0 / (PERMUTATIONS + 1),
+                   test=f"paired permutation test on case means ({blocks}"
+                        + ("exact: all sign flips)" if exact else f"{PERMUTATIONS:,} random sign flips)"))
+    out["ci95"], out["interval"] = _stratified_interval(keys, diff, seed)
+    return out
+
+
+def _stratified_interval(keys: list[tuple[str, str]], diff: np.ndarray, seed: int
+                         ) -> tuple[list[float] | None, str]:
+    """95% percentile bootstrap of the blocked mean difference, cases resampled within datasets."""
+    from scipy.stats import bootstrap
+
+    by_ds: dict[str, list[float]] = defaultdict(list)
+    for (d, _), v in zip(keys, diff):
+        by_ds[d].append(float(v))
+    n_ds = len(by_ds)
+    varying = [np.array(v) for v in by_ds.values() if len(v) >= 2]
+    fixed = sum(v[0] for v in by_ds.values() if len(v) == 1)  # one case: nothing to resample
+    how = "95% bootstrap over cases" + (" within each dataset" if n_ds > 1 else "") + f" (percentile, {BOOTSTRAPS:,})"
+    if not varying:
+        return None, "no interval: one case per dataset"
+    if all(np.all(v == v[0]) for v in varying):
+        value = (sum(float(v.mean()) for v in varying) + fixed) / n_ds
+        return [value, value], how
+
+    def stat(*samples: np.ndarray, axis: int = -1) -> np.ndarray:
+        return (sum(s.mean(axis=axis) for s in samples) + fixed) / n_ds
+
+    res = bootstrap(tuple(varying), stat, n_resamples=BOOTSTRAPS, vectorized=True, method="percentile",
+                    rng=np.random.default_rng(seed))
+    ci = res.confidence_interval
+    return [float(ci.low), float(ci.high)], how
+
+
+def verdict(cmp: Mapping[str, Any], alpha: float = ALPHA, negligible: float = NEGLIGIBLE) -> tuple[str, str]:
+    """(``better`` | ``worse`` | ``tie`` | ``inconclusive``, why) for ``a`` against ``b``.
+
+    Too few cases for any test to reach ``alpha``: inconclusive, saying so. Significant
+    (p < ``alpha``): better or worse by the sign, a tie in practice when the difference is
+    under ``negligible`` points. Not significant: a tie when the 95% interval lies within
+    +-``negligible``, otherwise inconclusive.
+    """
+    if not cmp.get("n_cases"):
+        return "inconclusive", "no test cases in common: nothing to compare on"
+    diff, p, ci = cmp["mean_diff"], cmp["p"], cmp["ci95"]
+    n = f"{cmp['n_cases']} case{'s' if cmp['n_cases'] != 1 else ''}"
+    if cmp["min_p"] is not None and cmp["min_p"] >= alpha:
+        return "inconclusive", (f"{diff:+.2f} DSC points, but with {n} no test can reach p < {alpha:g} (the smallest "
+                                f"possible p is {cmp['min_p']:.3g}): more test cases are needed")
+    if p < alpha:
+        if abs(diff) < negligible:
+            return "tie", (f"in practice: consistently {'ahead' if diff > 0 else 'behind'} on {n} (p = {p:.2g}), "
+                           f"but by {abs(diff):.2f} < {negligible:g} DSC point")
+        return ("better" if diff > 0 else "worse"), f"by {abs(diff):.2f} DSC points on {n} (p = {p:.2g})"
+    if ci is not None and -negligible < ci[0] and ci[1] < negligible:
+        return "tie", (f"in practice: not significant (p = {p:.2g}) and the 95% interval [{ci[0]:+.2f}, {ci[1]:+.2f}] "
+                       f"lies within +-{negligible:g} DSC point")
+    return "inconclusive", f"{diff:+.2f} DSC points on {n}, p = {p:.2g}: could be chance"
