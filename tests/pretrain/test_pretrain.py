@@ -55,15 +55,28 @@ class _Store:
         return np.full(self.masks[i].shape, 90, np.uint8), self.masks[i]
 
 
+# The components of _two_class_mask as (class, rows, cols), and their tight boxes (x0, y0, x1, y1).
+COMPONENTS = [(1, slice(5, 12), slice(5, 12)), (1, slice(30, 40), slice(10, 18)), (1, slice(45, 55), slice(60, 75)),
+              (2, slice(5, 9), slice(40, 70)), (2, slice(20, 24), slice(40, 70))]
+TIGHT_BOXES = [(c.start, r.start, c.stop - 1, r.stop - 1) for _, r, c in COMPONENTS]
+SCALE_64 = 64 / 80  # the 60 x 80 slice's longest side to the 64-px input
+
+
 def _two_class_mask() -> np.ndarray:
     """Class 1: three separate squares; class 2: two separate bars."""
     m = np.zeros((60, 80), np.uint8)
-    m[5:12, 5:12] = 1
-    m[30:40, 10:18] = 1
-    m[45:55, 60:75] = 1
-    m[5:9, 40:70] = 2
-    m[20:24, 40:70] = 2
+    for cls, rows, cols in COMPONENTS:
+        m[rows, cols] = cls
     return m
+
+
+def _component_masks() -> list[np.ndarray]:
+    masks = []
+    for _, rows, cols in COMPONENTS:
+        m = np.zeros((60, 80), np.uint8)
+        m[rows, cols] = 1
+        masks.append(m)
+    return masks
 
 
 def test_supsam_items_prompt_one_class_and_every_component_once() -> None:
@@ -72,7 +85,8 @@ def test_supsam_items_prompt_one_class_and_every_component_once() -> None:
     from tunesam.data.dataset import letterbox_mask
 
     classes_64 = letterbox_mask(mask, 64).numpy()  # the class map at the input size
-    seen_classes, kinds = set(), []
+    component_masks = [letterbox_mask(m, 64).numpy().astype(bool) for m in _component_masks()]
+    seen_classes, kinds, shifts = set(), [], []
     for epoch in range(40):
         item = ds[(0, epoch)]
         targets = item["masks"].numpy().astype(bool)
@@ -85,16 +99,29 @@ def test_supsam_items_prompt_one_class_and_every_component_once() -> None:
             assert ndimage.label(t)[1] == 1  # each target is one component
         assert targets.sum(0).max() == 1  # distinct components, none prompted twice
         kinds += item["kind"].tolist()
-        # a box prompt encloses its component; a point prompt lies on it
+        # a box prompt is its component's tight box moved by at most the noise cap; a point
+        # prompt lies on its component
         for k, t, box, point in zip(item["kind"], targets, item["box"], item["point"]):
-            ys, xs = np.nonzero(t)
             if k == 0:
-                x0, y0, x1, y1 = box.tolist()
-                assert x0 <= xs.min() + 3 and x1 >= xs.max() - 3 and y0 <= ys.min() + 3 and y1 >= ys.max() - 3
+                (tight,) = [b for b, m in zip(TIGHT_BOXES, component_masks) if np.array_equal(m, t)]
+                shifts += (box.numpy() - np.array(tight) * SCALE_64).tolist()
             else:
                 x, y = (int(round(v)) for v in point.tolist())
                 assert t[min(y, 47), min(x, 63)] or t[max(0, y - 1):y + 2, max(0, x - 1):x + 2].any()
     assert seen_classes == {1, 2}
+    # The paper's rule: noise of sd 10% of the box side, clipped at 20 px at 1024. The prompt
+    # is drawn on the 60 x 80 slice (cap 20 * 80 / 1024 = 1.5625 px) and scaled by 64 / 80 to
+    # the input: 1.25 px. The 30-px bars' sd (3 px) exceeds the cap, so some sides sit at it.
+    cap = 20.0 * 80 / 1024 * SCALE_64
+    shifts = np.abs(np.array(shifts))
+    assert shifts.max() <= cap + 1e-5
+    assert np.isclose(shifts, cap, atol=1e-5).sum() > 10  # clipped sides: the cap binds
+    assert np.median(shifts) > 0.1  # noise, not tight boxes with rounding
+    val = PromptSlices([_Store([mask])], "val", image_size=64, augment=False, seed=3)[(0, 0)]
+    for k, t, box in zip(val["kind"], val["masks"], val["box"]):
+        if k == 0:  # validation prompts are the tight boxes themselves
+            (tight,) = [b for b, m in zip(TIGHT_BOXES, component_masks) if np.array_equal(m, t.numpy() > 0)]
+            assert np.allclose(box.numpy(), np.array(tight) * SCALE_64, atol=1e-5)
     assert 0.3 < np.mean(kinds) < 0.7  # boxes and points with equal odds
     batch = collate_prompts([ds[(0, 0)], ds[(0, 1)]])
     assert batch["image"].shape == (2, 1, 64, 64)
@@ -122,7 +149,7 @@ def test_code_rules_grow_boxes_and_pick_deep_points() -> None:
         assert 30 - 2.0 <= x0 <= 30 and 49 <= x1 <= 49 + 2.0 and 20 - 4.0 <= y0 <= 20 and 59 <= y1 <= 59 + 4.0
         x, y = simulate(comp, "point", 100, rng, rules="code").point
         assert dist[int(y), int(x)] >= top
-    with pytest.raises(ValueError, match="paper or code"):
+    with pytest.raises(ValueError, match="must be one of paper, code, tight"):
         simulate(comp, "box", 100, rng, rules="other")
 
 
@@ -151,8 +178,52 @@ def test_pretrain_prompt_keeps_the_prompt_encoder_and_exports_sam_layout(prepare
         assert torch.equal(v, after[k])
     from tunesam.eval.evaluate import evaluate_checkpoint
 
-    scored = evaluate_checkpoint(str(run / "checkpoint.pth"), None, str(prepared), "box", "test", None, None, "cpu")
-    assert 0.0 <= scored["mean"]["dsc"] <= 100.0
+    # evaluate --checkpoint scores the export as the model's own box masks do (the random start
+    # too, whose masks are not empty, so the comparison has something to find)
+    for checkpoint in (run / "checkpoint.pth", start):
+        scored = evaluate_checkpoint(str(checkpoint), None, str(prepared), "box", "test", device="cpu",
+                                     prompt_rules="tight")
+        by_hand = _tight_box_dsc(build_model(None, checkpoint), prepared, "test")
+        assert len(scored["per_image"]) == len(by_hand) == 6
+        ours = [100.0 * r["scores"]["1"]["dsc"] for r in scored["per_image"]]
+        assert np.allclose(ours, by_hand, atol=1e-6), (checkpoint.name, ours, by_hand)
+        assert math.isclose(scored["mean"]["dsc"], float(np.mean(by_hand)), abs_tol=1e-4)
+        if checkpoint == start:
+            assert min(by_hand) > 1.0
+
+
+@torch.no_grad()
+def _tight_box_dsc(model: torch.nn.Module, prepared: Path, split: str) -> list[float]:
+    """DSC (percent) per slice of ``split`` with foreground, worked out here through the
+    segmenter's forward (logits at the input size) rather than evaluate's path: one tight box
+    per 8-connected component, scaled by S / max(h, w); each single-mask output cropped to the
+    letterboxed extent, resized bilinearly to the slice and taken above 0; their union scored."""
+    import torch.nn.functional as F
+
+    from tunesam.data.dataset import letterbox_image
+    from tunesam.data.store import PreparedData
+
+    data = PreparedData.open(prepared)
+    model.eval()
+    size = model.image_size
+    scores = []
+    for row in data.rows(split, include_empty=False):
+        image, mask = data.slice(int(row))
+        ref = np.asarray(mask) > 0
+        h, w = ref.shape
+        labels, n = ndimage.label(ref, structure=np.ones((3, 3), int))
+        boxes = []
+        for k in range(1, n + 1):
+            ys, xs = np.nonzero(labels == k)
+            boxes.append([xs.min(), ys.min(), xs.max(), ys.max()])
+        scale = size / max(h, w)
+        rh, rw = round(h * scale), round(w * scale)
+        x = letterbox_image(np.asarray(image), size, model.interpolation)[None].expand(n, -1, -1, -1)
+        logits = model(x, boxes=torch.tensor(boxes, dtype=torch.float32) * scale,
+                       valid=torch.tensor([[rh, rw]] * n))[:, :1, :rh, :rw]
+        pred = (F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)[:, 0] > 0).any(0).numpy()
+        scores.append(100.0 * 2 * (pred & ref).sum() / (pred.sum() + ref.sum()))
+    return scores
 
 
 def test_prompt_pretraining_stops_after_patience_epochs_without_a_better_val_dsc(prepared: Path,
