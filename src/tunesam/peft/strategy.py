@@ -97,14 +97,17 @@ def _inject_encoder(encoder: nn.Module, s: Strategy) -> list[nn.Module]:
 
 
 def _inject_decoder(model: SamSegmenter, s: Strategy) -> list[nn.Module]:
+    """Adapters after the two cross-attentions of each two-way block (tokens to image, image
+    to tokens), as Medical SAM Adapter and the paper's code place them: two per block, the
+    paper's 0.13M for four. LoRA on q and v of every decoder attention."""
     added: list[nn.Module] = []
     transformer = model.mask_decoder.transformer
     if s.method == "adapter":
         dim = transformer.embedding_dim
         for layer in transformer.layers:
-            layer.self_attn = SerialAdapter(layer.self_attn, dim, s.adapter_ratio)
             layer.cross_attn_token_to_image = SerialAdapter(layer.cross_attn_token_to_image, dim, s.adapter_ratio)
-            added += [layer.self_attn.adapter, layer.cross_attn_token_to_image.adapter]
+            layer.cross_attn_image_to_token = SerialAdapter(layer.cross_attn_image_to_token, dim, s.adapter_ratio)
+            added += [layer.cross_attn_token_to_image.adapter, layer.cross_attn_image_to_token.adapter]
     elif s.method == "lora":
         for attn in [m for m in transformer.modules() if isinstance(m, DecoderAttention)]:
             attn.q_proj = LoRALinear(attn.q_proj, {"all": None}, s.lora_rank, s.lora_alpha)
