@@ -107,8 +107,8 @@ def export_raw_dataset(data: PreparedData, raw: Path, few_shot: int | None = Non
     for part in ("train", "val"):
         if few_shot:
             rows = few_shot_rows(data, part, few_shot, seed, at_most=part == "val")
-        else:
-            rows = data.rows(part, include_empty=True)
+        else:  # the slices fine-tuning trains on (empty-mask ones only with --keep-empty)
+            rows = data.rows(part, include_empty=data.trains_on_empty)
         by_case: dict[int, list[int]] = {}
         for r in rows:
             by_case.setdefault(int(data.index[r]["case"]), []).append(int(r))
@@ -183,6 +183,7 @@ def train_nnunet(data: str | Path, out: str | Path, epochs: int | None = None, d
     from tunesam.engine.trainer import _prepare_run_folder, _write_preprocessing
 
     prepared = PreparedData.open(data)
+    prepared.require_labels("the nnU-Net baseline")
     dev = pick_device(device)
     epochs = epochs or 1000
     iterations = iterations or 250

@@ -5,6 +5,12 @@ lists (one list, or a folder of ``train*/val*/test*`` lists that is then the spl
 two folders of images and masks matched by file name. Each pair becomes a
 :class:`CaseSource` carrying the patient it belongs to, so splits never separate one
 patient's images.
+
+Image-only data (``unlabelled``, for ``pretrain mae``): the same layouts read without their
+masks (an nnU-Net folder's ``imagesTr`` needs no ``labelsTr``, a CSV list needs one column,
+an images folder no masks folder), or the ``images`` layout: any folder of images, searched
+recursively (NIfTI/MHA/NRRD volumes, PNG/JPG/BMP/TIFF images, and every sub-folder holding
+DICOM files as one series).
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ from pathlib import Path
 
 from tunesam.data.readers import DataError, is_image_file, strip_image_ext
 
-LAYOUTS = ("auto", "nnunet", "msd", "csv", "folders")
+LAYOUTS = ("auto", "nnunet", "msd", "csv", "folders", "images")
 DEFAULT_CASE_PATTERN = r"(?i)(?:patient|case|subject|sub)[-_]?\d+"
 SPLITS = ("train", "val", "test")
 _IMAGE_DIRS = ("images", "imgs", "image", "img", "imagesTr")
@@ -28,7 +34,7 @@ _MASK_SUFFIXES = ("_mask", "-mask", "_seg", "-seg", "_label", "-label", "_gt", "
 
 @dataclass(frozen=True)
 class CaseSource:
-    """One image (a volume or a 2D image) and its mask.
+    """One image (a volume or a 2D image) and its mask (``None`` for image-only data).
 
     ``patient`` groups cases for splitting; ``volume`` groups 2D images cut from one scan
     (few-shot sampling takes images from distinct volumes); ``split`` is set when the
@@ -119,20 +125,36 @@ def _labels_from_json(labels: dict[str, object], path: Path, numeric_keys: bool)
     return out
 
 
-def read_nnunet(root: Path, channel: int, warnings: list[str]) -> SourceDataset:
+def _nnunet_images(root: Path, ending: str, channel: int) -> list[tuple[str, Path]]:
+    """(case id, image of ``channel``) of every case in ``imagesTr/``, labelled or not."""
+    folder = root / "imagesTr"
+    if not folder.is_dir():
+        raise DataError(f"{root}: an nnU-Net dataset needs imagesTr/ beside dataset.json")
+    suffix = f"_{channel:04d}{ending}"
+    return sorted((p.name[: -len(suffix)], p) for p in folder.iterdir()
+                  if p.name.endswith(suffix) and not p.name.startswith("."))
+
+
+def read_nnunet(root: Path, channel: int, warnings: list[str], unlabelled: bool = False) -> SourceDataset:
     meta_path = root / "dataset.json"
     meta = json.loads(meta_path.read_text())
     ending = meta.get("file_ending", ".nii.gz")
     channels = {int(k): str(v) for k, v in meta.get("channel_names", meta.get("modality", {})).items()}
     if channels and channel not in channels:
         raise DataError(f"{meta_path}: --channel {channel} not among its channels {channels}")
-    labels = _labels_from_json(meta.get("labels", {}), meta_path, numeric_keys=False)
+    labels = None if unlabelled else _labels_from_json(meta.get("labels", {}), meta_path, numeric_keys=False)
     pairs: list[tuple[Path, Path | None, str | None]] = []
     if isinstance(meta.get("dataset"), dict):  # explicit file lists (nnU-Net v2 option)
         for case, entry in sorted(meta["dataset"].items()):
             imgs = entry["images"]
-            pairs.append((root / imgs[channel], root / entry["label"], None))
+            pairs.append((root / imgs[channel], None if unlabelled else root / entry["label"], None))
         ids = sorted(meta["dataset"])
+    elif unlabelled:  # every image of the channel; labelsTr is not read
+        found = _nnunet_images(root, ending, channel)
+        ids = [cid for cid, _ in found]
+        pairs = [(img, None, None) for _, img in found]
+        if not pairs:
+            raise DataError(f"{root}: no images of channel {channel} in imagesTr/ (*{channel:04d}{ending})")
     else:
         label_dir = root / "labelsTr"
         if not label_dir.is_dir():
@@ -166,15 +188,15 @@ def read_nnunet(root: Path, channel: int, warnings: list[str]) -> SourceDataset:
 
 
 # -- Medical Segmentation Decathlon --------------------------------------------------------
-def read_msd(root: Path, warnings: list[str]) -> SourceDataset:
+def read_msd(root: Path, warnings: list[str], unlabelled: bool = False) -> SourceDataset:
     meta_path = root / "dataset.json"
     meta = json.loads(meta_path.read_text())
-    labels = _labels_from_json(meta.get("labels", {}), meta_path, numeric_keys=True)
+    labels = None if unlabelled else _labels_from_json(meta.get("labels", {}), meta_path, numeric_keys=True)
     modality_names = {int(k): str(v) for k, v in meta.get("modality", {}).items()}
     cases = []
     for entry in meta["training"]:
         img = (root / entry["image"]).resolve()
-        mask = (root / entry["label"]).resolve()
+        mask = None if unlabelled else (root / entry["label"]).resolve()
         cid = strip_image_ext(img.name)
         cases.append(CaseSource(cid, cid, cid, img, mask))
     if not cases:
@@ -195,18 +217,23 @@ def _resolve(entry: str, root: Path, where: str) -> Path:
     raise DataError(f"{where}: {entry!r} not found (looked for {', '.join(str(c) for c in candidates)})")
 
 
-def _read_list(path: Path, root: Path) -> list[tuple[Path, Path]]:
+def _read_list(path: Path, root: Path, unlabelled: bool = False) -> list[tuple[Path, Path | None]]:
+    """(image, mask) per line; ``unlabelled``: the first column only (a mask column is not read)."""
     text = path.read_text(encoding="utf-8-sig")
     first = text.splitlines()[0] if text.strip() else ""
     dialect = "excel-tab" if "\t" in first else "excel"
     rows = [r for r in csv.reader(text.splitlines(), dialect=dialect) if r and any(c.strip() for c in r)]
     if rows and rows[0][0].strip().lower() in ("image", "img", "image_path", "images", "path"):
         rows = rows[1:]
-    pairs = []
+    pairs: list[tuple[Path, Path | None]] = []
     for i, row in enumerate(rows, start=1):
-        if len(row) < 2:
-            raise DataError(f"{path}:{i}: expected 'image,mask' on each line, found {row!r}")
         where = f"{path}:{i}"
+        if unlabelled:
+            pairs.append((_resolve(row[0], root, where), None))
+            continue
+        if len(row) < 2:
+            raise DataError(f"{path}:{i}: expected 'image,mask' on each line, found {row!r} "
+                            "(a list of images alone is prepared with --unlabelled)")
         pairs.append((_resolve(row[0], root, where), _resolve(row[1], root, where)))
     if not pairs:
         raise DataError(f"{path}: the list is empty")
@@ -225,7 +252,8 @@ def list_files_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".csv", ".tsv", ".txt") and p.is_file())
 
 
-def read_csv(source: Path, root: Path | None, pattern: str, warnings: list[str]) -> SourceDataset:
+def read_csv(source: Path, root: Path | None, pattern: str, warnings: list[str],
+             unlabelled: bool = False) -> SourceDataset:
     if source.is_dir():
         lists = [(p, _split_of_list(p.name)) for p in list_files_in(source)]
         lists = [(p, s) for p, s in lists if s is not None]
@@ -237,7 +265,7 @@ def read_csv(source: Path, root: Path | None, pattern: str, warnings: list[str])
         base = root or source.parent.parent
     pairs: list[tuple[Path, Path | None, str | None]] = []
     for path, split in lists:
-        pairs += [(img, mask, split) for img, mask in _read_list(path, base)]
+        pairs += [(img, mask, split) for img, mask in _read_list(path, base, unlabelled)]
     cases = _cases_from_pairs(pairs, base, pattern, warnings)
     split_given = source.is_dir()
     return SourceDataset("csv", base, cases, None, None, split_given, warnings)
@@ -260,8 +288,10 @@ def _mask_key(rel: str) -> str:
     return stem
 
 
-def read_folders(root: Path, pattern: str, warnings: list[str]) -> SourceDataset:
+def read_folders(root: Path, pattern: str, warnings: list[str], unlabelled: bool = False) -> SourceDataset:
     img_dir, mask_dir = _find_dir(root, _IMAGE_DIRS), _find_dir(root, _MASK_DIRS)
+    if unlabelled and img_dir is not None:  # the images alone; the masks folder is not read
+        return read_images(img_dir, pattern, warnings, layout="folders")
     if img_dir is None or mask_dir is None:
         raise DataError(
             f"{root}: expected two folders, images ({'/'.join(_IMAGE_DIRS[:2])}/...) and masks "
@@ -287,13 +317,44 @@ def read_folders(root: Path, pattern: str, warnings: list[str]) -> SourceDataset
     return SourceDataset("folders", root, _cases_from_pairs(pairs, root, pattern, warnings), warnings=warnings)
 
 
+# -- a folder of images (image-only data) ------------------------------------------------
+def _is_dicom_file(path: Path) -> bool:
+    """A DICOM file by its ending or its ``DICM`` preamble (series files often have no ending)."""
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def read_images(root: Path, pattern: str, warnings: list[str], layout: str = "images") -> SourceDataset:
+    """Every image under ``root`` as an image-only case: image files, and each folder holding
+    DICOM files as one series. Hidden files and folders are skipped."""
+    found: list[Path] = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        here = [Path(folder) / f for f in sorted(files) if not f.startswith(".")]
+        found += [p for p in here if is_image_file(p)]
+        if any(_is_dicom_file(p) for p in here if not is_image_file(p)):
+            found.append(Path(folder))
+    if not found:
+        raise DataError(f"{root}: no images in it (NIfTI/MHA/NRRD, PNG/JPG/BMP/TIFF, or DICOM series folders)")
+    pairs: list[tuple[Path, Path | None, str | None]] = [(p, None, None) for p in found]
+    return SourceDataset(layout, root, _cases_from_pairs(pairs, root, pattern, warnings), warnings=warnings)
+
+
 # -- detection ------------------------------------------------------------------------------
-def detect_layout(source: Path) -> str:
-    """``nnunet``, ``msd``, ``csv`` or ``folders`` from what ``source`` holds."""
+def detect_layout(source: Path, unlabelled: bool = False) -> str:
+    """``nnunet``, ``msd``, ``csv`` or ``folders`` from what ``source`` holds; for image-only
+    data also ``images`` (a folder of images that is none of the others)."""
     if source.is_file():
         if source.suffix.lower() in (".csv", ".tsv", ".txt"):
             return "csv"
-        raise DataError(f"{source}: a single file must be a CSV list of 'image,mask' pairs")
+        what = "images" if unlabelled else "'image,mask' pairs"
+        raise DataError(f"{source}: a single file must be a CSV list of {what}")
     if not source.is_dir():
         raise DataError(f"{source}: not found")
     meta = source / "dataset.json"
@@ -309,9 +370,12 @@ def detect_layout(source: Path) -> str:
         return "csv"
     if _find_dir(source, _IMAGE_DIRS) and _find_dir(source, _MASK_DIRS):
         return "folders"
+    if unlabelled:
+        return "images"
     raise DataError(
         f"{source}: unrecognised layout. Expected an nnU-Net or MSD folder (dataset.json), a CSV list or a "
-        "folder of train*/val*/test* lists, or image and mask folders (images/ + masks/)"
+        "folder of train*/val*/test* lists, or image and mask folders (images/ + masks/); a folder of images "
+        "without masks is prepared with --unlabelled"
     )
 
 
@@ -321,24 +385,30 @@ def read_source(
     root: str | Path | None = None,
     channel: int = 0,
     case_pattern: str | None = None,
+    unlabelled: bool = False,
 ) -> SourceDataset:
-    """Find every image/mask pair of a dataset in any supported layout."""
+    """Find every image/mask pair of a dataset in any supported layout (``unlabelled``: every
+    image, masks not read)."""
     source = Path(source)
     if layout not in LAYOUTS:
         raise DataError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if layout == "images" and not unlabelled:
+        raise DataError("--layout images is a folder of images without masks: add --unlabelled")
     if not source.exists():
         raise DataError(f"{source}: not found")
-    kind = detect_layout(source) if layout == "auto" else layout
-    if kind in ("nnunet", "msd", "folders") and not source.is_dir():
+    kind = detect_layout(source, unlabelled) if layout == "auto" else layout
+    if kind in ("nnunet", "msd", "folders", "images") and not source.is_dir():
         raise DataError(f"{source}: --layout {kind} expects a dataset folder, found a file")
     pattern = case_pattern or DEFAULT_CASE_PATTERN
     warnings: list[str] = []
     if case_pattern and kind in ("nnunet", "msd"):
         warnings.append(f"--case-pattern is not used for {kind} sources: each case id is its own patient")
     if kind == "nnunet":
-        return read_nnunet(source, channel, warnings)
+        return read_nnunet(source, channel, warnings, unlabelled)
     if kind == "msd":
-        return read_msd(source, warnings)
+        return read_msd(source, warnings, unlabelled)
     if kind == "csv":
-        return read_csv(source, Path(root) if root else None, pattern, warnings)
-    return read_folders(source, pattern, warnings)
+        return read_csv(source, Path(root) if root else None, pattern, warnings, unlabelled)
+    if kind == "images":
+        return read_images(source, pattern, warnings)
+    return read_folders(source, pattern, warnings, unlabelled)

@@ -4,6 +4,12 @@ The result is a folder with ``manifest.json`` (every option used, label names, g
 and slices of each case, the split) and the pixel store of :mod:`tunesam.data.store`. It
 is written into a hidden sibling folder and renamed into place at the end, so an
 interrupted run never looks complete.
+
+Which slices are stored: the test split keeps every slice; train and val keep the slices
+with foreground and, for ``pretrain mae``, the non-blank ones without
+(:func:`tunesam.data.preprocess.is_blank`), which fine-tuning trains on only with
+``--keep-empty`` (then every slice is stored). ``unlabelled`` (image-only data) stores every
+non-blank slice of every split and no masks.
 """
 from __future__ import annotations
 
@@ -26,6 +32,8 @@ from tunesam.data.preprocess import (
     PERCENTILES,
     check_integer_mask,
     downsample,
+    downsample_images,
+    is_blank,
     map_labels,
     stored_shape,
     to_uint8,
@@ -37,13 +45,19 @@ from tunesam.io import write_json
 
 log = logging.getLogger("tunesam.prepare")
 
-# A case's arrays: image (channels last if several), its geometry, mask, its geometry.
-CaseArrays = tuple[np.ndarray, Geometry, np.ndarray, Geometry]
+# A case's arrays: image (channels last if several), its geometry, mask (None: image-only), its geometry.
+CaseArrays = tuple[np.ndarray, Geometry, np.ndarray | None, Geometry]
 
 
 @dataclass(frozen=True)
 class PrepareOptions:
-    """Every choice ``prepare`` makes, validated; written to the manifest."""
+    """Every choice ``prepare`` makes, validated; written to the manifest.
+
+    ``keep_empty``: fine-tuning also trains on train/val slices whose mask is empty (they are
+    stored either way, the non-blank ones, for ``pretrain mae``). ``unlabelled``: image-only
+    data (masks, where the layout has them, are not read) for ``pretrain mae`` alone; every
+    non-blank slice is kept.
+    """
 
     layout: str = "auto"
     root: str | None = None
@@ -58,6 +72,7 @@ class PrepareOptions:
     case_pattern: str | None = None
     modality: str | None = None
     window: tuple[float, float] | None = None
+    unlabelled: bool = False
 
     def __post_init__(self) -> None:
         if self.axis not in (0, 1, 2):
@@ -74,6 +89,12 @@ class PrepareOptions:
             raise DataError("--label-map and --labels merge exclude each other")
         if self.label_map is not None and not all(0 <= c <= 255 for c in self.label_map.values()):
             raise DataError("--label-map classes must be 0..255")
+        if self.unlabelled:
+            given = [flag for flag, on in (("--keep-empty", self.keep_empty), ("--labels merge", self.labels == "merge"),
+                                           ("--label-map", self.label_map is not None)) if on]
+            if given:
+                raise DataError(f"{', '.join(given)}: about masks, which --unlabelled data has none of "
+                                "(it keeps every non-blank slice)")
         parse_ratios(self.split)
 
 
@@ -97,17 +118,20 @@ def parse_window(text: str) -> tuple[float, float]:
 
 
 # -- loading a case ------------------------------------------------------------------------
-def load_case_files(case: CaseSource, channel: int) -> CaseArrays:
-    """Read a case's image and mask files and check they belong together."""
+def load_case_files(case: CaseSource, channel: int, unlabelled: bool = False) -> CaseArrays:
+    """Read a case's image and mask files and check they belong together (``unlabelled``:
+    the image alone, mask ``None``)."""
     image, igeom = read_image(case.image)
-    if case.mask is None:
-        raise DataError(f"{case.image}: has no mask")
-    mask, mgeom = read_image(case.mask)
     vol = igeom.ndim == 3
     if image.ndim == igeom.ndim + 1:  # channels last (MSD 4D, colour volumes)
         if channel >= image.shape[-1]:
             raise DataError(f"{case.image}: --channel {channel} but the image has {image.shape[-1]} channels")
         image = image[..., channel]
+    if unlabelled:
+        return image, igeom, None, igeom
+    if case.mask is None:
+        raise DataError(f"{case.image}: has no mask (image-only data is prepared with --unlabelled, for pretrain mae)")
+    mask, mgeom = read_image(case.mask)
     if mask.ndim != mgeom.ndim:
         raise DataError(f"{case.mask}: a mask must have one channel, found {mask.shape[-1]}")
     if image.shape != mask.shape:
@@ -127,6 +151,8 @@ def _label_plan(
     src: SourceDataset, opts: PrepareOptions, scan: Callable[[], set[int]]
 ) -> tuple[dict[int, int] | None, dict[int, str]]:
     """(raw value -> class, or None to merge every non-zero value; class -> name)."""
+    if opts.unlabelled:
+        return None, {0: "background"}
     names_by_value = src.label_names or {}
     if opts.labels == "merge":
         fg = [n for v, n in sorted(names_by_value.items()) if v != 0]
@@ -217,6 +243,9 @@ def _check_out(out: Path, fp: str, force: bool) -> bool:
     old = json.loads(manifest.read_text())
     if old.get("fingerprint") == fp:
         return True
+    if not force and old.get("format_version", 0) < FORMAT_VERSION:
+        raise DataError(f"{out}: prepared by an older tunesam (format {old.get('format_version')}, now "
+                        f"{FORMAT_VERSION}); use --force to prepare it again, or choose another --out")
     if not force:
         raise DataError(
             f"{out}: already holds a dataset prepared from other inputs or options "
@@ -246,12 +275,15 @@ class PrepareResult:
     def summary(self) -> str:
         m = self.manifest
         counts = m["counts"]
+        unlabelled = m.get("unlabelled", False)
         lines = [f"{'reused' if self.reused else 'prepared'} {self.folder}  ({m['source']['layout']} layout)"]
-        lines.append("labels: " + ", ".join(f"{k} {v}" for k, v in m["labels"].items()))
+        lines.append("image-only (--unlabelled): for pretrain mae only" if unlabelled
+                     else "labels: " + ", ".join(f"{k} {v}" for k, v in m["labels"].items()))
         for s in SPLITS:
             c = counts[s]
+            what = "non-blank" if unlabelled else f"{c['nonempty']} with foreground"
             lines.append(f"  {s:<5} {c['patients']:>5} patients {c['cases']:>6} cases {c['slices']:>7} slices "
-                         f"({c['nonempty']} with foreground)")
+                         f"({what}; {c.get('blank_dropped', 0)} blank not stored)")
         lines += [f"warning: {w}" for w in m.get("warnings", [])]
         return "\n".join(lines)
 
@@ -264,9 +296,9 @@ def prepare(
 ) -> PrepareResult:
     """Prepare ``source`` (a dataset folder or CSV list) into ``out``."""
     opts = options or PrepareOptions()
-    src = read_source(source, opts.layout, opts.root, opts.channel, opts.case_pattern)
+    src = read_source(source, opts.layout, opts.root, opts.channel, opts.case_pattern, opts.unlabelled)
     desc = {"path": str(Path(source).resolve()), "layout": src.layout, "root": str(src.root.resolve())}
-    return _prepare(src, desc, out, opts, force, lambda c: load_case_files(c, opts.channel))
+    return _prepare(src, desc, out, opts, force, lambda c: load_case_files(c, opts.channel, opts.unlabelled))
 
 
 def _prepare(
@@ -296,7 +328,7 @@ def _prepare(
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    writer = SliceWriter(tmp)
+    writer = SliceWriter(tmp, masks=not opts.unlabelled)
     try:
         cases_meta = []
         order = sorted(src.cases, key=lambda c: (SPLITS.index(assignment[c.case_id]), c.case_id))
@@ -333,35 +365,42 @@ def _write_case(
     normalized: bool = False,
 ) -> dict[str, Any]:
     image, geom, mask, _ = arrays
+    if opts.unlabelled:  # masks a layout has (or the example's labels) are not used
+        mask = None
     where = str(case.mask or case.image)
     is_2d = geom.ndim == 2
-    classes = map_labels(check_integer_mask(mask, where), value_map, where)
     pixels = image if normalized else to_uint8(image, is_2d, modality, opts.window)
-    if is_2d:
-        stack_img, stack_msk, axis = pixels[None], classes[None], 0
-    else:
-        axis = opts.axis
-        stack_img, stack_msk = np.moveaxis(pixels, axis, 0), np.moveaxis(classes, axis, 0)
-    nonempty = stack_msk.reshape(len(stack_msk), -1).any(axis=1)
-    keep = np.ones_like(nonempty) if (split == "test" or opts.keep_empty) else nonempty
-    kept = np.flatnonzero(keep)
+    axis = 0 if is_2d else opts.axis
+    stack_img = pixels[None] if is_2d else np.moveaxis(pixels, axis, 0)
     native = (int(stack_img.shape[1]), int(stack_img.shape[2]))
     shape = stored_shape(*native, opts.size)
-    if kept.size:
-        imgs, msks = downsample(stack_img[kept], stack_msk[kept], shape)
-        for j, idx in enumerate(kept):
-            writer.add(n, int(idx), imgs[j], msks[j], split)
+    if mask is None:  # image-only (--unlabelled): every non-blank slice, no masks
+        imgs = downsample_images(stack_img, shape)
+        blank = np.array([is_blank(s) for s in imgs], dtype=bool)
+        kept, dropped = np.flatnonzero(~blank), int(blank.sum())
+        for idx in kept:
+            writer.add(n, int(idx), imgs[idx], None, split)
+        stored_nonempty = dict.fromkeys(kept.tolist(), False)
+    else:
+        classes = map_labels(check_integer_mask(mask, where), value_map, where)
+        stack_msk = classes[None] if is_2d else np.moveaxis(classes, axis, 0)
+        imgs, msks = downsample(stack_img, stack_msk, shape)
+        nonempty = stack_msk.reshape(len(stack_msk), -1).any(axis=1)
+        # Blankness is judged on the stored slice, as pretrain mae reads it.
+        blank = np.array([is_blank(s) for s in imgs], dtype=bool)
+        keep = np.ones_like(nonempty) if (split == "test" or opts.keep_empty) else nonempty | ~blank
+        kept, dropped = np.flatnonzero(keep), int((~keep).sum())
+        for idx in kept:
+            writer.add(n, int(idx), imgs[idx], msks[idx], split)
         # The flags describe the stored masks, as the index does: an object smaller than a
         # stored pixel can vanish when a slice is downsampled.
-        stored_nonempty = dict(zip(kept.tolist(), msks.reshape(len(msks), -1).any(axis=1).tolist()))
-    else:
-        stored_nonempty = {}
+        stored_nonempty = {int(i): bool(msks[i].any()) for i in kept}
     return {
         "id": case.case_id,
         "patient": case.patient,
         "volume": case.volume,
         "image": str(case.image),
-        "mask": str(case.mask) if case.mask else None,
+        "mask": str(case.mask) if case.mask and not opts.unlabelled else None,
         "split": split,
         "geometry": geom.to_dict(),
         "axis": axis,
@@ -369,6 +408,7 @@ def _write_case(
         "native_plane": list(native),
         "stored_plane": list(shape),
         "num_slices": int(len(stack_img)),
+        "blank_dropped": dropped,
         "slices": [[int(i), int(stored_nonempty[int(i)])] for i in kept],
     }
 
@@ -397,6 +437,7 @@ def _manifest(
             "cases": len(sel),
             "slices": sum(len(c["slices"]) for c in sel),
             "nonempty": sum(f for c in sel for _, f in c["slices"]),
+            "blank_dropped": sum(c["blank_dropped"] for c in sel),
         }
     uses_window = opts.window is not None or modality == "ct"
     return {
@@ -417,8 +458,15 @@ def _manifest(
             "load": {"resize": "longest side to the model input, bilinear (images), nearest (masks)",
                      "padding": "zeros, bottom and right, to a square"},
         },
+        "unlabelled": opts.unlabelled,
+        # Format 2: train/val keep their non-blank slices without foreground too (for pretrain
+        # mae); fine-tuning trains on them only with keep_empty (PreparedData.trains_on_empty).
+        "empty_slices_stored": True,
+        "blank_rule": "not stored when fewer than 1% of the stored slice's pixels are above its minimum "
+                      + ("(any slice)" if opts.unlabelled
+                         else "(train/val slices without foreground, unless keep_empty)"),
         "labels": {str(k): v for k, v in sorted(names.items())},
-        "label_values": "all non-zero -> 1" if value_map is None
+        "label_values": "none (image-only)" if opts.unlabelled else "all non-zero -> 1" if value_map is None
         else {str(k): v for k, v in sorted(value_map.items())},
         "split_source": split_source,
         "seed": opts.seed,
@@ -433,12 +481,17 @@ def _manifest(
 
 def _check_not_empty(manifest: dict[str, Any], src: SourceDataset, opts: PrepareOptions) -> None:
     counts = manifest["counts"]
-    hint = "" if opts.keep_empty else " (slices with empty masks are dropped from train and val; --keep-empty keeps them)"
+    if opts.unlabelled:
+        hint, usable = " (blank slices are dropped)", "slices"
+    elif opts.keep_empty:
+        hint, usable = "", "slices"
+    else:  # fine-tuning's train and val sets are the slices with foreground
+        hint, usable = " (slices with empty masks are dropped from train and val; --keep-empty keeps them)", "nonempty"
     for s in ("train", "val"):
         if counts[s]["cases"] == 0:
             raise DataError(f"{src.root}: the {s} set has no cases: the split ({opts.split}) gives it none; "
                             "training needs a train and a val set (the val set chooses the best epoch)")
-        if counts[s]["slices"] == 0:
+        if counts[s][usable] == 0:
             raise DataError(f"{src.root}: the {s} set has no slices after filtering{hint}")
     if counts["test"]["cases"] == 0:
         manifest["warnings"].append("there is no test set: evaluate on the val set (--split val)")

@@ -12,6 +12,7 @@ from tunesam.data.readers import DataError
 
 PERCENTILES = (0.5, 99.5)
 CT_WINDOW = (40.0, 400.0)  # level, width: soft tissue, as MedSAM
+BLANK_FRACTION = 0.01  # a slice is blank when fewer than 1% of its pixels rise above its minimum
 _MAX_PERCENTILE_SAMPLES = 4_000_000
 
 
@@ -51,6 +52,13 @@ def to_uint8(
     if is_2d and arr.dtype == np.uint8:
         return arr
     return percentile_to_uint8(arr, percentiles)
+
+
+def is_blank(image: np.ndarray) -> bool:
+    """Whether a uint8 slice carries (almost) nothing to reconstruct: constant, or fewer than
+    1% of its pixels above its minimum (the padding of a volume's first and last slices).
+    ``prepare`` stores no blank slice without foreground, and MAE drops any it finds."""
+    return float(np.mean(image > image.min())) < BLANK_FRACTION
 
 
 def check_integer_mask(mask: np.ndarray, where: str) -> np.ndarray:
@@ -97,7 +105,7 @@ def downsample_images(images: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """``n x h x w`` uint8 slices to ``shape`` by area averaging."""
     if images.shape[1:] == shape:
         return images
-    img = torch.from_numpy(np.ascontiguousarray(images)).float().unsqueeze(1)
+    img = torch.from_numpy(images.astype(np.float32)).unsqueeze(1)  # a copy: ``images`` may be read-only
     return F.interpolate(img, size=shape, mode="area").round().clamp(0, 255).to(torch.uint8).squeeze(1).numpy()
 
 

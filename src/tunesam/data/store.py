@@ -3,7 +3,12 @@
 ``images.u8`` and ``masks.u8`` hold the slices back to back (row-major, one channel);
 ``index.npy`` says where each slice starts and its size, which case it came from, whether
 its mask is empty and its split. Readers map the files read-only, so a DataLoader worker
-touches only the pages of the slices it loads.
+touches only the pages of the slices it loads. An image-only store (``prepare
+--unlabelled``, for ``pretrain mae``) has no ``masks.u8``: its masks read as background.
+
+Format 2 stores the train and val slices whose mask is empty too (the non-blank ones, for
+MAE; the manifest says ``empty_slices_stored``); fine-tuning trains on them only with
+``--keep-empty`` (:attr:`PreparedData.trains_on_empty`).
 """
 from __future__ import annotations
 
@@ -23,39 +28,47 @@ INDEX_DTYPE = np.dtype(
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 MANIFEST = "manifest.json"
 FORMAT = "tunesam-prepared"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: empty-mask train/val slices stored; image-only stores
 
 
 class SliceWriter:
     """Appends slices to the two pixel files of a store being written."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, masks: bool = True) -> None:
+        """``masks`` False: an image-only store (no ``masks.u8``)."""
         self.folder = folder
         self._images = open(folder / "images.u8", "wb")
-        self._masks = open(folder / "masks.u8", "wb")
+        self._masks = open(folder / "masks.u8", "wb") if masks else None
         self._rows: list[tuple[int, int, int, int, int, bool, int]] = []
         self._offset = 0
 
-    def add(self, case: int, index: int, image: np.ndarray, mask: np.ndarray, split: str) -> None:
-        """One ``h x w`` uint8 slice and its ``h x w`` uint8 class mask."""
-        if image.shape != mask.shape or image.dtype != np.uint8 or mask.dtype != np.uint8:
+    def add(self, case: int, index: int, image: np.ndarray, mask: np.ndarray | None, split: str) -> None:
+        """One ``h x w`` uint8 slice and its ``h x w`` uint8 class mask (``None`` in an image-only store)."""
+        if (mask is None) != (self._masks is None):
+            raise ValueError("an image-only store takes no masks; any other needs one per slice")
+        if image.dtype != np.uint8 or (mask is not None and (image.shape != mask.shape or mask.dtype != np.uint8)):
             raise ValueError("slice and mask must be uint8 arrays of one shape")
         h, w = image.shape
         self._images.write(np.ascontiguousarray(image).tobytes())
-        self._masks.write(np.ascontiguousarray(mask).tobytes())
-        self._rows.append((case, index, self._offset, h, w, bool(mask.any()), SPLIT_CODES[split]))
+        if self._masks is not None and mask is not None:
+            self._masks.write(np.ascontiguousarray(mask).tobytes())
+        nonempty = mask is not None and bool(mask.any())
+        self._rows.append((case, index, self._offset, h, w, nonempty, SPLIT_CODES[split]))
         self._offset += h * w
+
+    def _files(self) -> list[Any]:
+        return [f for f in (self._images, self._masks) if f is not None]
 
     def close(self) -> int:
         """Flush everything and write the index; returns the number of slices."""
-        for f in (self._images, self._masks):
+        for f in self._files():
             f.flush()
             f.close()
         np.save(self.folder / "index.npy", np.array(self._rows, dtype=INDEX_DTYPE))
         return len(self._rows)
 
     def abort(self) -> None:
-        for f in (self._images, self._masks):
+        for f in self._files():
             f.close()
 
 
@@ -82,10 +95,11 @@ class PreparedData:
             raise DataError(f"{path}: written by a newer tunesam (format {manifest['format_version']})")
         return cls(folder, manifest, np.load(folder / "index.npy"))
 
-    def _maps(self) -> tuple[np.memmap, np.memmap]:
-        if self._images is None or self._masks is None:  # opened on first use (per worker)
+    def _maps(self) -> tuple[np.memmap, np.memmap | None]:
+        if self._images is None:  # opened on first use (per worker)
             self._images = np.memmap(self.folder / "images.u8", dtype=np.uint8, mode="r")
-            self._masks = np.memmap(self.folder / "masks.u8", dtype=np.uint8, mode="r")
+            if not self.unlabelled:
+                self._masks = np.memmap(self.folder / "masks.u8", dtype=np.uint8, mode="r")
         return self._images, self._masks
 
     def __getstate__(self) -> dict[str, Any]:
@@ -94,15 +108,19 @@ class PreparedData:
         return state
 
     def slice(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Slice ``i`` of the index: (image, mask), each ``h x w`` uint8, read-only views."""
+        """Slice ``i`` of the index: (image, mask), each ``h x w`` uint8, read-only views (an
+        image-only store's masks: background everywhere)."""
         row = self.index[i]
         images, masks = self._maps()
         start, n = int(row["offset"]), int(row["h"]) * int(row["w"])
         shape = (int(row["h"]), int(row["w"]))
-        return images[start : start + n].reshape(shape), masks[start : start + n].reshape(shape)
+        mask = np.broadcast_to(np.uint8(0), shape) if masks is None else masks[start : start + n].reshape(shape)
+        return images[start : start + n].reshape(shape), mask
 
     def rows(self, split: str, include_empty: bool = True) -> np.ndarray:
-        """Index positions of a split's slices (optionally only those with a non-empty mask)."""
+        """Index positions of a split's slices (optionally only those with a non-empty mask).
+        Train and val hold their non-blank slices without foreground too, for MAE: fine-tuning
+        takes ``rows(split, include_empty=self.trains_on_empty)``."""
         sel = self.index["split"] == SPLIT_CODES[split]
         if not include_empty:
             sel &= self.index["nonempty"]
@@ -110,8 +128,33 @@ class PreparedData:
 
     @property
     def num_classes(self) -> int:
-        """Foreground classes K."""
+        """Foreground classes K. An image-only dataset has none, and is refused here so that no
+        consumer of its classes gets further (see :meth:`require_labels`)."""
+        self.require_labels("training or scoring a segmenter")
         return len(self.manifest["labels"]) - 1
+
+    @property
+    def unlabelled(self) -> bool:
+        """Whether this is an image-only dataset (``prepare --unlabelled``): no masks."""
+        return bool(self.manifest.get("unlabelled", False))
+
+    def require_labels(self, what: str) -> None:
+        """Refuse an image-only dataset for ``what`` (e.g. ``"training"``), which needs masks."""
+        if self.unlabelled:
+            raise DataError(
+                f"{self.folder}: an image-only dataset (prepared with --unlabelled): it has no masks, which "
+                f"{what} needs; only 'tunesam pretrain mae' takes it. Prepare labelled data without --unlabelled"
+            )
+
+    @property
+    def trains_on_empty(self) -> bool:
+        """Whether fine-tuning trains on the stored train slices whose mask is empty: when
+        prepared with ``--keep-empty``, or by a tunesam that stored train slices for fine-tuning
+        only (format 1: every stored one was meant for it). Otherwise those slices are in the
+        store for ``pretrain mae`` alone."""
+        if not self.manifest.get("empty_slices_stored", False):
+            return True
+        return bool(self.manifest["options"]["keep_empty"])
 
     def case(self, i: int) -> dict[str, Any]:
         """The manifest entry of the case slice ``i`` came from."""

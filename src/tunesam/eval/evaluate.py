@@ -155,6 +155,7 @@ def evaluate_model(
     of each class by ``prompt_rules`` (``paper``, the training rules, as the paper evaluates;
     ``code``; ``tight``), from a generator seeded by ``prompt_seed`` and the image.
     """
+    data.require_labels("evaluation")
     dev = device if isinstance(device, torch.device) else pick_device(device)
     model = model.to(dev).eval()
     if model.encoder_is_frozen():
@@ -293,6 +294,7 @@ def evaluate_run(run_folder: str | Path, data: str | Path | None = None, split: 
 
     run = open_run(run_folder)
     prepared = PreparedData.open(data or run.config.data)
+    prepared.require_labels("evaluation")
     if prepared.manifest["labels"] != run.labels:
         raise DataError(f"{prepared.folder} has labels {prepared.manifest['labels']}, the run was trained on "
                         f"{run.labels}: evaluate on data prepared with the same labels")

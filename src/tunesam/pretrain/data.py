@@ -3,7 +3,8 @@
 * :class:`PromptSlices` (SupSAM, the paper's section 2.3): per slice one object class drawn
   at random, then one prompt per connected component of that class, a box or a point with
   equal odds, each with its component as the target.
-* :class:`ImageSlices` (SSLSAM, section 4.3): images only (labels unused), blank slices
+* :class:`ImageSlices` (SSLSAM, section 4.3): images only (labels unused, slices with empty
+  masks included, and image-only datasets prepared with ``--unlabelled``), blank slices
   dropped.
 
 Items are keyed by ``(i, epoch)`` from :class:`tunesam.engine.distributed.EpochSampler`, and
@@ -21,21 +22,14 @@ from torch.utils.data import Dataset
 
 from tunesam.data.augment import augment as augment_slice
 from tunesam.data.dataset import letterbox_image, letterbox_mask, letterbox_shape
+from tunesam.data.preprocess import is_blank
 from tunesam.data.prompts import components, pick_class, simulate
 from tunesam.data.readers import DataError
 from tunesam.data.store import PreparedData
 
-BLANK_FRACTION = 0.01  # a slice is blank when fewer than 1% of its pixels rise above its minimum
-
 
 def open_all(folders: Sequence[str]) -> list[PreparedData]:
     return [PreparedData.open(f) for f in folders]
-
-
-def is_blank(image: np.ndarray) -> bool:
-    """Whether a uint8 slice carries (almost) nothing to reconstruct: constant, or fewer than
-    1% of its pixels above its minimum (the padding of a volume's first and last slices)."""
-    return float(np.mean(image > image.min())) < BLANK_FRACTION
 
 
 class _Pooled(Dataset):
@@ -144,7 +138,9 @@ class ImageSlices(_Pooled):
     """Every non-blank slice of ``split`` from every store, labels unused (MAE).
 
     An item: ``image`` ``1 x S x S`` uint8, ``valid``, ``dataset``, ``index``. Blankness is
-    judged once on the stored slice (see :func:`is_blank`); ``blank`` counts those dropped.
+    judged once on the stored slice (see :func:`tunesam.data.preprocess.is_blank`, the rule
+    ``prepare`` stores by); ``blank`` counts those dropped. Slices whose mask is empty count
+    like any other: ``prepare`` stores the non-blank ones of train and val for this.
     """
 
     def __init__(self, stores: Sequence[PreparedData], split: str, image_size: int, interpolation: str = "bilinear",
