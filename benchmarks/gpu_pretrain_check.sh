@@ -24,7 +24,7 @@ summary() { $PY -c "import json,sys; d=json.load(open(sys.argv[1])); print({k: d
   done
   echo "== the same masked-grid epoch under torchrun (NCCL, one process), batch 2 x 16 accumulated"
   $PY -m torch.distributed.run --standalone --nproc-per-node 1 -m tunesam pretrain mae $COMMON --out $W/mae_ddp \
-    --accumulate 16 $DEC && echo "RESULT mae_ddp ok" && summary $W/mae_ddp
+    --mae-variant masked-grid --accumulate 16 $DEC && echo "RESULT mae_ddp ok" && summary $W/mae_ddp
   echo "== pretrain prompt $ARCH at $SIZE, batch 3"
   $T pretrain prompt --data $DATA --arch $ARCH --image-size $SIZE --epochs 1 --device $DEV --quiet --warmup 10 \
     --out $W/prompt && echo "RESULT prompt ok" && summary $W/prompt

@@ -15,13 +15,14 @@ import pytest
 import torch
 from scipy import ndimage
 
+from tunesam.data.preprocess import is_blank
 from tunesam.data.prompts import simulate
 from tunesam.models.build import build_model
 from tunesam.models.checkpoint import read_state_dict
 from tunesam.models.registry import build_sam
 from tunesam.pretrain import mae as M
 from tunesam.pretrain.config import PretrainConfig
-from tunesam.pretrain.data import PromptSlices, collate_prompts, is_blank
+from tunesam.pretrain.data import PromptSlices, collate_prompts
 from tunesam.pretrain.runner import pretrain
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -307,7 +308,7 @@ def test_mae_schedule_and_recipe_values() -> None:
     assert math.isclose(cfg.lr, base)  # 1.5e-4 x (2 x 16) / 256
     assert math.isclose(PretrainConfig(objective="mae", data=("d",), out="o", arch="vit_b").resolved(world=8).lr,
                         1.5e-4 * 256 / 256)
-    assert (cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads, cfg.mae_variant) == (512, 8, 16, "masked-grid")
+    assert (cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads, cfg.mae_variant) == (512, 8, 16, "visible")
     sam, net = _tiny_mae()
     groups = M.mae_parameter_groups(net, 0.05)
     names = {id(p): n for n, p in net.named_parameters()}

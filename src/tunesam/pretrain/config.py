@@ -10,6 +10,12 @@ from typing import Any
 OBJECTIVES = ("prompt", "mae")
 PROMPT_RULES = ("paper", "code")
 MAE_VARIANTS = ("masked-grid", "visible")
+# Why each architecture family gets its default MAE variant (written to the resolved config).
+MAE_VARIANT_DEFAULTS = {
+    "vit": ("visible", "default for SAM's ViT: the visible tokens only, as MAE and the paper"),
+    "tinyvit": ("masked-grid", "default for TinyViT: its convolutions need the whole grid, so hidden patches "
+                               "become a mask token instead of being dropped"),
+}
 
 # SupSAM (sections 2.3, 4.2): vanilla encoder + decoder, prompt encoder frozen, batch 3,
 # the task-specific recipe's optimiser, early stop after 5 epochs without a better val DSC.
@@ -38,12 +44,14 @@ class PretrainConfig:
     0-10%, points from the top 10% of edge distances); ``max_prompts`` caps the components
     prompted per image (SAM's own training samples at most 64 masks per image).
 
-    MAE options: ``mask_ratio``; ``mae_variant`` ``masked-grid`` (every patch goes through
-    the unchanged encoder, masked ones replaced by a learned mask token; SimMIM-style) or
-    ``visible`` (SAM ViT only: the visible 25% alone, every block attending globally, as
-    plain MAE); ``mask_patch`` the masked square's side in input pixels (default: the ViT's
-    patch, 16; TinyViT: 16 px or its stride, whichever is larger); ``norm_pix_loss``
-    per-patch normalised targets; the decoder's width, depth and heads.
+    MAE options: ``mask_ratio``; ``mae_variant`` ``visible`` (SAM ViT only, its default: the
+    visible 25% alone, every block attending globally, as plain MAE and the paper) or
+    ``masked-grid`` (every patch goes through the unchanged encoder, masked ones replaced by a
+    learned mask token; SimMIM-style; TinyViT's default and only choice, since its
+    convolutions cannot take a sequence with tokens dropped), with ``mae_variant_rule``
+    saying why (filled by :meth:`resolved`); ``mask_patch`` the masked square's side in input
+    pixels (default: the ViT's patch, 16; TinyViT: 16 px or its stride, whichever is larger);
+    ``norm_pix_loss`` per-patch normalised targets; the decoder's width, depth and heads.
     """
 
     objective: str
@@ -77,6 +85,7 @@ class PretrainConfig:
     decoder_depth: int = 8
     decoder_heads: int = 16
     pixel_norm_rule: str | None = None  # filled by resolved()
+    mae_variant_rule: str | None = None  # filled by resolved()
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -127,11 +136,14 @@ class PretrainConfig:
                                   for k in recipe}
         extra: dict[str, Any] = {}
         if self.objective == "mae":
-            variant = self.mae_variant or "masked-grid"
+            variant, why = MAE_VARIANT_DEFAULTS[spec.family]
+            if self.mae_variant:
+                variant, why = self.mae_variant, "given with --mae-variant"
             if variant == "visible" and spec.family != "vit":
                 raise ValueError(f"--mae-variant visible drops tokens, which {arch}'s convolutions (TinyViT) cannot "
                                  "take; use masked-grid")
             extra["mae_variant"] = variant
+            extra["mae_variant_rule"] = self.mae_variant_rule or why
             extra["mask_patch"] = self.mask_patch or max(16, spec.patch_size)
             if self.lr is None:
                 filled["lr"] = MAE_BASE_LR * filled["batch_size"] * filled["accumulate"] * world / 256

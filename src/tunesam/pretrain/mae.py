@@ -9,16 +9,18 @@ SAM's encoders do not take plain MAE's token dropping as they are: ViT-B/L/H att
 14 x 14 windows in all but four blocks, TinyViT begins with convolutions and mixes tokens
 with convolutions in every block. Two variants are offered (``mae_variant``):
 
-* ``masked-grid`` (default; SimMIM-style, Xie et al. 2022): every patch goes through the
-  encoder exactly as fine-tuning will run it (windows, relative positions, convolutions,
-  neck); a hidden patch's stem output is replaced by a learned mask token and its pixels are
-  zeroed before the stem, so no convolution sees them. It works for every architecture and
-  trains the very network that is fine-tuned, at about 4x the encoder compute of token
-  dropping. Batch norms keep their statistics (eval mode) so masked images do not shift them.
-* ``visible`` (SAM ViT only): the visible 25% of the tokens alone, every block attending
-  globally (the authors' answer in their issue #6); the relative-position tables are read
-  with distances clamped to their span, so windowed blocks see their own table's values for
-  the distances they know. The neck does not train (it needs the full grid).
+* ``visible`` (SAM ViT only, its default: the paper's MAE): the visible 25% of the tokens
+  alone, every block attending globally (the authors' answer in their issue #6); the
+  relative-position tables are read with distances clamped to their span, so windowed blocks
+  see their own table's values for the distances they know. The neck does not train (it
+  needs the full grid).
+* ``masked-grid`` (TinyViT's default and only choice, since its convolutions cannot take a
+  sequence with tokens dropped; an option for ViT; SimMIM-style, Xie et al. 2022): every
+  patch goes through the encoder exactly as fine-tuning will run it (windows, relative
+  positions, convolutions, neck); a hidden patch's stem output is replaced by a learned mask
+  token and its pixels are zeroed before the stem, so no convolution sees them. It trains
+  the very network that is fine-tuned, at about 4x the encoder compute of token dropping.
+  Batch norms keep their statistics (eval mode) so masked images do not shift them.
 
 Only the encoder is kept: :func:`export_sslsam` writes it in SAM's layout with the prompt
 encoder and mask decoder of the starting checkpoint, unchanged.

@@ -80,6 +80,8 @@ def _start_model(cfg: PretrainConfig) -> SamSegmenter:
 
 def _prompt_task(cfg: PretrainConfig, device: torch.device) -> Task:
     stores = open_all(cfg.data)
+    for store in stores:
+        store.require_labels("pretrain prompt")
     model = supsam.prepare_model(_start_model(cfg))
     model.image_encoder.grad_checkpointing = cfg.checkpointing
     net = supsam.PromptedSam(model).to(device)
@@ -119,6 +121,8 @@ def _mae_task(cfg: PretrainConfig, device: torch.device, ctx: D.Context) -> Task
                               int(cfg.mask_patch), str(cfg.mae_variant), cfg.decoder_dim, cfg.decoder_depth,
                               cfg.decoder_heads, cfg.norm_pix_loss).to(device)
     start.to(device)  # its pixel normalisation prepares the images
+    if ctx.is_main:
+        log.info("MAE variant %s (%s)", cfg.mae_variant, cfg.mae_variant_rule)
     common = {"image_size": cfg.image_size, "interpolation": cfg.interpolation, "seed": cfg.seed}
     train_set = ImageSlices(stores, "train", augment=True, **common)
     val_all = ImageSlices(stores, "val", augment=False, **common)
@@ -176,8 +180,8 @@ def _mae_task(cfg: PretrainConfig, device: torch.device, ctx: D.Context) -> Task
         loss=train_loss, validate=validate,
         lr=lambda step, total: M.cosine_lr_at(step, float(cfg.lr), warmup(total), total),
         metric="val_loss", keep="last", after_epoch=figure,
-        notes={"variant": cfg.mae_variant, "mask_patch": cfg.mask_patch, "blank_slices_dropped":
-               train_set.blank + val_all.blank, "validation_slices": len(val_set),
+        notes={"variant": cfg.mae_variant, "variant_rule": cfg.mae_variant_rule, "mask_patch": cfg.mask_patch,
+               "blank_slices_dropped": train_set.blank + val_all.blank, "validation_slices": len(val_set),
                "kept": "the image encoder; prompt encoder and mask decoder of the starting checkpoint, unchanged"},
     )
 
@@ -187,7 +191,7 @@ def _prepare_run_folder(cfg: PretrainConfig, resume: bool) -> Path:
     run = Path(cfg.out)
     if resume:
         saved = load_pretrain_config(run / "config.yaml")
-        free = {"device", "num_workers", "out"}
+        free = {"device", "num_workers", "out", "mae_variant_rule"}  # the rule only explains the variant
         diffs = {k: (v, getattr(cfg, k)) for k, v in saved.to_dict().items()
                  if k not in free and (list(getattr(cfg, k)) if k == "data" else getattr(cfg, k)) != v}
         if diffs:
