@@ -64,7 +64,11 @@ def test_zero_shot_box_dsc_equals_the_official_path(litemedsam_official: torch.n
             case = cases[row["case"]]
             ours = 100.0 * row["scores"]["1"]["dsc"]
             official = _official_dsc(litemedsam_official, Path(case["image"]), Path(case["mask"]))
-            assert abs(ours - official) <= 1.0, (row["case"], ours, official)
+            # Measured on the ten slices: the masks agree pixel for pixel (largest difference
+            # 1.4e-14 points, the float rounding of one ratio of equal counts), the fused
+            # inference encoder, the area resize, box scaling and bilinear upsampling included.
+            # One pixel more or less moves a DSC by about DSC / (|A| + |B|): over 2e-3 points here.
+            assert abs(ours - official) <= 1e-6, (row["case"], ours, official)
             official_scores.append(official)
     assert len(official_scores) == 10
     assert np.mean(official_scores) > 85  # real behaviour: tight boxes find the gland (one hard slice scores 59)
