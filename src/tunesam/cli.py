@@ -74,7 +74,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         keep_empty=args.keep_empty, labels=args.labels,
         label_map=parse_label_map(args.label_map) if args.label_map else None,
         channel=args.channel, case_pattern=args.case_pattern, modality=args.modality,
-        window=parse_window(args.window) if args.window else None,
+        window=parse_window(args.window) if args.window else None, unlabelled=args.unlabelled,
     )
     if args.example:
         from tunesam.data.examples import prepare_example
@@ -107,7 +107,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         warmup=args.warmup, constant_lr=args.constant_lr, image_size=args.image_size, device=args.device,
         seed=args.seed, num_workers=args.num_workers, checkpointing=args.checkpointing,
         tensorboard=args.tensorboard, interpolation=args.interpolation,
-        cache_embeddings=args.cache_embeddings, embedding_cache=args.embedding_cache,
+        cache_embeddings=args.cache_embeddings, cache_views=args.cache_views or 0, embedding_cache=args.embedding_cache,
     )
     run = train(cfg, resume=args.resume, progress=False if args.quiet else None)
     print(f"run written to {run}")
@@ -274,19 +274,24 @@ def build_parser() -> argparse.ArgumentParser:
     prep = sub.add_parser(
         "prepare", help="turn a dataset into training-ready 2D slices",
         description="Read a dataset (nnU-Net/MSD folder, CSV list(s), image/mask folders) and write "
-                    "2D slices, a manifest and a patient-level split to --out.",
+                    "2D slices, a manifest and a patient-level split to --out. With --unlabelled, image-only data "
+                    "(a folder of volumes, 2D images or DICOM series folders, an nnU-Net imagesTr without labelsTr, "
+                    "a one-column CSV list) becomes a dataset for pretrain mae alone.",
     )
     prep.add_argument("source", nargs="?", help="dataset folder, CSV list, or folder of train/val/test lists")
     prep.add_argument("--out", required=True, help="folder to write")
     prep.add_argument("--example", choices=["mni152"], help="prepare the embedded real example instead")
-    prep.add_argument("--layout", default="auto", choices=["auto", "nnunet", "msd", "csv", "folders"])
+    prep.add_argument("--layout", default="auto", choices=["auto", "nnunet", "msd", "csv", "folders", "images"],
+                      help="default: detected; images (with --unlabelled): any folder of images, searched recursively")
     prep.add_argument("--root", help="folder that CSV paths are relative to (default: the lists' parent folder)")
     prep.add_argument("--axis", type=int, default=0, choices=[0, 1, 2],
                       help="slicing axis of the z-y-x array (0: axial for standard volumes)")
     prep.add_argument("--size", type=int, default=1024, help="largest side stored (bigger slices are downsampled)")
     prep.add_argument("--split", default="7:1:2", help="train:val:test ratio by patient")
     prep.add_argument("--seed", type=int, default=0, help="seed of the split")
-    prep.add_argument("--keep-empty", action="store_true", help="keep train/val slices with empty masks")
+    prep.add_argument("--keep-empty", action="store_true",
+                      help="train on train/val slices with empty masks too (their non-blank ones are stored "
+                           "either way, for pretrain mae)")
     prep.add_argument("--labels", default="all", choices=["all", "merge"],
                       help="all: one class per non-zero value; merge: every non-zero value is class 1")
     prep.add_argument("--label-map", help="JSON (or a JSON file) mapping raw mask values to classes")
@@ -294,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--case-pattern", help="regex finding the patient id in CSV/folder paths")
     prep.add_argument("--modality", choices=["mr", "ct", "other"], help="intensity rule (default from the dataset)")
     prep.add_argument("--window", help="CT window 'level,width' (default 40,400 for CT)")
+    prep.add_argument("--unlabelled", action="store_true",
+                      help="image-only data (masks, where the layout has them, are not read): every non-blank slice "
+                           "is kept; only pretrain mae takes the result")
     prep.add_argument("--force", action="store_true", help="replace an existing prepared folder")
     prep.add_argument("-v", "--verbose", action="store_true", help="log each case")
     prep.set_defaults(func=_cmd_prepare)
@@ -326,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="decoder-only strategies: compute the frozen encoder's embeddings once and train on them "
                          "(many times faster; the images are then not augmented)")
     tr.add_argument("--embedding-cache", metavar="DIR", help="where they are kept (default: DATA/embeddings)")
+    tr.add_argument("--cache-views", type=int, metavar="N",
+                    help="with --cache-embeddings: also embed N augmented views of each training slice once (histogram "
+                         "equalisation, brightness/contrast jitter as in training) and draw one per epoch, so cached "
+                         "training is augmented too (N encoder passes per training slice, N times the disk)")
     tr.add_argument("--checkpointing", action="store_true", help="activation checkpointing in the encoder")
     tr.add_argument("--tensorboard", action="store_true", help="also log to RUN/tensorboard")
     tr.set_defaults(func=_cmd_train)
@@ -416,8 +428,11 @@ def build_parser() -> argparse.ArgumentParser:
                                     "datasets (per image one class, one box or point per connected component; "
                                     "prompt encoder frozen, image encoder and mask decoder vanilla; batch 3, AdamW "
                                     "1e-4, early stop after 5 epochs). mae: masked autoencoding of the image encoder "
-                                    "on the datasets' images (75%% hidden, 512-wide 8-block decoder, AdamW (0.9, "
-                                    "0.95) wd 0.05, lr 1.5e-4 x batch/256, cosine; batch 2 x 16 accumulated). Both "
+                                    "on the datasets' images (every non-blank train slice, with or without "
+                                    "foreground; image-only datasets from prepare --unlabelled too; 75%% hidden, "
+                                    "512-wide 8-block decoder, AdamW (0.9, 0.95) wd 0.05, lr 1.5e-4 x batch/256, "
+                                    "cosine; batch 2 x 16 accumulated; SAM's ViT drops the hidden tokens, TinyViT "
+                                    "masks them on the whole grid). Both "
                                     "write RUN/checkpoint.pth in the official SAM layout for train --checkpoint.")
     pt.add_argument("objective", choices=["prompt", "mae"])
     pt.add_argument("--data", required=True, nargs="+", metavar="DIR", help="prepared dataset folders, pooled")
@@ -446,8 +461,10 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--max-prompts", type=int, help="prompt: components prompted per image at most (default 16)")
     pt.add_argument("--mask-ratio", type=float, help="mae: share of patches hidden (default 0.75)")
     pt.add_argument("--mae-variant", choices=["masked-grid", "visible"],
-                    help="mae: masked-grid (default: the whole grid, hidden patches as a learned mask token; every "
-                         "architecture) or visible (SAM ViT: visible tokens only, global attention in every block)")
+                    help="mae: visible (default for SAM's ViT: visible tokens only, global attention in every "
+                         "block, as MAE and the paper) or masked-grid (the whole grid, hidden patches as a learned "
+                         "mask token; TinyViT's default and only choice: its convolutions cannot take a sequence "
+                         "with tokens dropped)")
     pt.add_argument("--mask-patch", type=int, help="mae: side of a hidden square in input pixels (default 16)")
     pt.add_argument("--no-norm-pix-loss", action="store_true", help="mae: raw pixel targets, not per-patch normalised")
     pt.add_argument("--decoder-dim", type=int, help="mae: decoder width (default 512)")

@@ -28,7 +28,9 @@ class TrainConfig:
     ``interpolation`` (the image resize to the input) to the architecture's (LiteMedSAM: area).
     ``cache_embeddings`` computes a frozen encoder's embeddings once (in ``embedding_cache``,
     default ``DATA/embeddings``) and trains the decoder on them; the images are then not
-    augmented (the paper's histogram equalisation and brightness/contrast jitter are off).
+    augmented (the paper's histogram equalisation and brightness/contrast jitter are off), unless
+    ``cache_views`` N > 0: then N augmented views of each training slice are embedded once and
+    each epoch draws one of them.
     ``prompt_rules`` (prompt modes): how training, validation and, by default, evaluation draw
     prompts: ``paper`` (section 2.3), ``code`` (the authors' released code) or ``tight``.
     """
@@ -60,6 +62,7 @@ class TrainConfig:
     tensorboard: bool = False
     interpolation: str | None = None
     cache_embeddings: bool = False
+    cache_views: int = 0
     embedding_cache: str | None = None
     pixel_norm_rule: str | None = None  # filled by resolved(): why pixel_norm is what it is
 
@@ -77,6 +80,8 @@ class TrainConfig:
             raise ValueError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         if self.cache_embeddings and self.tune != "decoder":
             raise ValueError("--cache-embeddings needs a frozen image encoder: use it with --tune decoder")
+        if self.cache_views < 0 or (self.cache_views and not self.cache_embeddings):
+            raise ValueError(f"--cache-views {self.cache_views}: a count >= 1 of augmented views, with --cache-embeddings")
         if self.prompt_rules not in RULES:
             raise ValueError(f"--prompt-rules must be one of {', '.join(RULES)}, got {self.prompt_rules!r}")
         if self.interpolation not in (None, "bilinear", "nearest", "area"):

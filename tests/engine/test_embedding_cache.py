@@ -83,3 +83,50 @@ def test_area_resize_averages_pixel_areas() -> None:
     out = letterbox_image(image, 2, "area")[0].numpy()
     assert out.tolist() == [[2, 100], [200, 40]]
     assert letterbox_image(image, 8, "area").shape == (1, 8, 8)  # enlarging: bilinear
+
+
+def test_augmented_views_are_embedded_once_and_drawn_per_epoch(prepared: Path, tmp_path: Path) -> None:
+    from tunesam.data.augment import augment
+    from tunesam.data.dataset import SliceDataset
+    from tunesam.models.embedding_cache import VIEW_STREAM, fill_training_caches
+
+    data = PreparedData.open(prepared)
+    model = _frozen()
+    train_rows, val_rows = data.rows("train", include_empty=False)[:4], data.rows("val", include_empty=False)[:2]
+    cache = fill_training_caches(model, data, tmp_path, train_rows, val_rows, 3, torch.device("cpu"))
+    assert len(cache.views) == 3 and len({c.folder for c in [cache.plain, *cache.views]}) == 4
+    assert cache.plain.missing(val_rows) == [] and cache.plain.missing(train_rows) == list(map(int, train_rows))
+    model.train(True)  # the plain encoder, not the fused copy the cache used
+    r = int(train_rows[1])
+    image = np.asarray(data.slice(r)[0])
+    views = []
+    for v in range(3):  # the view is the training augmentation of the slice, drawn from (view, slice)
+        seen = augment(image, np.random.default_rng([VIEW_STREAM, v, r]))
+        want = model.encode(letterbox_image(seen, 64, model.interpolation)[None],
+                            torch.tensor([letterbox_shape(*seen.shape, 64)]))
+        got = cache.get([r], [v])
+        assert torch.allclose(got, want, atol=1e-5)
+        views.append(got)
+    assert not torch.allclose(views[0], views[1]) and not torch.allclose(views[1], views[2])
+    mixed = cache.get([r, int(val_rows[0])], [2, -1])  # -1: the plain image (validation)
+    assert torch.equal(mixed[0], views[2][0]) and torch.equal(mixed[1], cache.plain.get([int(val_rows[0])])[0])
+
+    ds = SliceDataset(data, "train", 64, rows=train_rows, augment=True, augment_images=False, views=3, mode="box")
+    plain = SliceDataset(data, "train", 64, rows=train_rows, augment=True, augment_images=False, mode="box")
+    drawn = [[ds[(i, e)]["view"] for i in range(len(ds))] for e in range(8)]
+    assert {v for epoch in drawn for v in epoch} == {0, 1, 2} and drawn[0] != drawn[1]
+    assert all(torch.equal(ds[(i, 5)]["box"], plain[(i, 5)]["box"]) for i in range(len(ds)))  # prompts unchanged
+    assert [plain[(i, 0)]["view"] for i in range(len(plain))] == [-1] * len(plain)
+
+
+def test_a_run_trains_on_cached_views(prepared: Path, tmp_path: Path) -> None:
+    torch.save(build_sam("litemedsam_test", image_size=64).state_dict(), tmp_path / "base.pth")
+    cfg = TrainConfig(data=str(prepared), out=str(tmp_path / "run"), arch=None, checkpoint=str(tmp_path / "base.pth"),
+                      tune="decoder", method="vanilla", epochs=2, batch_size=4, lr=1e-2, warmup=5, device="cpu",
+                      num_workers=0, patience=0, cache_embeddings=True, cache_views=2,
+                      embedding_cache=str(tmp_path / "cache"))
+    run = train(cfg)
+    assert len(list((tmp_path / "cache").iterdir())) == 3  # plain (validation) + two views of the training slices
+    assert open_run(run).config.cache_views == 2
+    with pytest.raises(ValueError, match="cache-views"):
+        TrainConfig(data="d", out="o", arch="vit_test", tune="decoder", method="lora", cache_views=2)

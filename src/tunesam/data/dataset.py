@@ -100,6 +100,9 @@ class SliceDataset(Dataset):
             set, and fixed per slice otherwise (validation sees the same prompts every epoch).
         prompt_rules: how prompts are drawn, ``paper`` (default), ``code`` or ``tight`` (see
             :mod:`tunesam.data.prompts`).
+        views: with ``augment``, each item draws one of this many cached augmented views of
+            its slice (``view``, 0 .. views-1; see :mod:`tunesam.models.embedding_cache`);
+            otherwise ``view`` is -1, the plain image.
         seed: fixes every random choice per (seed, epoch, slice); the epoch comes with the
             index from the training sampler, or from :meth:`set_epoch`.
     """
@@ -117,12 +120,14 @@ class SliceDataset(Dataset):
         seed: int = 0,
         augment_images: bool = True,
         prompt_rules: str = "paper",
+        views: int = 0,
     ) -> None:
         self.data = data if isinstance(data, PreparedData) else PreparedData.open(data)
         self.augment = augment
         self.augment_images = augment_images
         self.mode = mode
         self.prompt_rules = prompt_rules
+        self.views = views
         self.seed = seed
         self.epoch = 0
         self.split = split
@@ -156,6 +161,7 @@ class SliceDataset(Dataset):
             "mask": letterbox_mask(mask, self.image_size),
             "valid": torch.tensor(letterbox_shape(h, w, self.image_size)),
             "index": row,
+            "view": -1,
         }
         if self.mode != "auto":
             # The object and its prompt are taken on the stored slice, where every object of a
@@ -168,6 +174,9 @@ class SliceDataset(Dataset):
             item["mask"] = letterbox_mask(obj.astype(np.uint8), self.image_size)
             item["box"] = torch.tensor(prompt.box or (0.0, 0.0, 0.0, 0.0), dtype=torch.float32) * scale
             item["point"] = torch.tensor(prompt.point or (0.0, 0.0), dtype=torch.float32) * scale
+        if self.augment and self.views:  # drawn last: the prompts stay what they were without views
+            assert rng is not None
+            item["view"] = int(rng.integers(self.views))
         return item
 
 

@@ -40,7 +40,7 @@ from tunesam.engine.schedule import lr_at
 from tunesam.eval.metrics import dice
 from tunesam.io import atomic_path, atomic_write, write_json
 from tunesam.models.build import build_model
-from tunesam.models.embedding_cache import EmbeddingCache, fill_embedding_cache
+from tunesam.models.embedding_cache import CachedEmbeddings, fill_training_caches
 from tunesam.models.segmenter import SamSegmenter, positive_points
 from tunesam.peft.saving import save_tensors, trained_meta, trained_state_dict
 from tunesam.peft.strategy import apply_strategy
@@ -121,8 +121,22 @@ def _make_model(cfg: TrainConfig, num_classes: int, device: torch.device) -> Sam
 
 
 def decay_groups(params: Any, weight_decay: float) -> list[dict[str, Any]]:
-    """Optimiser groups of the parameters that train: weight decay on matrices only (biases,
-    norms, tokens and tables are not decayed)."""
+    """Optimiser groups of the parameters that train: ``weight_decay`` on every parameter of
+    two or more dimensions, none on 1-D ones.
+
+    Decayed: weight matrices and convolution kernels, and with them the learned tokens and
+    tables, which are 2-D or more: the decoder's mask and IoU tokens, the image encoder's
+    position tables (ViT's ``pos_embed`` and ``rel_pos_h``/``rel_pos_w``, TinyViT's
+    ``attention_biases``), LoRA's A and B, the adapters' matrices. Not decayed: biases and
+    the gains and shifts of normalisation layers (LayerNorm, BatchNorm), all 1-D. (The prompt
+    encoder's embeddings, ``no_mask_embed`` among them, are frozen in every strategy.)
+
+    Against the paper: it trains with "AdamW with 0.1 weight decay", and its reference code
+    gives every trainable parameter to ``AdamW(weight_decay=0.1)``. This follows it except for
+    the 1-D parameters (nanoGPT's rule): decay would pull a norm's gain towards 0 rather than
+    its neutral 1, and a bias has no capacity to regularise. Tokens and tables stay decayed,
+    as in the paper.
+    """
     params = [p for p in params if p.requires_grad]
     return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
@@ -135,6 +149,7 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -
 
 
 def _datasets(data: PreparedData, cfg: TrainConfig) -> tuple[SliceDataset, SliceDataset]:
+    data.require_labels("training")
     common = {"image_size": cfg.image_size, "interpolation": cfg.interpolation, "mode": cfg.mode, "seed": cfg.seed,
               "prompt_rules": cfg.prompt_rules}
     train_rows = val_rows = None
@@ -142,8 +157,8 @@ def _datasets(data: PreparedData, cfg: TrainConfig) -> tuple[SliceDataset, Slice
         train_rows = few_shot_rows(data, "train", cfg.few_shot, cfg.seed)
         # validation: k slices too, or one per volume where the val set has fewer than k
         val_rows = few_shot_rows(data, "val", cfg.few_shot, cfg.seed, at_most=True)
-    train = SliceDataset(data, "train", include_empty=True, rows=train_rows, augment=True,
-                         augment_images=not cfg.cache_embeddings, **common)
+    train = SliceDataset(data, "train", include_empty=data.trains_on_empty, rows=train_rows, augment=True,
+                         augment_images=not cfg.cache_embeddings, views=cfg.cache_views, **common)
     val = SliceDataset(data, "val", include_empty=False, rows=val_rows, **common)
     for ds, name in ((train, "train"), (val, "val")):
         if len(ds) == 0:
@@ -163,10 +178,12 @@ def _loader(ds: Dataset, cfg: Any, ctx: D.Context, device: torch.device, shuffle
 
 # -- one step, one validation ------------------------------------------------------------
 def _model_inputs(batch: dict[str, Any], mode: str, device: torch.device,
-                  cache: EmbeddingCache | None) -> dict[str, Any]:
-    """A batch as model arguments: the image (or its cached embedding) and the mode's prompt."""
+                  cache: CachedEmbeddings | None) -> dict[str, Any]:
+    """A batch as model arguments: the image (or its cached embedding, of the view the item
+    drew) and the mode's prompt."""
     if cache is not None:
-        inputs = {"images": None, "embeddings": cache.get(batch["index"]).to(device, non_blocking=True)}
+        emb = cache.get(batch["index"], batch.get("view"))
+        inputs = {"images": None, "embeddings": emb.to(device, non_blocking=True)}
     else:
         inputs = {"images": batch["image"].to(device, non_blocking=True), "valid": batch["valid"].to(device)}
     if mode == "box":
@@ -177,7 +194,7 @@ def _model_inputs(batch: dict[str, Any], mode: str, device: torch.device,
 
 
 def _forward_loss(model: torch.nn.Module, batch: dict[str, Any], mode: str, device: torch.device,
-                  cache: EmbeddingCache | None = None) -> torch.Tensor:
+                  cache: CachedEmbeddings | None = None) -> torch.Tensor:
     logits = model(**_model_inputs(batch, mode, device, cache))
     target = batch["mask"].to(device, non_blocking=True).long()
     return dice_ce_loss(logits, target) if mode == "auto" else dice_bce_loss(logits, target)
@@ -185,7 +202,7 @@ def _forward_loss(model: torch.nn.Module, batch: dict[str, Any], mode: str, devi
 
 @torch.no_grad()
 def _validate(model: torch.nn.Module, loader: DataLoader, mode: str, num_classes: int, device: torch.device,
-              ctx: D.Context, cache: EmbeddingCache | None = None) -> float:
+              ctx: D.Context, cache: CachedEmbeddings | None = None) -> float:
     """Mean 2D DSC (percent) over val slices per class, then over classes, on the valid region."""
     model.eval()
     classes = range(1, num_classes + 1) if mode == "auto" else range(1, 2)
@@ -339,13 +356,17 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.Context, device: torch.device,
     cache = None
     if cfg.cache_embeddings:
         assert cfg.embedding_cache is not None
-        rows = np.union1d(train_ds.rows, val_ds.rows)
+
+        def fill(verbose: bool) -> CachedEmbeddings:
+            return fill_training_caches(model, data, cfg.embedding_cache, train_ds.rows, val_ds.rows, cfg.cache_views,
+                                        device, autocast_for(device), verbose)
+
         if ctx.is_main:  # one process computes, the others read
-            cache = fill_embedding_cache(model, data, cfg.embedding_cache, rows, device, autocast_for(device))
+            cache = fill(True)
         if ctx.distributed:
             torch.distributed.barrier()
         if cache is None:
-            cache = fill_embedding_cache(model, data, cfg.embedding_cache, rows, device, verbose=False)
+            cache = fill(False)
     net: torch.nn.Module = model
     if ctx.distributed:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -11,6 +11,14 @@ are computed with its fused inference copy, see ``SamSegmenter.use_inference_enc
 Layout: ``DIR/KEY/embeddings.npy`` (``N x C x g x g``, one row per slice of the prepared
 store, written on demand) and ``DIR/KEY/done.npy`` (which rows hold a finished embedding;
 flushed after the embeddings, so a crash never leaves a row marked done but unwritten).
+
+**Augmented views.** Caching plain images switches the paper's image augmentation off (it
+changes the image, hence its embedding). With ``views`` N > 0 each training slice is also
+embedded in N augmented versions (histogram equalisation p = 0.1 and brightness/contrast
+jitter 0.3, as in training), one cache per view; each epoch a training item draws one of its
+views. View ``v`` of a slice is a function of (v, slice) only, so runs with other seeds on
+the same encoder share the views and differ in which they draw. The cost is N encoder
+passes per training slice once, and N times the disk.
 """
 from __future__ import annotations
 
@@ -26,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tunesam.data.augment import augment as augment_slice
 from tunesam.data.dataset import letterbox_image, letterbox_shape
 from tunesam.data.store import PreparedData
 from tunesam.io import write_json
@@ -34,6 +43,12 @@ from tunesam.models.segmenter import SamSegmenter
 log = logging.getLogger("tunesam.embeddings")
 
 FORMAT_VERSION = 1
+VIEW_STREAM = 0x5EED  # keeps the views' augmentation draws apart from training's (seed, epoch, slice)
+
+
+def view_of(image: np.ndarray, row: int, view: int) -> np.ndarray:
+    """Augmented view ``view`` (0, 1, ...) of store ``row``'s ``h x w`` uint8 slice."""
+    return augment_slice(image, np.random.default_rng([VIEW_STREAM, view, row]))
 
 
 def default_cache_folder(data: str | Path) -> Path:
@@ -114,14 +129,33 @@ class EmbeddingCache:
         return torch.from_numpy(np.ascontiguousarray(self._emb[idx]))
 
 
+class CachedEmbeddings:
+    """The embeddings a training run reads: the plain images' and, with views, the augmented
+    views of the training slices (see the module)."""
+
+    def __init__(self, plain: EmbeddingCache, views: Sequence[EmbeddingCache] = ()) -> None:
+        self.plain, self.views = plain, list(views)
+
+    def get(self, rows: Sequence[int] | torch.Tensor, views: Sequence[int] | torch.Tensor | None = None
+            ) -> torch.Tensor:
+        """``B x C x g x g``: each row's view (``-1`` or no ``views``: the plain image's)."""
+        if views is None or not self.views:
+            return self.plain.get(rows)
+        return torch.cat([(self.views[int(v)] if int(v) >= 0 else self.plain).get([int(r)])
+                          for r, v in zip(rows, views)])
+
+
 def fill_embedding_cache(model: SamSegmenter, data: PreparedData, folder: str | Path, rows: Any,
                          device: torch.device, autocast: contextlib.AbstractContextManager | None = None,
-                         verbose: bool = True, batch_size: int | None = None) -> EmbeddingCache:
+                         verbose: bool = True, batch_size: int | None = None, view: int | None = None
+                         ) -> EmbeddingCache:
     """``model``'s (frozen) encoder embeddings of store ``rows``: the missing ones are computed
-    (letterboxed as the model sees its input) and written to the cache under ``folder``.
-    ``batch_size`` defaults to 1 on the CPU (larger batches were slower per slice there) and 8
-    on a GPU."""
-    cache = EmbeddingCache.for_model(folder, model, data.manifest["fingerprint"], len(data.index))
+    (letterboxed as the model sees its input) and written to the cache under ``folder``;
+    ``view`` (0, 1, ...) embeds that augmented view of each slice instead of the plain image
+    (:func:`view_of`). ``batch_size`` defaults to 1 on the CPU (larger batches were slower per
+    slice there) and 8 on a GPU."""
+    tag = data.manifest["fingerprint"] + ("" if view is None else f"/view{view}")
+    cache = EmbeddingCache.for_model(folder, model, tag, len(data.index))
     todo = cache.missing(rows)
     if not todo:
         return cache
@@ -129,7 +163,7 @@ def fill_embedding_cache(model: SamSegmenter, data: PreparedData, folder: str | 
     model.eval().use_inference_encoder()
 
     def compute(chunk: list[int]) -> torch.Tensor:
-        slices = [data.slice(r)[0] for r in chunk]
+        slices = [data.slice(r)[0] if view is None else view_of(np.asarray(data.slice(r)[0]), r, view) for r in chunk]
         images = torch.stack([letterbox_image(s, size, model.interpolation) for s in slices]).to(device)
         valid = torch.tensor([letterbox_shape(*s.shape, size) for s in slices], device=device)
         with torch.no_grad(), (autocast or contextlib.nullcontext()):
@@ -137,7 +171,8 @@ def fill_embedding_cache(model: SamSegmenter, data: PreparedData, folder: str | 
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(todo), desc="embedding with the frozen encoder", unit="slice", leave=False,
+    what = "embedding with the frozen encoder" + ("" if view is None else f" (augmented view {view + 1})")
+    bar = tqdm(total=len(todo), desc=what, unit="slice", leave=False,
                dynamic_ncols=True, disable=None if verbose else True)  # None: only on a terminal
     try:
         cache.fill(todo, compute, batch_size or (1 if device.type == "cpu" else 8),
@@ -146,6 +181,18 @@ def fill_embedding_cache(model: SamSegmenter, data: PreparedData, folder: str | 
         bar.close()
         model.train(was_training)
     if verbose:
-        log.info("embedded %d slices with the frozen encoder in %.0f s (cached in %s)",
-                 len(todo), time.perf_counter() - t0, cache.folder)
+        log.info("embedded %d slices%s with the frozen encoder in %.0f s (cached in %s)", len(todo),
+                 "" if view is None else f" (augmented view {view + 1})", time.perf_counter() - t0, cache.folder)
     return cache
+
+
+def fill_training_caches(model: SamSegmenter, data: PreparedData, folder: str | Path, train_rows: Any,
+                         val_rows: Any, views: int, device: torch.device,
+                         autocast: contextlib.AbstractContextManager | None = None, verbose: bool = True
+                         ) -> CachedEmbeddings:
+    """What a decoder-only run trains on: plain embeddings of the validation slices (and of the
+    training slices without ``views``), and ``views`` augmented views of each training slice."""
+    plain_rows = val_rows if views else np.union1d(train_rows, val_rows)
+    plain = fill_embedding_cache(model, data, folder, plain_rows, device, autocast, verbose)
+    return CachedEmbeddings(plain, [fill_embedding_cache(model, data, folder, train_rows, device, autocast, verbose,
+                                                         view=v) for v in range(views)])

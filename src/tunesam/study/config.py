@@ -38,7 +38,8 @@ GRID_DIMS = ("arch", "checkpoint", "tune", "method", "mode", "shots", "seed")
 ALIASES = {"few_shot": "shots", "seeds": "seed", "checkpoints": "checkpoint", "archs": "arch"}
 # Options every cell of the grid takes as they are (scalars); anything else is an error.
 TRAIN_OPTIONS = ("epochs", "few_shot_epochs", "batch_size", "lr", "warmup", "patience", "image_size", "weight_decay", "lora_rank",
-                 "adapter_blocks", "cache_embeddings", "device", "interpolation", "num_workers", "prompt_rules")
+                 "adapter_blocks", "cache_embeddings", "device", "interpolation", "num_workers", "prompt_rules",
+                 "cache_views")
 # baseline_iterations: nnU-Net's iterations per epoch (a CPU-sized run); the rest: UNet, SwinUNETR
 BASELINE_OPTIONS = ("baseline_epochs", "baseline_few_shot_epochs", "baseline_lr", "baseline_image_size",
                     "baseline_batch_size", "baseline_iterations", "baseline_warmup")
@@ -182,6 +183,8 @@ class StudyConfig:
                     opts = _cell_options(options, shots)
                     if opts.get("cache_embeddings", "auto") == "auto":
                         opts["cache_embeddings"] = tune == "decoder"  # a frozen encoder: embed each slice once
+                    if not opts["cache_embeddings"]:
+                        opts.pop("cache_views", None)  # augmented online anyway
                     cells.append(Cell(name, data, "sam", arch, ckpt, self.weights.get(ckpt) if ckpt else None, tune,
                                       method, mode, shots, int(seed), opts,
                                       pretraining=ckpt in self.pretrained

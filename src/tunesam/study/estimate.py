@@ -49,7 +49,7 @@ def _measure(cell: Cell, out: Path) -> dict[str, Any]:
         from tunesam.study.runner import _train_config
 
         cfg = _train_config(cell, out)
-        cfg = cfg.__class__(**{**cfg.to_dict(), "cache_embeddings": False, "embedding_cache": None,
+        cfg = cfg.__class__(**{**cfg.to_dict(), "cache_embeddings": False, "cache_views": 0, "embedding_cache": None,
                                "num_workers": 0}).resolved()
     _, device = D.setup(cfg.device)
     data = PreparedData.open(cfg.data)
@@ -110,7 +110,7 @@ class _FixedEmbeddings:
     def __init__(self, emb: torch.Tensor) -> None:
         self.emb = emb
 
-    def get(self, rows: Any) -> torch.Tensor:
+    def get(self, rows: Any, views: Any = None) -> torch.Tensor:
         return self.emb
 
 
@@ -147,15 +147,18 @@ def describe_plan(cells: list[Cell], status: dict[str, str], out: Path) -> str:
         secs = steps * m["step_s"] + m["fwd_s"] * (m["n_val"] * m["epochs"] + m["n_test"])
         saved = m["total"] if m["whole"] else m["trainable"]
         disk = 4 * (3 * saved + 2 * m["trainable"])  # best + last + resume copy, Adam's two moments
-        if m["emb_bytes"]:
-            ckey = (cell.dataset, cell.arch, cell.checkpoint, cell.options.get("image_size"))
-            caches.setdefault(ckey, (m["enc_s"] * m["n_all"], m["emb_bytes"] * m["n_all"]))
+        if m["emb_bytes"]:  # the plain images, and each augmented view of the training slices
+            views = int(cell.options.get("cache_views") or 0)
+            ckey = (cell.dataset, cell.arch, cell.checkpoint, cell.options.get("image_size"), views)
+            n = m["n_all"] + views * m["n_train"]
+            caches.setdefault(ckey, (m["enc_s"] * n, m["emb_bytes"] * n))
         total_s += secs
         total_b += disk
         lines.append(f"{cell.dataset + '/' + cell.key:<64}{st:>9}{steps:>8}{m['step_s']:>9.3f}"
                      f"{_fmt_time(secs):>10}{_fmt_bytes(disk):>11}")
-    for (dataset, arch, ckpt, _), (secs, size) in caches.items():
-        lines.append(f"{'embedding cache ' + dataset + '/' + str(arch) + '/' + str(ckpt or 'random'):<64}"
+    for (dataset, arch, ckpt, _, views), (secs, size) in caches.items():
+        name = f"embedding cache {dataset}/{arch}/{ckpt or 'random'}" + (f" +{views} views" if views else "")
+        lines.append(f"{name:<64}"
                      f"{'':>9}{'':>8}{'':>9}{_fmt_time(secs):>10}{_fmt_bytes(size):>11}")
         total_s += secs
         total_b += size

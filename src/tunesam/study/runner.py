@@ -181,7 +181,8 @@ def _cache_groups(cells: list[Cell]) -> dict[str, tuple[Any, ...]]:
     for c in cells:
         if c.kind == "sam" and c.options.get("cache_embeddings"):
             groups[f"{c.dataset}/{c.key}"] = (c.dataset, c.arch, c.checkpoint, c.checkpoint_file,
-                                              c.options.get("image_size"), c.options.get("interpolation"))
+                                              c.options.get("image_size"), c.options.get("interpolation"),
+                                              c.options.get("cache_views"))
     return groups
 
 
