@@ -99,7 +99,15 @@ def test_png_in_png_out_and_what_predict_does_with_other_shapes(volume_run: Path
         predict(tmp_path, [tmp_path / "a.jpg"], tmp_path / "o2")
 
 
-def test_evaluate_run_writes_metrics_with_3d_scores(volume_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def _dsc(a: np.ndarray, b: np.ndarray) -> float:
+    """DSC of two boolean masks; nan (not scored) when both are empty."""
+    return 2 * float((a & b).sum()) / float(a.sum() + b.sum()) if a.any() or b.any() else math.nan
+
+
+def test_evaluate_run_writes_metrics_with_3d_scores(volume_run: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from tunesam.data.store import PreparedData
+
     assert main(["evaluate", str(volume_run), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "mean (3D cases)" in out
@@ -107,7 +115,23 @@ def test_evaluate_run_writes_metrics_with_3d_scores(volume_run: Path, capsys: py
     assert m["split"] == "test" and m["nsd_unit"] == "mm" and m["nsd_tolerance"] == 2.0
     assert set(m["classes"]) == {"1", "2"} and m["classes"]["1"]["name"] == "gland"
     assert len(m["per_case"]) == 1 and "mean_3d" in m
-    assert all(0 <= v["dsc"] <= 100 for v in m["classes"].values() if v["dsc"] is not None)
+    # The scores are what predict's own mask of the test volume gives, worked out by hand against
+    # its reference labels: per axial slice with foreground, per class (absent from both: not
+    # scored), the class means, and each class's DSC over the whole volume.
+    (case,) = [c for c in PreparedData.open(m["data"]).manifest["cases"] if c["split"] == "test"]
+    (written,) = predict(volume_run, [case["image"]], tmp_path / "pred", device="cpu")
+    pred = sitk.GetArrayFromImage(sitk.ReadImage(str(written)))
+    ref = sitk.GetArrayFromImage(sitk.ReadImage(case["mask"]))
+    slices = [z for z in range(len(ref)) if ref[z].any()]
+    assert [r["slice"] for r in m["per_image"]] == slices and len(slices) == 3
+    for c in (1, 2):
+        by_hand = [_dsc(pred[z] == c, ref[z] == c) for z in slices]
+        for row, want in zip(m["per_image"], by_hand):
+            got = row["scores"][str(c)]["dsc"]
+            assert (math.isnan(want) and (got is None or math.isnan(got))) or got == pytest.approx(want, abs=1e-12)
+        scored = [v for v in by_hand if not math.isnan(v)]
+        assert m["classes"][str(c)]["dsc"] == pytest.approx(100 * float(np.mean(scored)), abs=1e-4)  # 4 decimals
+        assert m["per_case"][0]["scores"][str(c)]["dsc"] == pytest.approx(_dsc(pred == c, ref == c), abs=1e-12)
     # one test volume: its pixels pooled over its slices are its 3D DSC
     for c, v in m["per_case"][0]["scores"].items():
         if not math.isnan(v["dsc"]):
