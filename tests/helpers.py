@@ -1,6 +1,10 @@
 """Shared test helpers (no fixtures here; see conftest.py)."""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -40,3 +44,21 @@ def images(batch: int, size: int, seed: int = 0) -> torch.Tensor:
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float() - b.float()).abs().max().item()
+
+
+def evaluated_label_maps(run: Path, monkeypatch: Any) -> dict[int, np.ndarray]:
+    """The label map ``evaluate`` scores for every test row of ``run``, recorded as evaluate
+    makes them (``monkeypatch``: pytest's fixture)."""
+    import tunesam.eval.evaluate as evaluate_module
+
+    seen: dict[int, np.ndarray] = {}
+    original = evaluate_module.predict_rows
+
+    def recording(*args, **kwargs):  # type: ignore[no-untyped-def]
+        for row, labels in original(*args, **kwargs):
+            seen[int(row)] = labels.copy()
+            yield row, labels
+
+    monkeypatch.setattr(evaluate_module, "predict_rows", recording)
+    evaluate_module.evaluate_run(run, device="cpu")
+    return seen

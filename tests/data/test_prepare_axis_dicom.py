@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-import tunesam.eval.evaluate as evaluate_module
 from data_factory import SHAPE, SPACING, nnunet_dataset, write_dicom_series
+from helpers import evaluated_label_maps
 from tunesam.config import TrainConfig
 from tunesam.data.prepare import PrepareOptions, prepare
 from tunesam.data.store import PreparedData
 from tunesam.engine.trainer import train
-from tunesam.eval.evaluate import evaluate_run
 from tunesam.inference.predictor import predict
 
 
@@ -106,16 +105,7 @@ def test_csv_list_of_dicom_series_folders(tmp_path: Path, monkeypatch: pytest.Mo
                       method="vanilla", image_size=32, epochs=1, batch_size=8, warmup=1, device="cpu",
                       num_workers=0, patience=0)
     run = train(cfg)
-    seen: dict[int, np.ndarray] = {}
-    original = evaluate_module.predict_rows
-
-    def recording(*args, **kwargs):  # type: ignore[no-untyped-def]
-        for row, labels in original(*args, **kwargs):
-            seen[int(row)] = labels.copy()
-            yield row, labels
-
-    monkeypatch.setattr(evaluate_module, "predict_rows", recording)
-    evaluate_run(run, device="cpu")
+    seen = evaluated_label_maps(run, monkeypatch)
     (i,) = [k for k, c in enumerate(cases) if c["split"] == "test"]
     (written,) = predict(run, [cases[i]["image"]], tmp_path / "pred", device="cpu")
     assert written.name == "t2.nii.gz"

@@ -11,14 +11,13 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-import tunesam.eval.evaluate as evaluate_module
 from data_factory import write_nifti
+from helpers import evaluated_label_maps
 from tunesam.config import TrainConfig
 from tunesam.data.dataset import letterbox_image, letterbox_shape, unletterbox
 from tunesam.data.prepare import PrepareOptions, prepare
 from tunesam.data.store import PreparedData
 from tunesam.engine.trainer import train
-from tunesam.eval.evaluate import evaluate_run
 from tunesam.inference.predictor import Predictor, predict
 
 SHAPE = (10, 40, 36)  # z, y, x: slices 40 x 36 along axis 0, 10 x 36 along 1, 10 x 40 along 2
@@ -55,21 +54,6 @@ def _run(source: Path, tmp_path: Path, axis: int, size: int) -> tuple[Path, Prep
     return train(cfg), PreparedData.open(prepared)
 
 
-def _evaluated_maps(run: Path, monkeypatch: pytest.MonkeyPatch) -> dict[int, np.ndarray]:
-    """The label map evaluate scores for every test row (recorded as evaluate makes them)."""
-    seen: dict[int, np.ndarray] = {}
-    original = evaluate_module.predict_rows
-
-    def recording(*args, **kwargs):  # type: ignore[no-untyped-def]
-        for row, labels in original(*args, **kwargs):
-            seen[int(row)] = labels.copy()
-            yield row, labels
-
-    monkeypatch.setattr(evaluate_module, "predict_rows", recording)
-    evaluate_run(run, device="cpu")
-    return seen
-
-
 def _test_case(data: PreparedData) -> tuple[dict, list[int]]:
     (i,) = [k for k, c in enumerate(data.manifest["cases"]) if c["split"] == "test"]
     rows = [int(r) for r in data.rows("test", include_empty=True) if int(data.index[r]["case"]) == i]
@@ -95,7 +79,7 @@ def test_predict_writes_the_voxels_evaluate_scores(source: Path, tmp_path: Path,
                                                    mode="nearest-exact")[0, 0].numpy()
         assert np.array_equal(np.asarray(data.slice(r)[1]), want), idx
 
-    evaluated = _evaluated_maps(run, monkeypatch)
+    evaluated = evaluated_label_maps(run, monkeypatch)
     (written,) = predict(run, [case["image"]], tmp_path / "pred", device="cpu")
     src, out = sitk.ReadImage(case["image"]), sitk.ReadImage(str(written))
     assert out.GetSize() == src.GetSize() and out.GetSpacing() == src.GetSpacing()
