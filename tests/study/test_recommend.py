@@ -195,3 +195,22 @@ def test_multiple_datasets_row_says_what_is_missing() -> None:
     multi = _row(recommend(cells, metrics), "Multiple datasets")
     assert multi["best"] is None and "tunesam pretrain" in multi["verdict_text"]
     assert multi["verdict"] == "inconclusive"
+
+
+def test_the_report_states_each_strategys_augmentation_and_flags_a_mixed_row() -> None:
+    from tunesam.study.report import recommendation_markdown
+
+    cases = [f"c{i}" for i in range(5)]
+    dec = Cell("d", "/data/d", "sam", "litemedsam", "litemedsam", None, "decoder", "lora", "auto", None, 0,
+               {"cache_embeddings": True})
+    views = Cell("d", "/data/d", "sam", "litemedsam", "litemedsam", None, "decoder", "adapter", "auto", None, 0,
+                 {"cache_embeddings": True, "cache_views": 4})
+    encdec = _cell("d", "adapter")
+    assert (dec.augmentation, views.augmentation, encdec.augmentation) == ("none", "views:4", "online")
+    metrics = {("d", c.key): _metrics(_images(cases, 1, lambda *_, v=v: v)) for c, v in ((dec, 70), (views, 71),
+                                                                                         (encdec, 72))}
+    text = recommendation_markdown(recommend([dec, views, encdec], metrics), [dec, views, encdec], [])
+    assert "augmentation none" in text and "augmentation views:4" in text and "augmentation online" in text
+    assert "train with different augmentation" in text
+    same = recommendation_markdown(recommend([dec], {("d", dec.key): metrics[("d", dec.key)]}), [dec], [])
+    assert "different augmentation" not in same

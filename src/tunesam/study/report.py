@@ -208,7 +208,7 @@ def _diff(c: dict[str, Any] | None) -> tuple[str, str, str]:
     return f"{c['mean_diff']:+.2f}{ci}", f"{c['p']:.3g}{floor}", f"{c['n_cases']} / {c['n_images']}"
 
 
-def _recommendation_markdown(recs: list[dict[str, Any]], cells: list[Cell], missing: list[str]) -> str:
+def recommendation_markdown(recs: list[dict[str, Any]], cells: list[Cell], missing: list[str]) -> str:
     lines = ["# Recommendation from this study", "",
              "Each row ranks SAM fine-tuning strategies (weights x tune x method) of one condition, on the datasets, "
              "seeds and test images all of them finished; baselines are compared separately below. The score of a "
@@ -459,6 +459,6 @@ def write_report(out: str | Path, device: str = "cpu", overlays: bool = True) ->
         _overlays(cells, out, metrics, lambda d: figures / f"overlays_{d}.png", device)
     planned = load_cells(out)
     recs = recommend(planned, metrics)
-    _write_text(report / "recommendation.md", _recommendation_markdown(recs, planned, missing_cells(planned, metrics)))
+    _write_text(report / "recommendation.md", recommendation_markdown(recs, planned, missing_cells(planned, metrics)))
     write_json(report / "recommendation.json", recs)
     return report
