@@ -18,7 +18,11 @@ baseline_epochs: 2
 
 ``grid`` may also be a list of such mappings (families trained with different options, e.g.
 LiteMedSAM's decoder at 256 px and a random ViT-T at 224 px): the cells are the union of
-their products. ``few_shot_epochs`` caps the K-shot cells instead of ``epochs``. Baselines
+their products. ``few_shot_epochs`` caps the K-shot cells instead of ``epochs``. Decoder-only
+cells train on cached embeddings of the plain images unless ``cache_views: N`` asks for N
+augmented views (chosen on validation data: on the MNI152 example augmentation cost LiteMedSAM's
+decoder about 1 DSC point in 10 epochs, see docs/results/2026-12-01-cache-views.md); each cell's
+policy is in the report. Baselines
 take ``baseline_*`` options (epochs, few_shot_epochs, lr, warmup, image_size, batch_size,
 iterations for nnU-Net) and every shot count and seed of the grids.
 
