@@ -17,7 +17,6 @@ still to run is ``provisional`` and names them. Scores and comparisons are per c
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -226,12 +225,3 @@ def recommend(cells: list[Cell], metrics: Metrics) -> list[dict[str, Any]]:
 
 def missing_cells(cells: list[Cell], metrics: Metrics) -> list[str]:
     return [f"{c.dataset}/{c.key}" for c in cells if (c.dataset, c.key) not in metrics]
-
-
-def augmentation_by_row(cells: list[Cell], rows: list[dict[str, Any]]) -> dict[str, set[str]]:
-    """Per row (setting, condition): the augmentation policies of the strategies it ranks."""
-    by_strategy: dict[str, set[str]] = defaultdict(set)
-    for c in cells:
-        by_strategy[c.strategy].add(c.augmentation)
-    return {f"{r['setting']}, {r['condition']}": {p for e in r.get("ranking", []) for p in by_strategy[e["strategy"]]}
-            for r in rows}
