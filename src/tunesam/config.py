@@ -80,8 +80,11 @@ class TrainConfig:
             raise ValueError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         if self.cache_embeddings and self.tune != "decoder":
             raise ValueError("--cache-embeddings needs a frozen image encoder: use it with --tune decoder")
-        if self.cache_views < 0 or (self.cache_views and not self.cache_embeddings):
-            raise ValueError(f"--cache-views {self.cache_views}: a count >= 1 of augmented views, with --cache-embeddings")
+        if self.cache_views < 0:
+            raise ValueError(f"--cache-views must be a count of augmented views (>= 1), got {self.cache_views}")
+        if self.cache_views and not self.cache_embeddings:
+            raise ValueError(f"--cache-views {self.cache_views} augments cached embeddings: it needs --cache-embeddings, "
+                             "which is off")
         if self.prompt_rules not in RULES:
             raise ValueError(f"--prompt-rules must be one of {', '.join(RULES)}, got {self.prompt_rules!r}")
         if self.interpolation not in (None, "bilinear", "nearest", "area"):

@@ -309,7 +309,8 @@ def test_cpu_time_warning_once_per_process_and_table3_measurements(prepared: Pat
     # 18 training slices, batch 4: 5 steps an epoch. Planned for 10^6 epochs, the run's real
     # estimate passes the warning's 10 minutes whatever a step takes (over 0.12 ms); lr 1e-12
     # leaves validation unchanged, so patience 1 ends it after two epochs.
-    steps_per_epoch = -(-PreparedData.open(prepared).manifest["counts"]["train"]["slices"] // 4)
+    data = PreparedData.open(prepared)
+    steps_per_epoch = -(-len(data.rows("train", include_empty=data.trains_on_empty)) // 4)  # the slices it trains on
     assert steps_per_epoch == 5
     long = TrainConfig(data=str(prepared), out=str(tmp_path / "run"), arch="vit_test", tune="decoder",
                        method="lora", image_size=32, epochs=10**6, batch_size=4, lr=1e-12, warmup=2, device="cpu",

@@ -53,13 +53,15 @@ def test_compare_uses_cases_not_slices() -> None:
     assert verdict(c)[0] == "better"
     same = compare(b, dict(b))
     assert same["mean_diff"] == 0 and same["p"] == 1.0 and same["ci95"] == [0.0, 0.0]
+    assert verdict(same)[0] == "tie"  # identical on every case
     assert compare({("d", 0, "x", 0): 1.0}, {("d", 0, "y", 0): 1.0})["n_cases"] == 0
     assert verdict(compare({}, {}))[0] == "inconclusive"
 
 
 def test_compare_blocks_datasets_and_averages_seeds() -> None:
     # d1: 3 cases, d2: 2 cases; two seeds whose case scores are averaged first
-    diffs = {("d1", "a"): 4.0, ("d1", "b"): -1.0, ("d1", "c"): 3.0, ("d2", "x"): -2.0, ("d2", "y"): 6.0}
+    # blocked 3.0, against 2.8 over the five cases alike and 3.25 over the 16 slices alike
+    diffs = {("d1", "a"): 4.0, ("d1", "b"): -1.0, ("d1", "c"): 3.0, ("d2", "x"): -2.0, ("d2", "y"): 10.0}
     a, b = {}, {}
     for (d, case), diff in diffs.items():
         for seed in (0, 1):
@@ -71,7 +73,7 @@ def test_compare_blocks_datasets_and_averages_seeds() -> None:
     assert (c["n_cases"], c["n_images"], c["n_datasets"], c["n_seeds"]) == (5, 16, 2, 2)
     w = {"d1": 1 / 6, "d2": 1 / 4}  # each dataset half, each case equal within it
     expected = sum(w[d] * v for (d, _), v in diffs.items())
-    assert c["mean_diff"] == pytest.approx(expected)  # (4 - 1 + 3) / 6 + (-2 + 6) / 4 = 2.0
+    assert c["mean_diff"] == pytest.approx(expected) and expected == pytest.approx(3.0)  # 6 / 6 + 8 / 4
     # the exact sign-flip p, enumerated here by hand over all 2**5 patterns
     keys = list(diffs)
     null = [sum(w[k[0]] * sg * diffs[k] for k, sg in zip(keys, signs))
@@ -79,6 +81,38 @@ def test_compare_blocks_datasets_and_averages_seeds() -> None:
     p_hand = 2 * min(np.mean([t >= expected - 1e-12 for t in null]), np.mean([t <= expected + 1e-12 for t in null]))
     assert c["p"] == pytest.approx(min(1.0, p_hand))
     assert c["ci95"][0] <= expected <= c["ci95"][1]
+
+
+def test_the_smallest_p_counts_the_cases_that_differ() -> None:
+    b = {("d", 0, f"c{i}", 0): 50.0 for i in range(20)}  # 20 cases (random sign flips), 3 of them differ
+    a = {k: v + (5.0 if int(k[2][1:]) < 3 else 0.0) for k, v in b.items()}
+    c = compare(a, b)
+    assert c["min_p"] == pytest.approx(0.25)  # 2 / 2**3, whatever the 17 ties
+    word, text = verdict(c)
+    assert word == "inconclusive" and "0.25" in text
+
+
+def test_a_dataset_with_one_test_case_gives_no_interval() -> None:
+    b = {("big", 0, f"c{i}", 0): 50.0 + i for i in range(10)}
+    b[("one", 0, "x", 0)] = 40.0
+    a = {k: v + (1.0 + 0.1 * (int(k[2][1:]) % 7) if k[0] == "big" else 40.0) for k, v in b.items()}
+    c = compare(a, b)
+    assert c["ci95"] is None and "one has a single test case" in c["interval"]
+    assert verdict(c)[0] != "tie"  # no interval to call an equivalence on
+
+
+def test_patients_come_from_the_manifest_for_older_metrics(tmp_path) -> None:
+    import json
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"cases": [{"id": f"img{i}", "patient": f"p{i // 3}"}
+                                                                  for i in range(12)]}))
+    cells = [Cell("d", str(tmp_path), "sam", "litemedsam", "litemedsam", None, "decoder", m, "auto", None, 0, {})
+             for m in ("lora", "adapter")]
+    metrics = {("d", c.key): {"mean": {"dsc": 50.0, "nsd": 50.0}, "per_image": [  # no "patient": an older file
+        {"case": f"img{i}", "slice": 0, "scores": {"1": {"dsc": (60 + i + (3 if c.method == "lora" else 0)) / 100,
+                                                       "nsd": 0.5}}} for i in range(12)]} for c in cells}
+    single = _row(recommend(cells, metrics), "Single dataset")
+    assert (single["comparison"]["n_cases"], single["comparison"]["n_images"]) == (4, 12)  # 4 patients, not 12
 
 
 def test_four_cases_can_never_be_significant() -> None:
@@ -128,7 +162,8 @@ def test_rank_by_case_means_over_datasets_and_seeds() -> None:
     cmp = single["comparison"]
     assert cmp["mean_diff"] == pytest.approx(1.0) and (cmp["n_cases"], cmp["n_images"]) == (6, 24)
     assert set(single["comparison"]) >= {"unit", "n_cases", "n_images", "mean_diff", "ci95", "p", "test"}
-    assert single["verdict"] in ("better", "worse", "tie", "inconclusive")
+    assert single["verdict"] == "inconclusive"  # -10 on every d1 case, +12 on every d2 case: not a consistent gain
+    assert single["common_units"] == ["d1/s0", "d1/s1", "d2/s0", "d2/s1"]
 
 
 def test_partial_study_ranks_on_common_ground_only() -> None:

@@ -193,3 +193,16 @@ def test_tiny_study_on_a_local_ray_instance(prepared: Path, tmp_path: Path) -> N
     assert any(line.startswith("Ray: 2 CPUs") for line in lines)
     assert len(_cells_done(out)) == 5
     assert len(list(csv.DictReader(open(write_report(out, overlays=False) / "results.csv")))) == 5
+
+
+def test_a_study_refuses_an_image_only_dataset_before_any_cell(tmp_path: Path) -> None:
+    from data_factory import learnable_pngs
+    from tunesam.data.prepare import PrepareOptions, prepare
+    from tunesam.data.readers import DataError
+
+    learnable_pngs(tmp_path / "src", patients=5, per_patient=1)
+    images_only = prepare(tmp_path / "src", tmp_path / "imgs", PrepareOptions(unlabelled=True)).folder
+    config = _config(tmp_path, images_only)
+    with pytest.raises(DataError, match="image-only"):
+        run_study(config, tmp_path / "out", dry_run=True, say=lambda _: None)
+    assert not (tmp_path / "out").exists()

@@ -290,6 +290,8 @@ def evaluate_run(run_folder: str | Path, data: str | Path | None = None, split: 
     """
     if weights not in ("best", "last"):
         raise ValueError(f"--weights must be best or last, got {weights!r}")
+    if Path(save_as).name != save_as:
+        raise ValueError(f"save_as must be a file name inside the run folder, got {save_as!r}")
     from tunesam.run import load_run_model, open_run
 
     run = open_run(run_folder)
@@ -314,8 +316,6 @@ def evaluate_run(run_folder: str | Path, data: str | Path | None = None, split: 
     metrics["run"] = str(Path(run_folder).resolve())
     metrics["weights"] = weights
     metrics["data"] = str(prepared.folder.resolve())
-    if Path(save_as).name != save_as:
-        raise ValueError(f"save_as must be a file name inside the run folder, got {save_as!r}")
     write_json(Path(run_folder) / save_as, metrics)
     return metrics
 

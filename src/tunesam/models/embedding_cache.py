@@ -141,8 +141,12 @@ class CachedEmbeddings:
         """``B x C x g x g``: each row's view (``-1`` or no ``views``: the plain image's)."""
         if views is None or not self.views:
             return self.plain.get(rows)
-        return torch.cat([(self.views[int(v)] if int(v) >= 0 else self.plain).get([int(r)])
-                          for r, v in zip(rows, views)])
+        rows, views = [int(r) for r in rows], [int(v) for v in views]
+        out = torch.empty((len(rows), *self.plain.shape[1:]))
+        for v in set(views):  # one read per view in the batch
+            at = [i for i, w in enumerate(views) if w == v]
+            out[at] = (self.views[v] if v >= 0 else self.plain).get([rows[i] for i in at])
+        return out
 
 
 def fill_embedding_cache(model: SamSegmenter, data: PreparedData, folder: str | Path, rows: Any,

@@ -100,7 +100,7 @@ def _measure(cell: Cell, out: Path) -> dict[str, Any]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"step_s": step_s, "fwd_s": fwd_s, "enc_s": enc_s, "total": total, "trainable": trainable,
             "emb_bytes": emb[0].numel() * 4 if emb is not None else 0, "n_train": len(train_ds), "n_val": len(val_ds),
-            "n_test": len(data.rows("test", include_empty=True)), "n_all": len(data.index),
+            "n_test": len(data.rows("test", include_empty=True)),
             "batch": cfg.batch_size, "epochs": cfg.epochs, "whole": cfg.checkpoint is None}
 
 
@@ -150,7 +150,8 @@ def describe_plan(cells: list[Cell], status: dict[str, str], out: Path) -> str:
         if m["emb_bytes"]:  # the plain images, and each augmented view of the training slices
             views = int(cell.options.get("cache_views") or 0)
             ckey = (cell.dataset, cell.arch, cell.checkpoint, cell.options.get("image_size"), views)
-            n = m["n_all"] + views * m["n_train"]
+            # what the cells embed: validation and test slices, and the training slices plain or as views
+            n = m["n_val"] + m["n_test"] + max(1, views) * m["n_train"]
             caches.setdefault(ckey, (m["enc_s"] * n, m["emb_bytes"] * n))
         total_s += secs
         total_b += disk

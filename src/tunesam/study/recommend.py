@@ -17,8 +17,11 @@ still to run is ``provisional`` and names them. Scores and comparisons are per c
 """
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tunesam.study.config import WEIGHT_CLASSES, Cell
@@ -53,6 +56,16 @@ def strategy_label(cell: Cell) -> str:
     return f"{start} + {tune} + {method}"
 
 
+@functools.lru_cache(maxsize=None)
+def _patients(data: str) -> dict[str, str]:
+    """Case id -> patient, from a prepared dataset's manifest ({} where it cannot be read)."""
+    try:
+        manifest = json.loads((Path(data) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(c["id"]): str(c.get("patient", c["id"])) for c in manifest.get("cases", [])}
+
+
 def _candidates(cells: list[Cell], metrics: Metrics, keep: Callable[[Cell], bool]) -> dict[str, Candidate]:
     out: dict[str, Candidate] = {}
     for c in cells:
@@ -62,7 +75,7 @@ def _candidates(cells: list[Cell], metrics: Metrics, keep: Callable[[Cell], bool
         cand.planned.append(c)
         m = metrics.get((c.dataset, c.key))
         if m is not None:
-            cand.images.update(image_dsc(m, c.dataset, c.seed))
+            cand.images.update(image_dsc(m, c.dataset, c.seed, _patients(c.data)))
             cand.units.add((c.dataset, c.seed))
     return out
 
@@ -72,6 +85,11 @@ class Ranking:
     ranked: list[tuple[Candidate, float]]  # best first, scored on ``common``
     common: set[ImageKey]
     left_out: list[Candidate]  # finished cells, but none on the others' common ground
+
+    @property
+    def units(self) -> list[str]:
+        """The (dataset, seed) units ranked on, as ``dataset/seed``."""
+        return sorted({f"{k[0]}/s{k[1]}" for k in self.common})
 
     def top(self, keep: Callable[[Candidate], bool] = lambda c: True) -> tuple[Candidate, float] | None:
         return next(((c, s) for c, s in self.ranked if keep(c)), None)
@@ -113,7 +131,8 @@ def _condition(mode: str, shots: int | None) -> str:
     return f"Prompt-based ({mode})" + (f", {few}" if few else "")
 
 
-def _scenario(mode: str, shots: int | None) -> str:
+def scenario_name(mode: str, shots: int | None) -> str:
+    """``automated, full data``, ``box prompts, 5-shot``, ...: a condition in the tables' words."""
     return ("automated" if mode == "auto" else f"{mode} prompts") + (", full data" if shots is None else f", {shots}-shot")
 
 
@@ -126,7 +145,7 @@ def _conditions(cells: list[Cell]) -> list[tuple[str, int | None]]:
 
 
 def _row_base(setting: str, mode: str, shots: int | None) -> dict[str, Any]:
-    return {"setting": setting, "condition": _condition(mode, shots), "scenario": _scenario(mode, shots),
+    return {"setting": setting, "condition": _condition(mode, shots), "scenario": scenario_name(mode, shots),
             "mode": mode, "shots": shots, "best": None, "runner_up": None, "comparison": None,
             "verdict": "inconclusive", "verdict_text": "", "provisional": False, "missing": [], "baseline": None}
 
@@ -138,15 +157,19 @@ def _describe(c: Candidate, score: float) -> dict[str, Any]:
 def _fill(row: dict[str, Any], cands: list[Candidate], metrics: Metrics, best_of: Callable[[Candidate], bool],
           rival_of: Callable[[Candidate], bool], empty_note: str) -> Candidate | None:
     """Rank ``cands``; the best of ``best_of`` against the best other of ``rival_of``."""
+    if not any(best_of(c) for c in cands):
+        row["verdict_text"] = empty_note
+        return None
     row["missing"] = sorted(m for c in cands for m in c.missing(metrics))
     row["provisional"] = bool(row["missing"])
     ranking = rank(cands)
     row["ranking"] = [_describe(c, s) for c, s in ranking.ranked]
+    row["common_units"] = ranking.units
     if ranking.left_out:
         row["left_out"] = [c.name for c in ranking.left_out]
     top = ranking.top(best_of)
     if top is None:
-        row["verdict_text"] = empty_note if not any(best_of(c) for c in cands) else "no finished cells to rank yet"
+        row["verdict_text"] = "no finished cells to rank yet"
         return None
     best, score = top
     row.update(best=best.name, best_label=best.label, best_weights_class=best.weights_class, best_dsc=score)
@@ -164,9 +187,10 @@ def _baseline_line(best: Candidate | None, baselines: list[Candidate], metrics: 
                    ) -> dict[str, Any] | None:
     if not baselines:
         return None
+    missing = sorted(m for c in baselines for m in c.missing(metrics))
     line: dict[str, Any] = {"best_sam": best.name if best else None, "best_baseline": None, "comparison": None,
-                            "verdict": "inconclusive", "verdict_text": "",
-                            "missing": sorted(m for c in baselines for m in c.missing(metrics))}
+                            "verdict": "inconclusive", "verdict_text": "", "missing": missing,
+                            "provisional": bool(missing)}
     if prompted:
         line["note"] = "the baselines segment without prompts"
     top = rank(baselines).top()
@@ -181,6 +205,7 @@ def _baseline_line(best: Candidate | None, baselines: list[Candidate], metrics: 
         line["verdict_text"] = "the best SAM strategy and the best baseline share no finished dataset and seed"
         return line
     line["comparison"], line["verdict"], line["verdict_text"] = _comparison(best, top[0], pair.common)
+    line["common_units"] = pair.units
     return line
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from tunesam.io import atomic_write, write_json
 from tunesam.study.config import AUGMENTATION, WEIGHT_CLASSES, Cell
-from tunesam.study.recommend import missing_cells, recommend
+from tunesam.study.recommend import missing_cells, recommend, scenario_name
 from tunesam.study.runner import TIGHT_METRICS
 
 RESULT_FIELDS = ["dataset", "cell", "strategy", "kind", "arch", "weights", "weights_class", "tune", "method", "mode",
@@ -93,9 +93,7 @@ def collect(out: Path) -> tuple[list[dict[str, Any]], dict[tuple[str, str], dict
 
 
 def _scenario(cell: Cell) -> str:
-    shots = "full data" if cell.shots is None else f"{cell.shots}-shot"
-    mode = "automated" if cell.mode == "auto" else f"{cell.mode} prompts"
-    return f"{mode}, {shots}"
+    return scenario_name(cell.mode, cell.shots)
 
 
 def _fmt(v: float | None) -> str:
@@ -227,7 +225,7 @@ def recommendation_markdown(recs: list[dict[str, Any]], cells: list[Cell], missi
         diff, p, n = _diff(r["comparison"])
         word = f"**{r['verdict']}**: {r['verdict_text']}" if r["runner_up"] else r["verdict_text"]
         if r.get("wins_both_prompts"):
-            word += "; the same strategy wins with box and with point prompts"
+            word += "; the same strategy ranks first with box and with point prompts"
         lines.append(f"| {r['setting']} | {r['condition']} | {best} | {r['best_weights_class']} | {runner} | {diff} | "
                      f"{p} | {n} | {word}{flag} |")
     lines += ["", "## Best SAM strategy against the best baseline", "",
@@ -241,6 +239,8 @@ def recommendation_markdown(recs: list[dict[str, Any]], cells: list[Cell], missi
         base = b.get("best_baseline_label") or "-"
         diff, p, n = _diff(b["comparison"])
         note = f" ({b['note']})" if b.get("note") else ""
+        if b.get("provisional"):
+            note += " (provisional: baseline cells missing)"
         word = f"**{b['verdict']}**: {b['verdict_text']}" if b["comparison"] else b["verdict_text"]
         aug = " / ".join(", ".join(b["augmentation"][k]) for k in ("sam", "baseline")) if b.get("augmentation") else "-"
         lines.append(f"| {r['setting']} | {r['condition']} | {sam} | {base} | {diff} | {p} | {n} | {word}{note} | {aug} |")

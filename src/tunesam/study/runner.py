@@ -166,6 +166,10 @@ def run_cell(cell_dict: dict[str, Any], out: str) -> dict[str, Any]:
 
 # -- the study ---------------------------------------------------------------------------------
 def plan_study(cfg: StudyConfig, out: Path) -> tuple[list[Cell], list[str]]:
+    from tunesam.data.store import PreparedData
+
+    for name, folder in cfg.datasets.items():  # an image-only dataset trains nothing: say so before any cell runs
+        PreparedData.open(folder).require_labels(f"the study's dataset {name!r}")
     cells, notes = cfg.cells()
     changed = [c for c in cells if cell_status(c, out) == "changed"]
     if changed:
@@ -180,9 +184,9 @@ def _cache_groups(cells: list[Cell]) -> dict[str, tuple[Any, ...]]:
     groups = {}
     for c in cells:
         if c.kind == "sam" and c.options.get("cache_embeddings"):
+            # views are part of the same caches (view v of a slice does not depend on the cell)
             groups[f"{c.dataset}/{c.key}"] = (c.dataset, c.arch, c.checkpoint, c.checkpoint_file,
-                                              c.options.get("image_size"), c.options.get("interpolation"),
-                                              c.options.get("cache_views"))
+                                              c.options.get("image_size"), c.options.get("interpolation"))
     return groups
 
 

@@ -37,14 +37,17 @@ VERDICTS = ("better", "worse", "tie", "inconclusive")
 ImageKey = tuple[str, int, str, str]
 
 
-def image_dsc(metrics: Mapping[str, Any], dataset: str, seed: int) -> dict[ImageKey, float]:
+def image_dsc(metrics: Mapping[str, Any], dataset: str, seed: int,
+              patients: Mapping[str, str] | None = None) -> dict[ImageKey, float]:
     """(dataset, seed, case, image) -> the image's DSC (percent): the mean over its scored
-    classes. The case is the row's patient (metrics.json records it), else its volume."""
+    classes. The case is the row's patient (metrics.json records it; for older files
+    ``patients`` maps case ids to patients, from the prepared manifest), else its volume."""
     out = {}
     for row in metrics.get("per_image", []):
         vals = [v["dsc"] for v in row["scores"].values() if v["dsc"] is not None and not math.isnan(v["dsc"])]
         if vals:
-            unit = str(row.get("patient", row["case"]))
+            case = str(row["case"])
+            unit = str(row.get("patient") or (patients or {}).get(case, case))
             out[(dataset, int(seed), unit, f"{row['case']}#{row['slice']}")] = 100.0 * float(np.mean(vals))
     return out
 
@@ -117,13 +120,14 @@ def compare(a: Mapping[ImageKey, float], b: Mapping[ImageKey, float], seed: int 
         return np.sum(weights * (x - y), axis=axis)
 
     if nonzero == 0:
-        out.update(p=1.0, min_p=1.0, test="paired permutation test on case means (every difference is 0)")
+        out.update(p=1.0, test="paired permutation test on case means (every difference is 0)")
     else:
         exact = len(keys) <= EXACT_UP_TO
         res = permutation_test((xa, xb), weighted, permutation_type="samples", vectorized=True,
                                n_resamples=np.inf if exact else PERMUTATIONS, alternative="two-sided",
                                rng=np.random.default_rng(seed))
-        out.update(p=float(min(1.0, res.pvalue)), min_p=min_p_value(nonzero) if exact else 2.0 / (PERMUTATIONS + 1),
+        floor = min_p_value(nonzero) if exact else max(min_p_value(nonzero), 2.0 / (PERMUTATIONS + 1))
+        out.update(p=float(min(1.0, res.pvalue)), min_p=floor,
                    test=f"paired permutation test on case means ({blocks}"
                         + ("exact: all sign flips)" if exact else f"{PERMUTATIONS:,} random sign flips)"))
     out["ci95"], out["interval"] = _stratified_interval(keys, diff, seed)
@@ -132,26 +136,30 @@ def compare(a: Mapping[ImageKey, float], b: Mapping[ImageKey, float], seed: int 
 
 def _stratified_interval(keys: list[tuple[str, str]], diff: np.ndarray, seed: int
                          ) -> tuple[list[float] | None, str]:
-    """95% percentile bootstrap of the blocked mean difference, cases resampled within datasets."""
+    """95% percentile bootstrap of the blocked mean difference, cases resampled within datasets.
+
+    A dataset with a single test case has nothing to resample: its difference would enter as
+    if known exactly and make the interval too narrow, so then no interval is given.
+    """
     from scipy.stats import bootstrap
 
     by_ds: dict[str, list[float]] = defaultdict(list)
     for (d, _), v in zip(keys, diff):
         by_ds[d].append(float(v))
-    n_ds = len(by_ds)
-    varying = [np.array(v) for v in by_ds.values() if len(v) >= 2]
-    fixed = sum(v[0] for v in by_ds.values() if len(v) == 1)  # one case: nothing to resample
-    how = "95% bootstrap over cases" + (" within each dataset" if n_ds > 1 else "") + f" (percentile, {BOOTSTRAPS:,})"
-    if not varying:
-        return None, "no interval: one case per dataset"
-    if all(np.all(v == v[0]) for v in varying):
-        value = (sum(float(v.mean()) for v in varying) + fixed) / n_ds
+    single = sorted(d for d, v in by_ds.items() if len(v) < 2)
+    if single:
+        return None, f"no interval: {', '.join(single)} {'has' if len(single) == 1 else 'have'} a single test case"
+    samples = [np.array(v) for v in by_ds.values()]
+    how = "95% bootstrap over cases" + (" within each dataset" if len(samples) > 1 else "") + \
+        f" (percentile, {BOOTSTRAPS:,})"
+    if all(np.all(v == v[0]) for v in samples):  # nothing varies: the interval is the point
+        value = float(np.mean([v[0] for v in samples]))
         return [value, value], how
 
-    def stat(*samples: np.ndarray, axis: int = -1) -> np.ndarray:
-        return (sum(s.mean(axis=axis) for s in samples) + fixed) / n_ds
+    def stat(*groups: np.ndarray, axis: int = -1) -> np.ndarray:
+        return sum(g.mean(axis=axis) for g in groups) / len(groups)
 
-    res = bootstrap(tuple(varying), stat, n_resamples=BOOTSTRAPS, vectorized=True, method="percentile",
+    res = bootstrap(tuple(samples), stat, n_resamples=BOOTSTRAPS, vectorized=True, method="percentile",
                     rng=np.random.default_rng(seed))
     ci = res.confidence_interval
     return [float(ci.low), float(ci.high)], how
@@ -169,6 +177,8 @@ def verdict(cmp: Mapping[str, Any], alpha: float = ALPHA, negligible: float = NE
         return "inconclusive", "no test cases in common: nothing to compare on"
     diff, p, ci = cmp["mean_diff"], cmp["p"], cmp["ci95"]
     n = f"{cmp['n_cases']} case{'s' if cmp['n_cases'] != 1 else ''}"
+    if not cmp.get("wins") and not cmp.get("losses"):
+        return "tie", f"the same score on every one of {n}"
     if cmp["min_p"] is not None and cmp["min_p"] >= alpha:
         return "inconclusive", (f"{diff:+.2f} DSC points, but with {n} no test can reach p < {alpha:g} (the smallest "
                                 f"possible p is {cmp['min_p']:.3g}): more test cases are needed")
