@@ -271,9 +271,11 @@ def recommendation_markdown(recs: list[dict[str, Any]], cells: list[Cell], missi
               "- Test: paired permutation test of that difference (sign flips of case differences; exact up to 16 "
               "cases), two-sided. With n cases no test can go below p = 2 / 2^n (0.125 for 4 cases): the table says "
               "so as the smallest possible p.",
-              "- Interval: 95% percentile bootstrap resampling cases within each dataset.",
-              "- Verdict: better / worse when p < 0.05 (a tie in practice when the difference is under 1 DSC point); "
-              "a tie when the interval lies within +-1 point; inconclusive otherwise.",
+              "- Interval: 95% percentile bootstrap resampling cases within each dataset (none when a dataset has a "
+              "single test case: its difference cannot be resampled).",
+              "- Verdict: inconclusive when the cases are too few for any test to reach p < 0.05; otherwise better / "
+              "worse when p < 0.05 (a tie in practice when the difference is under 1 DSC point), a tie when the "
+              "interval lies within +-1 point (or every case scores the same), inconclusive otherwise.",
               "", "## The paper's Table 4 (the prior)", "", "| setting | condition | optimal strategy |", "|---|---|---|"]
     lines += [f"| {s} | {c} | {o} |" for s, c, o in PAPER_TABLE_4]
     lines += ["", "The paper's answer comes from 17 datasets on GPUs at 1024 px; this one from your data, cells and "
