@@ -143,6 +143,25 @@ def test_verdict_words_in_every_direction() -> None:
     assert cw["p"] > 0.05 and verdict(cw)[0] == "inconclusive"
 
 
+def test_datasets_that_disagree_are_named_in_the_verdict() -> None:
+    # brain: a loses 20 points on each of 4 cases; prostate: a wins 28 on each of 2 cases.
+    # Blocked mean (each dataset weighs half): (-20 + 28) / 2 = +4, and the case bootstrap
+    # within datasets cannot move it (every case of a dataset has the same difference), but
+    # the sign-flip test sees 6 large differences of both signs: far from significant.
+    b = {("brain", 0, f"s{i}", "0"): 60.0 for i in range(4)} | {("prostate", 0, f"p{i}", "0"): 50.0 for i in range(2)}
+    a = {k: v - 20.0 if k[0] == "brain" else v + 28.0 for k, v in b.items()}
+    c = compare(a, b)
+    assert c["mean_diff"] == pytest.approx(4.0) and c["ci95"] == pytest.approx([4.0, 4.0])
+    assert c["per_dataset"] == pytest.approx({"brain": -20.0, "prostate": 28.0})
+    # of the 64 sign patterns, |weighted sum| >= 4 for all but those balancing the two datasets
+    assert c["p"] > 0.5
+    word, why = verdict(c)
+    assert word == "inconclusive" and "the datasets disagree (brain -20.00, prostate +28.00)" in why
+    assert "chance" not in why  # a difference that depends on the dataset is not called chance
+    same_sign = compare({k: v + 2.0 for k, v in b.items()}, b)  # both datasets ahead: no such note
+    assert "disagree" not in verdict(same_sign)[1]
+
+
 # -- rows -------------------------------------------------------------------------------------
 def test_rank_by_case_means_over_datasets_and_seeds() -> None:
     # A: d1 90, d2 50; B: d1 80, d2 62 (seed means). Blocked means: A 70, B 71, so B wins; pooled over

@@ -272,7 +272,10 @@ def recommendation_markdown(recs: list[dict[str, Any]], cells: list[Cell], missi
               "cases), two-sided. With n cases no test can go below p = 2 / 2^n (0.125 for 4 cases): the table says "
               "so as the smallest possible p.",
               "- Interval: 95% percentile bootstrap resampling cases within each dataset (none when a dataset has a "
-              "single test case: its difference cannot be resampled).",
+              "single test case: its difference cannot be resampled). The datasets are fixed blocks, so the "
+              "interval says how sure the mean over these datasets is; when datasets disagree in sign it can exclude "
+              "0 while the test, which flips the sign of every case, does not: the verdict then names each "
+              "dataset's difference.",
               "- Verdict: inconclusive when the cases are too few for any test to reach p < 0.05; otherwise better / "
               "worse when p < 0.05 (a tie in practice when the difference is under 1 DSC point), a tie when the "
               "interval lies within +-1 point (or every case scores the same), inconclusive otherwise.",

@@ -95,7 +95,7 @@ def compare(a: Mapping[ImageKey, float], b: Mapping[ImageKey, float], seed: int 
     ``n_cases``, ``n_images`` (distinct test slices), ``n_datasets``, ``n_seeds``,
     ``mean_diff`` (a - b, DSC points), ``ci95``, ``p``, ``min_p`` (the smallest p possible
     with these cases), ``test`` and ``interval`` (what was computed), ``wins``/``losses``
-    (cases).
+    (cases), ``per_dataset`` (each dataset's mean case difference).
     """
     from scipy.stats import permutation_test
 
@@ -113,7 +113,11 @@ def compare(a: Mapping[ImageKey, float], b: Mapping[ImageKey, float], seed: int 
     diff = xa - xb
     effect = float(weights @ diff)
     nonzero = int(np.count_nonzero(diff))
-    out.update(n_cases=len(keys), mean_diff=effect, wins=int((diff > 0).sum()), losses=int((diff < 0).sum()))
+    per_ds: dict[str, list[float]] = defaultdict(list)
+    for (d, _), v in zip(keys, diff):
+        per_ds[d].append(float(v))
+    out.update(n_cases=len(keys), mean_diff=effect, wins=int((diff > 0).sum()), losses=int((diff < 0).sum()),
+               per_dataset={d: float(np.mean(v)) for d, v in sorted(per_ds.items())})
     blocks = "datasets weighted equally, " if out["n_datasets"] > 1 else ""
 
     def weighted(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -171,8 +175,20 @@ def verdict(cmp: Mapping[str, Any], alpha: float = ALPHA, negligible: float = NE
     Too few cases for any test to reach ``alpha``: inconclusive, saying so. Significant
     (p < ``alpha``): better or worse by the sign, a tie in practice when the difference is
     under ``negligible`` points. Not significant: a tie when the 95% interval lies within
-    +-``negligible``, otherwise inconclusive.
+    +-``negligible``, otherwise inconclusive. When datasets differ in the sign of their mean
+    difference by more than ``negligible`` each way, the reason says so: the answer then
+    depends on the dataset, which the blocked mean and its interval (datasets fixed) hide.
     """
+    word, why = _verdict(cmp, alpha, negligible)
+    per_ds = cmp.get("per_dataset") or {}
+    if word != "tie" and any(v > negligible for v in per_ds.values()) and any(v < -negligible for v in per_ds.values()):
+        split = ", ".join(f"{d} {v:+.2f}" for d, v in per_ds.items())
+        why = why.replace(": could be chance", ", not significant") + \
+            f"; the datasets disagree ({split}): the answer depends on the dataset"
+    return word, why
+
+
+def _verdict(cmp: Mapping[str, Any], alpha: float, negligible: float) -> tuple[str, str]:
     if not cmp.get("n_cases"):
         return "inconclusive", "no test cases in common: nothing to compare on"
     diff, p, ci = cmp["mean_diff"], cmp["p"], cmp["ci95"]
