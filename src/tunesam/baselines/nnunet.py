@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from tunesam.data.readers import DataError
-from tunesam.data.store import PreparedData
+from tunesam.data.store import PreparedData, stored_spacing
 from tunesam.io import write_json
 from tunesam.peft.strategy import Strategy
 
@@ -98,7 +98,6 @@ def export_raw_dataset(data: PreparedData, raw: Path, few_shot: int | None = Non
     """Write ``raw/DATASET`` (imagesTr, labelsTr, dataset.json); returns fold 0's split by
     nnU-Net identifiers."""
     from tunesam.data.dataset import few_shot_rows
-    from tunesam.eval.evaluate import stored_spacing
 
     folder = raw / DATASET
     (folder / "imagesTr").mkdir(parents=True, exist_ok=True)

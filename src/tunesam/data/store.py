@@ -31,6 +31,14 @@ FORMAT = "tunesam-prepared"
 FORMAT_VERSION = 2  # 2: empty-mask train/val slices stored; image-only stores
 
 
+def stored_spacing(case: dict[str, Any]) -> tuple[float, float]:
+    """In-plane spacing of the stored slices (native spacing scaled by any downsample)."""
+    (r, c), (nh, nw), (sh, sw) = case["plane_spacing"], case["native_plane"], case["stored_plane"]
+    if not case["geometry"].get("spacing_known", True):
+        r = c = 1.0
+    return r * nh / sh, c * nw / sw
+
+
 class SliceWriter:
     """Appends slices to the two pixel files of a store being written."""
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tunesam.data.dataset import letterbox_image, letterbox_shape, unletterbox
 from tunesam.data.prompts import RULE_TEXT, components, image_rng, simulate
 from tunesam.data.readers import DataError
-from tunesam.data.store import PreparedData
+from tunesam.data.store import PreparedData, stored_spacing
 from tunesam.device import autocast_for, pick_device
 from tunesam.eval.metrics import (
     NSD_TOLERANCE,
@@ -36,14 +36,6 @@ from tunesam.models.embedding_cache import EmbeddingCache, default_cache_folder,
 from tunesam.models.segmenter import SamSegmenter, positive_points
 
 MULTIMASK_VARIANTS = ("single", "highest_iou", "oracle")
-
-
-def stored_spacing(case: dict[str, Any]) -> tuple[float, float]:
-    """In-plane spacing of the stored slices (native spacing scaled by any downsample)."""
-    (r, c), (nh, nw), (sh, sw) = case["plane_spacing"], case["native_plane"], case["stored_plane"]
-    if not case["geometry"].get("spacing_known", True):
-        r = c = 1.0
-    return r * nh / sh, c * nw / sw
 
 
 def predict_rows(
