@@ -145,21 +145,45 @@ def test_verdict_words_in_every_direction() -> None:
 
 def test_datasets_that_disagree_are_named_in_the_verdict() -> None:
     # brain: a loses 20 points on each of 4 cases; prostate: a wins 28 on each of 2 cases.
-    # Blocked mean (each dataset weighs half): (-20 + 28) / 2 = +4, and the case bootstrap
-    # within datasets cannot move it (every case of a dataset has the same difference), but
-    # the sign-flip test sees 6 large differences of both signs: far from significant.
+    # Blocked mean (each dataset weighs half): (-20 + 28) / 2 = +4. Flipping signs, the statistic
+    # is T = -2.5 * (sum of the 4 brain signs) + 7 * (sum of the 2 prostate signs); |T| >= 4 in
+    # all 32 patterns whose prostate sum is +-2, and in 20 of the 32 whose prostate sum is 0
+    # (brain sum +-2 or +-4: 10 of 16 brain patterns, times 2): p = 52 / 64.
     b = {("brain", 0, f"s{i}", "0"): 60.0 for i in range(4)} | {("prostate", 0, f"p{i}", "0"): 50.0 for i in range(2)}
     a = {k: v - 20.0 if k[0] == "brain" else v + 28.0 for k, v in b.items()}
     c = compare(a, b)
     assert c["mean_diff"] == pytest.approx(4.0) and c["ci95"] == pytest.approx([4.0, 4.0])
     assert c["per_dataset"] == pytest.approx({"brain": -20.0, "prostate": 28.0})
-    # of the 64 sign patterns, |weighted sum| >= 4 for all but those balancing the two datasets
-    assert c["p"] > 0.5
+    assert c["cases_per_dataset"] == {"brain": 4, "prostate": 2}
+    assert c["p"] == pytest.approx(52 / 64)
     word, why = verdict(c)
-    assert word == "inconclusive" and "the datasets disagree (brain -20.00, prostate +28.00)" in why
-    assert "chance" not in why  # a difference that depends on the dataset is not called chance
+    assert word == "inconclusive" and "opposite directions (brain -20.00, prostate +28.00)" in why
     same_sign = compare({k: v + 2.0 for k, v in b.items()}, b)  # both datasets ahead: no such note
-    assert "disagree" not in verdict(same_sign)[1]
+    assert "opposite" not in verdict(same_sign)[1]
+    # a significant result keeps its word and gets the note: 12 brain cases -6, 12 prostate +2
+    b2 = {("brain", 0, f"s{i}", "0"): 60.0 for i in range(12)} | {("prostate", 0, f"p{i}", "0"): 50.0 for i in range(12)}
+    a2 = {k: v - 6.0 if k[0] == "brain" else v + 2.0 for k, v in b2.items()}
+    c2 = compare(a2, b2)
+    assert c2["mean_diff"] == pytest.approx(-2.0) and c2["p"] < 0.05  # the brain's 12 consistent losses carry it
+    word2, why2 = verdict(c2)
+    assert word2 == "worse" and "opposite directions (brain -6.00, prostate +2.00)" in why2
+
+
+def test_a_narrow_interval_from_few_cases_is_not_a_tie() -> None:
+    # six differences of +-0.1..0.3 around 0 in one dataset: the test cannot tell (p well above
+    # 0.05) and the interval lies within +-1 point: a tie in practice, six cases being enough
+    six = {("f", 0, f"c{i}", "0"): 60.0 + d for i, d in enumerate([0.3, -0.2, 0.2, -0.3, 0.1, -0.1])}
+    c6 = compare(six, {k: 60.0 for k in six})
+    assert c6["mean_diff"] == pytest.approx(0.0, abs=1e-9) and c6["p"] > 0.05
+    assert -1 < c6["ci95"][0] and c6["ci95"][1] < 1 and verdict(c6)[0] == "tie"
+    # the same six beside a second dataset of two cases (+-0.2): the interval stays within +-1,
+    # but two cases give a percentile bootstrap three values: not a tie
+    two = {("g", 0, f"c{i}", "0"): 60.0 + d for i, d in enumerate([0.2, -0.2])}
+    both = six | two
+    cb = compare(both, {k: 60.0 for k in both})
+    assert cb["cases_per_dataset"] == {"f": 6, "g": 2} and -1 < cb["ci95"][0] and cb["ci95"][1] < 1
+    word, why = verdict(cb)
+    assert word == "inconclusive" and "only 2 test cases" in why
 
 
 # -- rows -------------------------------------------------------------------------------------

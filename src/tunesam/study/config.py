@@ -140,6 +140,19 @@ class Cell:
     def folder(self, out: Path) -> Path:
         return out / "cells" / self.dataset / self.key
 
+    def train_config(self, out: Path) -> Any:
+        """The ``TrainConfig`` of a SAM cell in study folder ``out`` (its run folder, and the
+        dataset's shared embedding cache when the cell caches)."""
+        from tunesam.config import TrainConfig
+
+        o = dict(self.options)
+        cache = bool(o.pop("cache_embeddings", False))
+        return TrainConfig(
+            data=self.data, out=str(self.folder(out)), arch=self.arch, tune=self.tune, method=self.method,
+            checkpoint=self.checkpoint_file or self.checkpoint, mode=self.mode, few_shot=self.shots, seed=self.seed,
+            cache_embeddings=cache, embedding_cache=str(out / "embeddings" / self.dataset) if cache else None, **o,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -46,9 +46,7 @@ def _measure(cell: Cell, out: Path) -> dict[str, Any]:
                           epochs=o.get("epochs"), image_size=o.get("image_size"), batch_size=o.get("batch_size"),
                           few_shot=cell.shots, device=str(o.get("device", "auto")), num_workers=0).resolved()
     else:
-        from tunesam.study.runner import _train_config
-
-        cfg = _train_config(cell, out)
+        cfg = cell.train_config(out)
         cfg = cfg.__class__(**{**cfg.to_dict(), "cache_embeddings": False, "cache_views": 0, "embedding_cache": None,
                                "num_workers": 0}).resolved()
     _, device = D.setup(cfg.device)

@@ -272,13 +272,14 @@ def recommendation_markdown(recs: list[dict[str, Any]], cells: list[Cell], missi
               "cases), two-sided. With n cases no test can go below p = 2 / 2^n (0.125 for 4 cases): the table says "
               "so as the smallest possible p.",
               "- Interval: 95% percentile bootstrap resampling cases within each dataset (none when a dataset has a "
-              "single test case: its difference cannot be resampled). The datasets are fixed blocks, so the "
-              "interval says how sure the mean over these datasets is; when datasets disagree in sign it can exclude "
-              "0 while the test, which flips the sign of every case, does not: the verdict then names each "
-              "dataset's difference.",
+              "single test case: its difference cannot be resampled). With few cases per dataset a "
+              "percentile bootstrap is too narrow (two cases give it three values), so it can exclude 0 while the "
+              "exact test does not: with few cases, read the test. The datasets are fixed blocks; when one is ahead "
+              "and another behind by more than 1 point the verdict lists each dataset's difference.",
               "- Verdict: inconclusive when the cases are too few for any test to reach p < 0.05; otherwise better / "
               "worse when p < 0.05 (a tie in practice when the difference is under 1 DSC point), a tie when the "
-              "interval lies within +-1 point (or every case scores the same), inconclusive otherwise.",
+              "interval lies within +-1 point and every dataset has at least 5 test cases (or every case scores the "
+              "same), inconclusive otherwise.",
               "", "## The paper's Table 4 (the prior)", "", "| setting | condition | optimal strategy |", "|---|---|---|"]
     lines += [f"| {s} | {c} | {o} |" for s, c, o in PAPER_TABLE_4]
     lines += ["", "The paper's answer comes from 17 datasets on GPUs at 1024 px; this one from your data, cells and "

@@ -101,18 +101,6 @@ class PeakMemory:
         return "CUDA max allocated" if self.cuda else "process resident set (peak, sampled)"
 
 
-def _train_config(cell: Cell, out: Path) -> Any:
-    from tunesam.config import TrainConfig
-
-    o = dict(cell.options)
-    cache = bool(o.pop("cache_embeddings", False))
-    return TrainConfig(
-        data=cell.data, out=str(cell.folder(out)), arch=cell.arch, tune=cell.tune, method=cell.method,
-        checkpoint=cell.checkpoint_file or cell.checkpoint, mode=cell.mode, few_shot=cell.shots, seed=cell.seed,
-        cache_embeddings=cache, embedding_cache=str(out / "embeddings" / cell.dataset) if cache else None, **o,
-    )
-
-
 def _train_cell(cell: Cell, out: Path, resume: bool) -> None:
     if cell.kind == "baseline":
         from tunesam.baselines.train import train_baseline
@@ -129,7 +117,7 @@ def _train_cell(cell: Cell, out: Path, resume: bool) -> None:
         return
     from tunesam.engine.trainer import train
 
-    train(_train_config(cell, out), resume=resume, progress=False)
+    train(cell.train_config(out), resume=resume, progress=False)
 
 
 def run_cell(cell_dict: dict[str, Any], out: str) -> dict[str, Any]:

@@ -31,6 +31,7 @@ NEGLIGIBLE = 1.0  # DSC points: a consistent difference below this is a tie in p
 EXACT_UP_TO = 16  # cases: exact sign-flip distribution (2**16 flips) up to here
 PERMUTATIONS = 99_999
 BOOTSTRAPS = 10_000
+TIE_CASES = 5  # cases per dataset, at least, before an interval within +-1 point is called a tie
 VERDICTS = ("better", "worse", "tie", "inconclusive")
 
 # (dataset, seed, case: the unit of replication, image: "volume#slice")
@@ -95,7 +96,7 @@ def compare(a: Mapping[ImageKey, float], b: Mapping[ImageKey, float], seed: int 
     ``n_cases``, ``n_images`` (distinct test slices), ``n_datasets``, ``n_seeds``,
     ``mean_diff`` (a - b, DSC points), ``ci95``, ``p``, ``min_p`` (the smallest p possible
     with these cases), ``test`` and ``interval`` (what was computed), ``wins``/``losses``
-    (cases), ``per_dataset`` (each dataset's mean case difference).
+    (cases), ``per_dataset`` (each dataset's mean case difference) and ``cases_per_dataset``.
     """
     from scipy.stats import permutation_test
 
@@ -117,7 +118,8 @@ def compare(a: Mapping[ImageKey, float], b: Mapping[ImageKey, float], seed: int 
     for (d, _), v in zip(keys, diff):
         per_ds[d].append(float(v))
     out.update(n_cases=len(keys), mean_diff=effect, wins=int((diff > 0).sum()), losses=int((diff < 0).sum()),
-               per_dataset={d: float(np.mean(v)) for d, v in sorted(per_ds.items())})
+               per_dataset={d: float(np.mean(v)) for d, v in sorted(per_ds.items())},
+               cases_per_dataset={d: len(v) for d, v in sorted(per_ds.items())})
     blocks = "datasets weighted equally, " if out["n_datasets"] > 1 else ""
 
     def weighted(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -175,16 +177,17 @@ def verdict(cmp: Mapping[str, Any], alpha: float = ALPHA, negligible: float = NE
     Too few cases for any test to reach ``alpha``: inconclusive, saying so. Significant
     (p < ``alpha``): better or worse by the sign, a tie in practice when the difference is
     under ``negligible`` points. Not significant: a tie when the 95% interval lies within
-    +-``negligible``, otherwise inconclusive. When datasets differ in the sign of their mean
-    difference by more than ``negligible`` each way, the reason says so: the answer then
-    depends on the dataset, which the blocked mean and its interval (datasets fixed) hide.
+    +-``negligible`` and every dataset has at least ``TIE_CASES`` cases (a percentile
+    bootstrap of fewer is too narrow to vouch for it), otherwise inconclusive. When one
+    dataset is ahead and another behind by more than ``negligible``, the reason lists each
+    dataset's difference: the blocked mean hides it.
     """
     word, why = _verdict(cmp, alpha, negligible)
-    per_ds = cmp.get("per_dataset") or {}
-    if word != "tie" and any(v > negligible for v in per_ds.values()) and any(v < -negligible for v in per_ds.values()):
+    per_ds = {d: round(v, 2) for d, v in (cmp.get("per_dataset") or {}).items()}
+    if (cmp.get("wins") or cmp.get("losses")) and any(v > negligible for v in per_ds.values()) \
+            and any(v < -negligible for v in per_ds.values()):
         split = ", ".join(f"{d} {v:+.2f}" for d, v in per_ds.items())
-        why = why.replace(": could be chance", ", not significant") + \
-            f"; the datasets disagree ({split}): the answer depends on the dataset"
+        why += f"; the datasets point in opposite directions ({split})"
     return word, why
 
 
@@ -204,6 +207,11 @@ def _verdict(cmp: Mapping[str, Any], alpha: float, negligible: float) -> tuple[s
                            f"but by {abs(diff):.2f} < {negligible:g} DSC point")
         return ("better" if diff > 0 else "worse"), f"by {abs(diff):.2f} DSC points on {n} (p = {p:.2g})"
     if ci is not None and -negligible < ci[0] and ci[1] < negligible:
+        fewest = min((cmp.get("cases_per_dataset") or {"": cmp["n_cases"]}).values())
+        if fewest < TIE_CASES:
+            return "inconclusive", (f"{diff:+.2f} DSC points on {n}, p = {p:.2g}; the 95% interval [{ci[0]:+.2f}, "
+                                    f"{ci[1]:+.2f}] lies within +-{negligible:g}, but a dataset has only {fewest} "
+                                    f"test case{'s' if fewest != 1 else ''}: too few to call it a tie")
         return "tie", (f"in practice: not significant (p = {p:.2g}) and the 95% interval [{ci[0]:+.2f}, {ci[1]:+.2f}] "
                        f"lies within +-{negligible:g} DSC point")
     return "inconclusive", f"{diff:+.2f} DSC points on {n}, p = {p:.2g}: could be chance"
