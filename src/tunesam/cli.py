@@ -442,8 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--pixel-norm", choices=PIXEL_NORMS, help=PIXEL_NORM_HELP)
     pt.add_argument("--image-size", type=int, help=IMAGE_SIZE_HELP)
     pt.add_argument("--epochs", type=int, help="default: prompt 100 (early stop), mae 50")
-    pt.add_argument("--patience", type=int, help="early stop after N epochs without a better val DSC "
-                                                 "(default prompt 5; mae 0: never)")
+    pt.add_argument("--patience", type=int, help="early stop after N epochs without a better validation "
+                                                 "DSC (prompt) or loss (mae) (default prompt 5; mae 0: never)")
     pt.add_argument("--batch-size", type=int, help="per process (default prompt 3, mae 2)")
     pt.add_argument("--accumulate", type=int, help="micro-batches per optimiser step (default prompt 1, mae 16)")
     pt.add_argument("--lr", type=float, help="default prompt 1e-4; mae 1.5e-4 x effective batch / 256")

@@ -50,6 +50,9 @@ STATE_VERSION = 2  # 2: the trained weights live in last.pt too
 LOG_FIELDS = ["epoch", "train_loss", "val_dsc", "lr", "seconds"]
 
 
+METRIC_NAMES = {"val_dsc": "validation DSC", "val_loss": "validation loss"}
+
+
 @dataclass
 class State:
     """What ``last.pt`` restores besides the weights."""
@@ -73,6 +76,13 @@ class State:
         else:
             self.bad_epochs += 1
         return improved, bool(patience and self.bad_epochs >= patience)
+
+    def stop_message(self, patience: int, metric: str = "val_dsc") -> str:
+        """The early-stop line, named by the metric watched (``val_dsc`` or ``val_loss``)."""
+        name = METRIC_NAMES.get(metric, metric)
+        decimals = 2 if metric == "val_dsc" else 4
+        return (f"early stop: no better {name} for {patience} epochs "
+                f"(best {self.best:.{decimals}f} at epoch {self.best_epoch})")
 
 
 # -- set-up ---------------------------------------------------------------------------------
@@ -435,8 +445,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: D.Context, device: torch.device,
                     writer.add_scalar(k, row[k], epoch + 1)
         if stop:
             if ctx.is_main:
-                say(f"early stop: no better validation DSC for {cfg.patience} epochs "
-                      f"(best {state.best:.2f} at epoch {state.best_epoch})")
+                say(state.stop_message(cfg.patience))
             break
     bar.close()
     if writer is not None:

@@ -313,8 +313,7 @@ def _pretrain(cfg: PretrainConfig, resume: bool, ctx: D.Context, device: torch.d
                 last_plot = time.perf_counter()
         if stop:
             if ctx.is_main:
-                say(f"early stop: no better validation DSC for {cfg.patience} epochs "
-                    f"(best {state.best:.2f} at epoch {state.best_epoch})")
+                say(state.stop_message(cfg.patience, task.metric))
             break
     bar.close()
     if ctx.is_main:
