@@ -29,6 +29,7 @@ from tunesam.eval.metrics import (
     ScoreTable,
     class_counts_2d,
     counts_2d,
+    dice,
     score_classes,
 )
 from tunesam.io import write_json
@@ -112,18 +113,11 @@ def prompted_masks(
                 multi, iou = model.decode(emb, multimask_output=True, with_iou=True, **kw)
                 outs = [native(multi[:, j]) for j in range(multi.shape[1])]  # each n x h x w
                 variants["highest_iou"] = torch.stack(outs, 1)[torch.arange(n), iou.argmax(1).cpu()]
-                comp_ref = torch.from_numpy(np.stack([labels == k for k in range(1, n + 1)]))
-                scores = torch.stack([_dice_t(o.cpu(), comp_ref) for o in outs], 1)
+                scores = torch.tensor([[dice(o[i].cpu().numpy(), labels == i + 1) for o in outs] for i in range(n)])
                 variants["oracle"] = torch.stack(outs, 1)[torch.arange(n), scores.argmax(1)]
             for name, masks in variants.items():
                 out[name][c] = masks.any(0).cpu().numpy()
     return out
-
-
-def _dice_t(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """DSC of boolean ``n x ...`` masks, per item."""
-    inter = (a & b).flatten(1).sum(1).float()
-    return 2 * inter / (a.flatten(1).sum(1) + b.flatten(1).sum(1)).clamp(min=1).float()
 
 
 def evaluate_model(
