@@ -113,7 +113,8 @@ def prompted_masks(
                 multi, iou = model.decode(emb, multimask_output=True, with_iou=True, **kw)
                 outs = [native(multi[:, j]) for j in range(multi.shape[1])]  # each n x h x w
                 variants["highest_iou"] = torch.stack(outs, 1)[torch.arange(n), iou.argmax(1).cpu()]
-                scores = torch.tensor([[dice(o[i].cpu().numpy(), labels == i + 1) for o in outs] for i in range(n)])
+                host = [o.cpu().numpy() for o in outs]  # one copy per output, not per component
+                scores = torch.tensor([[dice(o[i], labels == i + 1) for o in host] for i in range(n)])
                 variants["oracle"] = torch.stack(outs, 1)[torch.arange(n), scores.argmax(1)]
             for name, masks in variants.items():
                 out[name][c] = masks.any(0).cpu().numpy()

@@ -34,9 +34,12 @@ import functools
 import itertools
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from tunesam.config import TrainConfig
 
 GRID_DIMS = ("arch", "checkpoint", "tune", "method", "mode", "shots", "seed")
 ALIASES = {"few_shot": "shots", "seeds": "seed", "checkpoints": "checkpoint", "archs": "arch"}
@@ -140,7 +143,7 @@ class Cell:
     def folder(self, out: Path) -> Path:
         return out / "cells" / self.dataset / self.key
 
-    def train_config(self, out: Path) -> Any:
+    def train_config(self, out: Path) -> TrainConfig:
         """The ``TrainConfig`` of a SAM cell in study folder ``out`` (its run folder, and the
         dataset's shared embedding cache when the cell caches)."""
         from tunesam.config import TrainConfig

@@ -18,10 +18,8 @@ still to run is ``provisional`` and names them. Scores and comparisons are per c
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from tunesam.study.config import WEIGHT_CLASSES, Cell
@@ -59,11 +57,14 @@ def strategy_label(cell: Cell) -> str:
 @functools.lru_cache(maxsize=None)
 def _patients(data: str) -> dict[str, str]:
     """Case id -> patient, from a prepared dataset's manifest ({} where it cannot be read)."""
+    from tunesam.data.readers import DataError
+    from tunesam.data.store import PreparedData
+
     try:
-        manifest = json.loads((Path(data) / "manifest.json").read_text())
-    except (OSError, ValueError):
+        cases = PreparedData.open(data).manifest.get("cases", [])
+    except (OSError, ValueError, DataError):
         return {}
-    return {str(c["id"]): str(c.get("patient", c["id"])) for c in manifest.get("cases", [])}
+    return {str(c["id"]): str(c.get("patient", c["id"])) for c in cases}
 
 
 def _candidates(cells: list[Cell], metrics: Metrics, keep: Callable[[Cell], bool]) -> dict[str, Candidate]:

@@ -92,10 +92,6 @@ def collect(out: Path) -> tuple[list[dict[str, Any]], dict[tuple[str, str], dict
     return rows, metrics, finished
 
 
-def _scenario(cell: Cell) -> str:
-    return scenario_name(cell.mode, cell.shots)
-
-
 def _fmt(v: float | None) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
 
@@ -108,7 +104,7 @@ def result_tables(rows: list[dict[str, Any]], cells: list[Cell]) -> dict[str, di
     for r in rows:
         cell = by_key[(r["dataset"], r["cell"])]
         tight = r["dsc_tight"] if r["dsc_tight"] not in ("", None) else math.nan
-        acc[_scenario(cell)][(r["dataset"], r["strategy"])].append((r["dsc"], r["nsd"], tight))
+        acc[scenario_name(cell.mode, cell.shots)][(r["dataset"], r["strategy"])].append((r["dsc"], r["nsd"], tight))
     for scen, vals in acc.items():
         datasets = sorted({d for d, _ in vals})
         strategies = sorted({s for _, s in vals})

@@ -136,22 +136,19 @@ def compare(a: Mapping[ImageKey, float], b: Mapping[ImageKey, float], seed: int 
         out.update(p=float(min(1.0, res.pvalue)), min_p=floor,
                    test=f"paired permutation test on case means ({blocks}"
                         + ("exact: all sign flips)" if exact else f"{PERMUTATIONS:,} random sign flips)"))
-    out["ci95"], out["interval"] = _stratified_interval(keys, diff, seed)
+    out["ci95"], out["interval"] = _stratified_interval(per_ds, seed)
     return out
 
 
-def _stratified_interval(keys: list[tuple[str, str]], diff: np.ndarray, seed: int
-                         ) -> tuple[list[float] | None, str]:
+def _stratified_interval(by_ds: Mapping[str, list[float]], seed: int) -> tuple[list[float] | None, str]:
     """95% percentile bootstrap of the blocked mean difference, cases resampled within datasets.
 
     A dataset with a single test case has nothing to resample: its difference would enter as
     if known exactly and make the interval too narrow, so then no interval is given.
+    ``by_ds``: each dataset's case differences.
     """
     from scipy.stats import bootstrap
 
-    by_ds: dict[str, list[float]] = defaultdict(list)
-    for (d, _), v in zip(keys, diff):
-        by_ds[d].append(float(v))
     single = sorted(d for d, v in by_ds.items() if len(v) < 2)
     if single:
         return None, f"no interval: {', '.join(single)} {'has' if len(single) == 1 else 'have'} a single test case"
