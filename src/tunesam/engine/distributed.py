@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +53,20 @@ def setup(device_pref: str) -> tuple[Context, torch.device]:
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextmanager
+def session(device_pref: str) -> Iterator[tuple[Context, torch.device]]:
+    """``setup`` on entry; on a clean exit every rank waits for the others (rank 0 still
+    writing its summary) before the group is destroyed, so no rank leaves while another
+    still holds the group; the group is destroyed on any exit."""
+    ctx, device = setup(device_pref)
+    try:
+        yield ctx, device
+        if ctx.distributed:
+            dist.barrier()
+    finally:
+        teardown()
 
 
 class EpochSampler(Sampler[tuple[int, int]]):

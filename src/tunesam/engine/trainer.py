@@ -337,11 +337,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None) 
     """Fine-tune as ``cfg`` says; returns the run folder. ``progress``: the tqdm bar (``None``:
     when stderr is a terminal; ``False``: never, ``--quiet``)."""
     cfg = cfg.resolved()
-    ctx, device = D.setup(cfg.device)
-    try:
+    with D.session(cfg.device) as (ctx, device):
         return _train(cfg, resume, ctx, device, progress)
-    finally:
-        D.teardown()
 
 
 def _train(cfg: TrainConfig, resume: bool, ctx: D.Context, device: torch.device, progress: bool | None) -> Path:

@@ -207,11 +207,8 @@ def _prepare_run_folder(cfg: PretrainConfig, resume: bool) -> Path:
 def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool | None = None) -> Path:
     """Pre-train as ``cfg`` says; returns the run folder (``RUN/checkpoint.pth`` inside).
     ``progress``: the tqdm bar (``None``: when stderr is a terminal)."""
-    ctx, device = D.setup(cfg.device)
-    try:
+    with D.session(cfg.device) as (ctx, device):
         return _pretrain(cfg.resolved(ctx.world), resume, ctx, device, progress)
-    finally:
-        D.teardown()
 
 
 def _pretrain(cfg: PretrainConfig, resume: bool, ctx: D.Context, device: torch.device,
