@@ -206,7 +206,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                              "from the file)")
         cache = None
         if args.cache_embeddings or args.embedding_cache:
-            from tunesam.models.embedding_cache import default_cache_folder
+            from tunesam.data.store import default_cache_folder
 
             cache = args.embedding_cache or default_cache_folder(args.data)
         metrics = evaluate_checkpoint(args.checkpoint, args.arch, args.data, args.mode, args.split,

@@ -96,7 +96,7 @@ class TrainConfig:
     def resolved(self) -> TrainConfig:
         """Recipe defaults filled in; a named checkpoint resolved to its (verified) file."""
         from tunesam.models.build import infer_arch, pixel_norm_rule
-        from tunesam.models.embedding_cache import default_cache_folder
+        from tunesam.data.store import default_cache_folder
         from tunesam.models.known import resolve_checkpoint
         from tunesam.models.registry import get_spec
 

@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 
 from tunesam.data.examples import prepare_example
-from tunesam.data.store import PreparedData
+from tunesam.data.store import PreparedData, default_cache_folder
 from tunesam.config import TrainConfig
 from tunesam.engine.trainer import train
 from tunesam.eval.evaluate import evaluate_checkpoint, evaluate_run, format_metrics, predict_rows
-from tunesam.models.embedding_cache import EmbeddingCache, default_cache_folder, fill_embedding_cache
+from tunesam.engine.embedding_cache import EmbeddingCache, fill_embedding_cache
 from tunesam.models.known import LITEMEDSAM, litemedsam_path
 from tunesam.viz import caption, montage, overlay, save_png
 

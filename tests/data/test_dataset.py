@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from data_factory import png_pairs
-from tunesam.data.dataset import SliceDataset, few_shot_rows, letterbox_image, letterbox_mask, unletterbox
+from tunesam.data.dataset import SliceDataset, few_shot_rows
+from tunesam.letterbox import letterbox_image, letterbox_mask, unletterbox
 from tunesam.data.prepare import PrepareOptions, prepare
 from tunesam.data.readers import DataError
 from tunesam.data.split import patient_split, split_counts

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from tunesam.data.dataset import letterbox_image, letterbox_shape
+from tunesam.letterbox import letterbox_image, letterbox_shape
 from tunesam.data.store import PreparedData
 from tunesam.config import TrainConfig
 from tunesam.run import load_run_model, open_run
 from tunesam.engine.trainer import train
 from tunesam.eval.evaluate import evaluate_model, evaluate_run
-from tunesam.models.embedding_cache import EmbeddingCache, fill_embedding_cache
+from tunesam.engine.embedding_cache import EmbeddingCache, fill_embedding_cache
 from tunesam.models.registry import build_sam
 
 
@@ -88,7 +88,7 @@ def test_area_resize_averages_pixel_areas() -> None:
 def test_augmented_views_are_embedded_once_and_drawn_per_epoch(prepared: Path, tmp_path: Path) -> None:
     from tunesam.data.augment import augment
     from tunesam.data.dataset import SliceDataset
-    from tunesam.models.embedding_cache import VIEW_STREAM, fill_training_caches
+    from tunesam.engine.embedding_cache import VIEW_STREAM, fill_training_caches
 
     data = PreparedData.open(prepared)
     model = _frozen()

@@ -14,7 +14,7 @@ import torch
 from data_factory import write_nifti
 from helpers import evaluated_label_maps
 from tunesam.config import TrainConfig
-from tunesam.data.dataset import letterbox_image, letterbox_shape, unletterbox
+from tunesam.letterbox import letterbox_image, letterbox_shape, unletterbox
 from tunesam.data.prepare import PrepareOptions, prepare
 from tunesam.data.store import PreparedData
 from tunesam.engine.trainer import train

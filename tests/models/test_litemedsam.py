@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from helpers import max_diff
-from tunesam.data.dataset import letterbox_image
+from tunesam.letterbox import letterbox_image
 from tunesam.models.build import build_model, infer_arch, pixel_norm_rule
 from tunesam.models.checkpoint import CheckpointError, read_state_dict
 from tunesam.models.known import LITEMEDSAM, CheckpointNotInstalled, resolve_checkpoint

@@ -83,7 +83,7 @@ def _component_masks() -> list[np.ndarray]:
 def test_supsam_items_prompt_one_class_and_every_component_once() -> None:
     mask = _two_class_mask()
     ds = PromptSlices([_Store([mask])], "train", image_size=64, augment=True, seed=3)
-    from tunesam.data.dataset import letterbox_mask
+    from tunesam.letterbox import letterbox_mask
 
     classes_64 = letterbox_mask(mask, 64).numpy()  # the class map at the input size
     component_masks = [letterbox_mask(m, 64).numpy().astype(bool) for m in _component_masks()]
@@ -201,7 +201,7 @@ def _tight_box_dsc(model: torch.nn.Module, prepared: Path, split: str) -> list[f
     letterboxed extent, resized bilinearly to the slice and taken above 0; their union scored."""
     import torch.nn.functional as F
 
-    from tunesam.data.dataset import letterbox_image
+    from tunesam.letterbox import letterbox_image
     from tunesam.data.store import PreparedData
 
     data = PreparedData.open(prepared)

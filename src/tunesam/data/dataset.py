@@ -1,9 +1,8 @@
-"""The torch ``Dataset`` over a prepared store, and the letterbox to the model's input.
+"""The torch ``Dataset`` over a prepared store.
 
-Slices are stored at native size (or downsampled to ``--size``); here each is resized so
-its longest side is the model input size (aspect ratio kept: bilinear for images, nearest
-for masks) and zero-padded at the bottom and right to a square. ``valid`` records the
-resized extent so predictions can be cropped and mapped back.
+Slices are stored at native size (or downsampled to ``--size``); here each is letterboxed to
+the model's input (:mod:`tunesam.letterbox`). ``valid`` records the resized extent so
+predictions can be cropped and mapped back.
 """
 from __future__ import annotations
 
@@ -13,65 +12,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import Dataset
 
 from tunesam.data.augment import augment as augment_slice
-from tunesam.data.preprocess import longest_side_to
 from tunesam.data.prompts import pick_object, simulate
 from tunesam.data.readers import DataError
 from tunesam.data.store import PreparedData
-
-
-def letterbox_shape(h: int, w: int, size: int) -> tuple[int, int]:
-    """Size of an ``h x w`` slice once its longest side is ``size``."""
-    return longest_side_to(h, w, size)
-
-
-INTERPOLATIONS = ("bilinear", "nearest", "area")
-
-
-def letterbox_image(image: np.ndarray | torch.Tensor, size: int, mode: str = "bilinear") -> torch.Tensor:
-    """``h x w`` uint8 (0-255) -> ``1 x size x size`` uint8, resized and zero-padded.
-
-    ``mode``: ``bilinear`` (anti-aliased when shrinking), ``nearest`` (the paper's reference
-    code), or ``area``: pixel-area averaging when shrinking and bilinear when enlarging, as
-    OpenCV's ``INTER_AREA`` that LiteMedSAM's own preprocessing uses. uint8 keeps DataLoader
-    traffic four times smaller than float; the model takes 0-255 input of any dtype.
-    """
-    if mode not in INTERPOLATIONS:
-        raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {mode!r}")
-    img = torch.tensor(np.asarray(image), dtype=torch.uint8)[None, None]
-    h, w = img.shape[-2:]
-    rh, rw = letterbox_shape(h, w, size)
-    if (rh, rw) != (h, w):
-        if mode == "area" and rh <= h and rw <= w:
-            small = Image.fromarray(img[0, 0].numpy()).resize((rw, rh), Image.Resampling.BOX)
-            img = torch.from_numpy(np.asarray(small).copy())[None, None]
-        elif mode == "nearest":
-            img = F.interpolate(img, size=(rh, rw), mode="nearest-exact")
-        else:
-            img = F.interpolate(img, size=(rh, rw), mode="bilinear", align_corners=False, antialias=rh < h)
-    return F.pad(img, (0, size - rw, 0, size - rh))[0]
-
-
-def letterbox_mask(mask: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
-    """``h x w`` class mask -> ``size x size`` uint8 class indices, nearest, zero-padded."""
-    m = torch.tensor(np.asarray(mask), dtype=torch.uint8)[None, None]
-    h, w = m.shape[-2:]
-    rh, rw = letterbox_shape(h, w, size)
-    if (rh, rw) != (h, w):
-        m = F.interpolate(m.float(), size=(rh, rw), mode="nearest-exact")
-    return F.pad(m.to(torch.uint8), (0, size - rw, 0, size - rh))[0, 0]
-
-
-def unletterbox(logits: torch.Tensor, valid: Sequence[int], shape: Sequence[int]) -> torch.Tensor:
-    """``C x S x S`` model output -> ``C x h x w`` float32: crop the letterbox, resize bilinearly."""
-    cropped = logits[..., : valid[0], : valid[1]].float()
-    if tuple(cropped.shape[-2:]) == tuple(shape):
-        return cropped
-    return F.interpolate(cropped[None], size=tuple(shape), mode="bilinear", align_corners=False)[0]
+from tunesam.letterbox import letterbox_image, letterbox_mask, letterbox_shape, to_input
 
 
 class SliceDataset(Dataset):
@@ -101,7 +48,7 @@ class SliceDataset(Dataset):
         prompt_rules: how prompts are drawn, ``paper`` (default), ``code`` or ``tight`` (see
             :mod:`tunesam.data.prompts`).
         views: with ``augment``, each item draws one of this many cached augmented views of
-            its slice (``view``, 0 .. views-1; see :mod:`tunesam.models.embedding_cache`);
+            its slice (``view``, 0 .. views-1; see :mod:`tunesam.engine.embedding_cache`);
             otherwise ``view`` is -1, the plain image.
         seed: fixes every random choice per (seed, epoch, slice); the epoch comes with the
             index from the training sampler, or from :meth:`set_epoch`.
@@ -170,10 +117,11 @@ class SliceDataset(Dataset):
             rng = rng or np.random.default_rng([self.seed, row])  # fixed per slice without augment
             obj = pick_object(np.asarray(mask), rng)
             prompt = simulate(obj, self.mode, max(h, w), rng, self.prompt_rules)
-            scale = self.image_size / max(h, w)
             item["mask"] = letterbox_mask(obj.astype(np.uint8), self.image_size)
-            item["box"] = torch.tensor(prompt.box or (0.0, 0.0, 0.0, 0.0), dtype=torch.float32) * scale
-            item["point"] = torch.tensor(prompt.point or (0.0, 0.0), dtype=torch.float32) * scale
+            item["box"] = to_input(torch.tensor(prompt.box or (0.0, 0.0, 0.0, 0.0), dtype=torch.float32), (h, w),
+                                   self.image_size)
+            item["point"] = to_input(torch.tensor(prompt.point or (0.0, 0.0), dtype=torch.float32), (h, w),
+                                     self.image_size)
         if self.augment and self.views:  # drawn last: the prompts stay what they were without views
             assert rng is not None
             item["view"] = int(rng.integers(self.views))

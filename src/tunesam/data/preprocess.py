@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from tunesam.data.readers import DataError
+from tunesam.letterbox import longest_side_to
 
 PERCENTILES = (0.5, 99.5)
 CT_WINDOW = (40.0, 400.0)  # level, width: soft tissue, as MedSAM
@@ -88,12 +89,6 @@ def map_labels(mask: np.ndarray, value_to_class: Mapping[int, int] | None, where
         )
     lut = np.array([value_to_class.get(int(v), 0) for v in values], dtype=np.uint8)
     return lut[inverse].reshape(mask.shape)
-
-
-def longest_side_to(h: int, w: int, size: int) -> tuple[int, int]:
-    """An ``h x w`` size scaled so its longest side is ``size`` (aspect kept, rounded)."""
-    scale = size / max(h, w)
-    return max(1, round(h * scale)), max(1, round(w * scale))
 
 
 def stored_shape(h: int, w: int, size: int) -> tuple[int, int]:

@@ -167,3 +167,9 @@ class PreparedData:
     def case(self, i: int) -> dict[str, Any]:
         """The manifest entry of the case slice ``i`` came from."""
         return self.manifest["cases"][int(self.index[i]["case"])]
+
+
+def default_cache_folder(data: str | Path) -> Path:
+    """Where a prepared dataset's embeddings are cached unless told otherwise: ``DATA/embeddings``
+    (``prepare --force`` replaces the dataset and its cache together)."""
+    return Path(data) / "embeddings"

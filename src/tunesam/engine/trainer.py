@@ -40,7 +40,7 @@ from tunesam.engine.schedule import lr_at
 from tunesam.eval.metrics import dice
 from tunesam.io import atomic_path, atomic_write, write_json
 from tunesam.models.build import build_model
-from tunesam.models.embedding_cache import CachedEmbeddings, fill_training_caches
+from tunesam.engine.embedding_cache import CachedEmbeddings, fill_training_caches
 from tunesam.models.segmenter import SamSegmenter, positive_points
 from tunesam.peft.saving import save_tensors, trained_meta, trained_state_dict
 from tunesam.peft.strategy import apply_strategy

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tunesam.data.dataset import letterbox_image, letterbox_shape, unletterbox
+from tunesam.letterbox import letterbox_image, letterbox_shape, to_input, unletterbox
 from tunesam.data.prompts import RULE_TEXT, components, image_rng, simulate
 from tunesam.data.readers import DataError
-from tunesam.data.store import PreparedData, stored_spacing
+from tunesam.data.store import PreparedData, default_cache_folder, stored_spacing
 from tunesam.device import autocast_for, pick_device
 from tunesam.eval.metrics import (
     NSD_TOLERANCE,
@@ -33,7 +33,7 @@ from tunesam.eval.metrics import (
     score_classes,
 )
 from tunesam.io import write_json
-from tunesam.models.embedding_cache import EmbeddingCache, default_cache_folder, fill_embedding_cache
+from tunesam.engine.embedding_cache import EmbeddingCache, fill_embedding_cache
 from tunesam.models.segmenter import SamSegmenter, positive_points
 
 MULTIMASK_VARIANTS = ("single", "highest_iou", "oracle")
@@ -89,7 +89,6 @@ def prompted_masks(
     """
     size = model.image_size
     valid = letterbox_shape(*image.shape, size)
-    scale = size / max(image.shape)
     out: dict[str, dict[int, np.ndarray]] = {v: {} for v in (MULTIMASK_VARIANTS if multimask else ("single",))}
 
     def native(low: torch.Tensor) -> torch.Tensor:  # n x g' x g' logits -> n x h x w booleans
@@ -103,9 +102,10 @@ def prompted_masks(
             labels, n = components(ref == c)
             prompts = [simulate(labels == k, mode, max(image.shape), rng, rules) for k in range(1, n + 1)]
             if mode == "box":
-                kw: dict[str, Any] = {"boxes": torch.tensor([p.box for p in prompts], device=device) * scale}
+                kw: dict[str, Any] = {"boxes": to_input(torch.tensor([p.box for p in prompts], device=device),
+                                                        image.shape, size)}
             else:
-                pts = torch.tensor([[p.point] for p in prompts], device=device) * scale
+                pts = to_input(torch.tensor([[p.point] for p in prompts], device=device), image.shape, size)
                 kw = {"points": positive_points(pts)}
             single, _ = model.decode(emb, **kw)
             variants = {"single": native(single[:, 0])}
@@ -137,7 +137,7 @@ def evaluate_model(
     """Score ``model`` on a split of ``data``; returns the ``metrics.json`` content.
 
     ``embedding_cache``: a folder where the frozen encoder's embeddings of the split are
-    cached (see :mod:`tunesam.models.embedding_cache`), shared with training and other
+    cached (see :mod:`tunesam.engine.embedding_cache`), shared with training and other
     evaluations of the same encoder. Prompted modes draw one prompt per connected component
     of each class by ``prompt_rules`` (``paper``, the training rules, as the paper evaluates;
     ``code``; ``tight``), from a generator seeded by ``prompt_seed`` and the image.

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tunesam.data.dataset import letterbox_image, letterbox_shape, unletterbox
+from tunesam.letterbox import letterbox_image, letterbox_shape, to_input, unletterbox
 from tunesam.data.preprocess import PERCENTILES, downsample_images, stored_shape, to_uint8
 from tunesam.data.readers import DataError, Geometry, PillowReader, SimpleITKReader, read_image, strip_image_ext
 from tunesam.device import autocast_for, pick_device
@@ -166,12 +166,12 @@ class Predictor:
                     emb = self.model.encode(x[None].to(self.device), torch.tensor([valid], device=self.device))
                 embedded[i] = (emb, valid)
             emb, valid = embedded[i]
-            scale = self.model.image_size / max(h, w)  # native pixel -> model input pixel, as SAM's resize
             kw: dict[str, Any] = {}
+            native = torch.tensor([coords], dtype=torch.float32, device=self.device)
             if kind == "box":
-                kw["boxes"] = torch.tensor([coords], dtype=torch.float32, device=self.device) * scale
+                kw["boxes"] = to_input(native, (h, w), self.model.image_size)
             else:
-                pts = torch.tensor([coords], dtype=torch.float32, device=self.device) * scale
+                pts = to_input(native, (h, w), self.model.image_size)
                 kw["points"] = (pts, torch.tensor([point_labels], device=self.device))
             with torch.no_grad(), autocast_for(self.device):
                 logits = self.model(None, embeddings=emb, **kw)[0]

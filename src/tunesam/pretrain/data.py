@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from tunesam.data.augment import augment as augment_slice
-from tunesam.data.dataset import letterbox_image, letterbox_mask, letterbox_shape
+from tunesam.letterbox import letterbox_image, letterbox_mask, letterbox_shape, to_input
 from tunesam.data.preprocess import is_blank
 from tunesam.data.prompts import components, pick_class, simulate
 from tunesam.data.readers import DataError
@@ -102,7 +102,6 @@ class PromptSlices(_Pooled):
             chosen = np.sort(choice.choice(chosen, self.max_prompts, replace=False))
         kinds = choice.integers(0, 2, len(chosen))  # 0 box, 1 point: equal odds
         size = max(mask.shape)
-        scale = self.image_size / size
         boxes, points, masks = [], [], []
         for k, kind in zip(chosen, kinds):
             component = labels == k
@@ -112,8 +111,9 @@ class PromptSlices(_Pooled):
             masks.append(letterbox_mask(component.astype(np.uint8), self.image_size))
         item = self._base_item(d, row, image)
         item.update(kind=torch.as_tensor(kinds, dtype=torch.long),
-                    box=torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4) * scale,
-                    point=torch.tensor(points, dtype=torch.float32).reshape(-1, 2) * scale,
+                    box=to_input(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), mask.shape, self.image_size),
+                    point=to_input(torch.tensor(points, dtype=torch.float32).reshape(-1, 2), mask.shape,
+                                   self.image_size),
                     masks=torch.stack(masks))
         return item
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from tunesam.data.augment import augment as augment_slice
-from tunesam.data.dataset import letterbox_image, letterbox_shape
+from tunesam.letterbox import letterbox_image, letterbox_shape
 from tunesam.data.store import PreparedData
 from tunesam.io import write_json
 from tunesam.models.segmenter import SamSegmenter
@@ -49,12 +49,6 @@ VIEW_STREAM = 0x5EED  # keeps the views' augmentation draws apart from training'
 def view_of(image: np.ndarray, row: int, view: int) -> np.ndarray:
     """Augmented view ``view`` (0, 1, ...) of store ``row``'s ``h x w`` uint8 slice."""
     return augment_slice(image, np.random.default_rng([VIEW_STREAM, view, row]))
-
-
-def default_cache_folder(data: str | Path) -> Path:
-    """Where a prepared dataset's embeddings are cached unless told otherwise: ``DATA/embeddings``
-    (``prepare --force`` replaces the dataset and its cache together)."""
-    return Path(data) / "embeddings"
 
 
 def encoder_key(model: SamSegmenter, data_fingerprint: str) -> str:
