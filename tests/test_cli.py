@@ -107,7 +107,7 @@ def test_evaluate_and_predict_refuse_what_a_run_decides(tmp_path, capsys: pytest
     from tunesam.data.prepare import PrepareOptions, prepare
     from tunesam.data.store import PreparedData
     from tunesam.config import TrainConfig
-    from tunesam.engine.trainer import train
+    from tunesam.kinds import train
 
     learnable_pngs(tmp_path / "src", patients=5)
     prepare(tmp_path / "src", tmp_path / "prep", PrepareOptions(split="3:1:1"))

@@ -94,7 +94,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import logging
 
     from tunesam.config import TrainConfig
-    from tunesam.engine.trainer import train
+    from tunesam.kinds import train
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     _check_method_options(args)
@@ -342,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--tensorboard", action="store_true", help="also log to RUN/tensorboard")
     tr.set_defaults(func=_cmd_train)
 
-    from tunesam.baselines.nets import BASELINES
+    from tunesam.kinds import baseline_names
 
     bl = sub.add_parser("baseline", help="train UNet, SwinUNETR or nnU-Net on a prepared dataset's split",
                         description="A baseline on the same split as the SAM runs, as a run folder that evaluate and "
@@ -351,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "pip install 'tunesam[baselines]'). UNet and SwinUNETR follow the paper's recipe "
                                     "(AdamW 1e-4, wd 0.1, 200 warm-up steps, batch 4, <= 200 epochs, early stop after "
                                     "20) at 256 px with z-score intensities; nnU-Net plans its own.")
-    bl.add_argument("name", choices=list(BASELINES), metavar="{unet,swinunetr,nnunet}")
+    bl.add_argument("name", choices=baseline_names(test=True), metavar="{" + ",".join(baseline_names()) + "}")
     bl.add_argument("--data", required=True, help="prepared dataset folder")
     bl.add_argument("--out", required=True, help="run folder to write")
     _add_training_args(bl, epochs="default 200 (few-shot 1000); nnU-Net: its own 1000")

@@ -8,11 +8,14 @@ from typing import Any, Callable
 
 import yaml
 
-from tunesam.baselines.nets import is_baseline
 from tunesam.data.prompts import RULES
 from tunesam.peft.strategy import Strategy
 
-# The paper's recipes (section 4.1; few-shot: section 4.4).
+# The paper's recipe (section 4.1; few-shot: section 4.4), in one place: AdamW at LR with
+# WEIGHT_DECAY, WARMUP warm-up steps then polynomial decay; length, patience and batch below.
+LR = 1e-4
+WEIGHT_DECAY = 0.1
+WARMUP = 200
 FULL = {"epochs": 200, "patience": 20, "batch_size": 4}
 FEW_SHOT = {"epochs": 1000, "patience": 0, "batch_size": 2}
 
@@ -50,9 +53,9 @@ class TrainConfig:
     epochs: int | None = None
     patience: int | None = None
     batch_size: int | None = None
-    lr: float = 1e-4
-    weight_decay: float = 0.1
-    warmup: int = 200
+    lr: float = LR
+    weight_decay: float = WEIGHT_DECAY
+    warmup: int = WARMUP
     constant_lr: bool = False
     image_size: int | None = None
     device: str = "auto"
@@ -64,7 +67,8 @@ class TrainConfig:
     cache_embeddings: bool = False
     cache_views: int = 0
     embedding_cache: str | None = None
-    pixel_norm_rule: str | None = None  # filled by resolved(): why pixel_norm is what it is
+    iterations: int | None = None  # nnU-Net's iterations per epoch (its default 250); no other kind takes it
+    pixel_norm_rule: str | None = None  # filled by the kind's resolve: why pixel_norm is what it is
 
     def __post_init__(self) -> None:
         self.strategy()  # validates tune / method / mode
@@ -93,57 +97,23 @@ class TrainConfig:
     def strategy(self) -> Strategy:
         return Strategy(self.tune, self.method, self.mode, self.adapter_blocks, lora_rank=self.lora_rank)
 
-    def resolved(self) -> TrainConfig:
-        """Recipe defaults filled in; a named checkpoint resolved to its (verified) file."""
-        from tunesam.models.build import infer_arch, pixel_norm_rule
+    def with_recipe(self, iterations: bool = False) -> TrainConfig:
+        """The recipe's length, patience and batch where not given (the paper's, or its few-shot
+        one), and the embedding cache's default folder. Each run kind's ``resolve`` calls this
+        and fills in its own defaults (architecture, input size, pixel normalisation);
+        ``iterations``: the kind takes ``--iterations`` (nnU-Net)."""
         from tunesam.data.store import default_cache_folder
-        from tunesam.models.known import resolve_checkpoint
-        from tunesam.models.registry import get_spec
+
+        if self.iterations is not None and not iterations:
+            raise ValueError(f"--iterations is nnU-Net's; {self.arch} trains on every training slice once per epoch")
 
         recipe = FEW_SHOT if self.few_shot else FULL
-        if is_baseline(self.arch):
-            return self._resolved_baseline(recipe)
-        checkpoint = str(resolve_checkpoint(self.checkpoint)) if self.checkpoint else None
-        if not self.arch and checkpoint is None:
-            raise ValueError("give --arch (or a --checkpoint to read the architecture from)")
-        arch = self.arch or infer_arch(checkpoint)  # type: ignore[arg-type]
-        norm, rule = (self.pixel_norm, "given with --pixel-norm") if self.pixel_norm else pixel_norm_rule(arch, checkpoint)
+        cache = (self.embedding_cache or str(default_cache_folder(self.data))) if self.cache_embeddings else None
         return dataclasses.replace(
-            self,
-            arch=arch,
-            checkpoint=checkpoint,
-            image_size=self.image_size or get_spec(arch).native_size,
-            pixel_norm=norm,
-            pixel_norm_rule=self.pixel_norm_rule or rule,
-            interpolation=self.interpolation or get_spec(arch).interpolation,
-            embedding_cache=(self.embedding_cache or str(default_cache_folder(self.data))) if self.cache_embeddings
-            else None,
-            **self._recipe(recipe),
-        )
-
-    def _recipe(self, recipe: dict[str, int]) -> dict[str, int]:
-        """The recipe's length and batch where not given."""
-        return {"epochs": self.epochs or recipe["epochs"],
-                "patience": recipe["patience"] if self.patience is None else self.patience,
-                "batch_size": self.batch_size or recipe["batch_size"]}
-
-    def _resolved_baseline(self, recipe: dict[str, int]) -> TrainConfig:
-        from tunesam.baselines.nets import get_baseline_spec
-
-        spec = get_baseline_spec(str(self.arch))
-        given = [flag for flag, bad in (("--checkpoint", self.checkpoint), ("--mode " + self.mode, self.mode != "auto"),
-                                        ("--cache-embeddings", self.cache_embeddings),
-                                        ("--pixel-norm", self.pixel_norm not in (None, spec.pixel_norm)))
-                 if bad]
-        if given:
-            raise ValueError(f"{self.arch} is a baseline trained from scratch in automated mode; "
-                             f"{', '.join(given)} does not apply to it")
-        return dataclasses.replace(
-            self, image_size=self.image_size or spec.native_size or None, pixel_norm=spec.pixel_norm,
-            pixel_norm_rule="nnU-Net's own (planned)" if spec.network == "nnunet"
-            else "the baselines' own: z-score per slice over its real pixels",
-            interpolation=self.interpolation or spec.interpolation,
-            **self._recipe(recipe),
+            self, embedding_cache=cache,
+            epochs=self.epochs or recipe["epochs"],
+            patience=recipe["patience"] if self.patience is None else self.patience,
+            batch_size=self.batch_size or recipe["batch_size"],
         )
 
     def to_dict(self) -> dict[str, Any]:

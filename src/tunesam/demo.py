@@ -22,7 +22,7 @@ import numpy as np
 from tunesam.data.examples import prepare_example
 from tunesam.data.store import PreparedData, default_cache_folder
 from tunesam.config import TrainConfig
-from tunesam.engine.trainer import train
+from tunesam.kinds import train
 from tunesam.eval.evaluate import evaluate_checkpoint, evaluate_run, format_metrics, predict_rows
 from tunesam.engine.embedding_cache import EmbeddingCache, fill_embedding_cache
 from tunesam.models.known import LITEMEDSAM, litemedsam_path
@@ -149,7 +149,7 @@ def _figure(run: Path, data_dir: Path, path: Path, device: str, metrics: dict[st
     """Four test slices across the range of foreground sizes, in slab order: image | reference |
     (zero-shot boxes |) prediction, captioned with the slice's DSC per class."""
     from tunesam.device import pick_device
-    from tunesam.run import load_run_model, open_run
+    from tunesam.kinds import load_run_model, open_run
 
     data = PreparedData.open(data_dir)
     scored = {(r["case"], r["slice"]): r["scores"] for r in metrics["per_image"]}

@@ -83,8 +83,10 @@ def test_baseline_refusals(prepared: Path, tmp_path: Path) -> None:
 
     cfg = TrainConfig(data=str(prepared), out=str(tmp_path / "r"), arch="unet", tune="encoder-decoder",
                       method="vanilla", mode="box")
+    from tunesam.kinds import resolve
+
     with pytest.raises(ValueError, match="--mode box does not apply"):
-        cfg.resolved()
+        resolve(cfg)
 
 
 def test_cli_baseline_run_cannot_be_exported(prepared: Path, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from helpers import evaluated_label_maps
 from tunesam.config import TrainConfig
 from tunesam.data.prepare import PrepareOptions, prepare
 from tunesam.data.store import PreparedData
-from tunesam.engine.trainer import train
+from tunesam.kinds import train
 from tunesam.inference.predictor import predict
 
 

@@ -167,7 +167,7 @@ def _refusal(folder: Path) -> str:
 def test_train_and_baselines_refuse_an_image_only_dataset(image_only: Path, tmp_path: Path) -> None:
     from tunesam.baselines.train import train_baseline
     from tunesam.config import TrainConfig
-    from tunesam.engine.trainer import train
+    from tunesam.kinds import train
 
     for mode in ("auto", "box"):
         cfg = TrainConfig(data=str(image_only), out=str(tmp_path / mode), arch="vit_test", tune="decoder",
@@ -181,7 +181,7 @@ def test_train_and_baselines_refuse_an_image_only_dataset(image_only: Path, tmp_
 
 def test_evaluate_refuses_an_image_only_dataset(image_only: Path, prepared: Path, tmp_path: Path) -> None:
     from tunesam.config import TrainConfig
-    from tunesam.engine.trainer import train
+    from tunesam.kinds import train
     from tunesam.eval.evaluate import evaluate_checkpoint, evaluate_run
     from tunesam.models.registry import build_sam
 

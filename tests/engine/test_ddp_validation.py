@@ -12,19 +12,18 @@ import sys, torch
 from tunesam.data.dataset import SliceDataset
 from tunesam.data.store import PreparedData
 from tunesam.engine import distributed as D
-from tunesam.config import TrainConfig
-from tunesam.engine.trainer import _loader, _validate
+from tunesam.engine.fit import Schedule, loader as make_loader
+from tunesam.engine.trainer import validate
 from tunesam.models.registry import build_sam
 
 ctx, device = D.setup("cpu")
 data = PreparedData.open(sys.argv[1])
 rows = data.rows("val", include_empty=False)[:5]  # odd: 2 processes pad one slice
-cfg = TrainConfig(data=sys.argv[1], out="unused", arch="vit_test", tune="decoder", method="vanilla",
-                  image_size=32, batch_size=2, num_workers=0)
 torch.manual_seed(0)
 model = build_sam("vit_test", num_classes=1, image_size=32)
-loader = _loader(SliceDataset(data, "val", 32, rows=rows), cfg, ctx, device, shuffle=False)
-dsc = _validate(model, loader, "auto", 1, device, ctx)
+loader = make_loader(SliceDataset(data, "val", 32, rows=rows), Schedule(epochs=1, batch_size=2, num_workers=0), ctx,
+                     device, train=False)
+dsc = validate(model, loader, "auto", 1, device, ctx)
 if ctx.is_main:
     print(f"VAL {dsc!r}")
 D.teardown()

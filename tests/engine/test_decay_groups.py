@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from tunesam.engine.trainer import decay_groups
+from tunesam.engine.fit import decay_groups
 from tunesam.models.build import build_model
 from tunesam.models.common import LayerNorm2d
 from tunesam.peft.strategy import Strategy, apply_strategy

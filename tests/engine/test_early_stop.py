@@ -1,7 +1,7 @@
 """The early-stop rule and its message, named by the metric it watches."""
 from __future__ import annotations
 
-from tunesam.engine.trainer import State
+from tunesam.engine.run_folder import State
 
 
 def test_stop_after_patience_epochs_and_name_the_metric() -> None:

@@ -12,8 +12,8 @@ import torch
 from tunesam.letterbox import letterbox_image, letterbox_shape
 from tunesam.data.store import PreparedData
 from tunesam.config import TrainConfig
-from tunesam.run import load_run_model, open_run
-from tunesam.engine.trainer import train
+from tunesam.kinds import load_run_model, open_run
+from tunesam.kinds import train
 from tunesam.eval.evaluate import evaluate_model, evaluate_run
 from tunesam.engine.embedding_cache import EmbeddingCache, fill_embedding_cache
 from tunesam.models.registry import build_sam

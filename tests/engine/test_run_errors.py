@@ -10,7 +10,7 @@ import torch
 
 from tunesam.cli import main
 from tunesam.config import TrainConfig
-from tunesam.engine.trainer import train
+from tunesam.kinds import train
 
 
 class Payload:

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from tunesam.config import TrainConfig
-from tunesam.engine.trainer import train
+from tunesam.kinds import train
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -63,11 +63,12 @@ def test_prompted_training_learns(prepared: Path, tmp_path: Path) -> None:
 # the resume state (after that epoch's weights were written: the worst moment before).
 KILLER = """
 import os, signal, sys
-import tunesam.engine.trainer as T
+import tunesam.engine.fit as FIT
+import tunesam.engine.trainer as TRAINER
 from tunesam.cli import main
 
 where, at = sys.argv[1], int(sys.argv[2])
-name = {"step": "_forward_loss", "state": "_save_state"}[where]
+T, name = {"step": (TRAINER, "forward_loss"), "state": (FIT, "save_state")}[where]
 original, calls = getattr(T, name), [0]
 
 def kill_at(*args, **kwargs):
@@ -136,17 +137,20 @@ def _ddp_by_hand(cfg: TrainConfig, world: int = 2) -> tuple[dict[str, torch.Tens
     from tunesam.data.store import PreparedData
     from tunesam.engine import distributed as D
     from tunesam.engine.schedule import lr_at
-    from tunesam.engine.trainer import _datasets, _forward_loss, _loader, _make_model, _optimizer, _validate
+    from tunesam.engine.fit import loader
+    from tunesam.engine.trainer import datasets, forward_loss, optimizer, schedule_of, validate
+    from tunesam.kinds import kind_of, resolve
 
-    cfg = cfg.resolved()
+    cfg = resolve(cfg)
     device = torch.device("cpu")
     data = PreparedData.open(cfg.data)
     torch.manual_seed(cfg.seed)
-    model = _make_model(cfg, data.num_classes, device)
-    opt = _optimizer(model, cfg, device)
-    train_ds, val_ds = _datasets(data, cfg)
-    shards = [_loader(train_ds, cfg, D.Context(rank=r, world=world), device, shuffle=True) for r in range(world)]
-    val_loader = _loader(val_ds, cfg, D.Context(), device, shuffle=False)
+    model = kind_of(cfg.arch).build(cfg, data.num_classes).to(device)
+    opt = optimizer(model, cfg, device)
+    train_ds, val_ds = datasets(data, cfg)
+    shards = [loader(train_ds, schedule_of(cfg), D.Context(rank=r, world=world), device, train=True)
+              for r in range(world)]
+    val_loader = loader(val_ds, schedule_of(cfg), D.Context(), device, train=False)
     total, step = cfg.epochs * len(shards[0]), 0
     losses, dscs = [], []
     for epoch in range(cfg.epochs):
@@ -157,14 +161,14 @@ def _ddp_by_hand(cfg: TrainConfig, world: int = 2) -> tuple[dict[str, torch.Tens
         for batches in zip(*shards, strict=True):
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg.lr, cfg.warmup, total, constant=cfg.constant_lr)
-            per_rank = [_forward_loss(model, b, cfg.mode, device) for b in batches]
+            per_rank = [forward_loss(model, b, cfg.mode, device) for b in batches]
             (sum(per_rank) / world).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
             step += 1
             epoch_losses += [float(v.detach()) for v in per_rank]
         losses.append(float(np.mean(epoch_losses)))
-        dscs.append(_validate(model, val_loader, cfg.mode, data.num_classes, device, D.Context()))
+        dscs.append(validate(model, val_loader, cfg.mode, data.num_classes, device, D.Context()))
     return model.state_dict(), losses, dscs
 
 
@@ -205,9 +209,7 @@ def test_two_process_ddp_equals_the_same_steps_in_one_process(prepared: Path, tm
 
 def test_evaluate_and_predict_resize_images_as_the_run_was_trained(prepared: Path, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    import tunesam.data.dataset as dataset_module
-    import tunesam.eval.evaluate as evaluate_module
-    import tunesam.inference.predictor as predictor_module
+    import tunesam.letterbox as letterbox_module
     from tunesam.data.store import PreparedData
     from tunesam.eval.evaluate import evaluate_run
     from tunesam.inference.predictor import predict
@@ -220,10 +222,10 @@ def test_evaluate_and_predict_resize_images_as_the_run_was_trained(prepared: Pat
 
     def spy(image, size, mode="bilinear"):  # type: ignore[no-untyped-def]
         modes.append(mode)
-        return dataset_module.letterbox_image(image, size, mode)
+        return original(image, size, mode)
 
-    monkeypatch.setattr(evaluate_module, "letterbox_image", spy)
-    monkeypatch.setattr(predictor_module, "letterbox_image", spy)
+    original = letterbox_module.letterbox_image
+    monkeypatch.setattr(letterbox_module, "letterbox_image", spy)  # the one letterbox of evaluate and predict
     evaluate_run(run, device="cpu")
     case = PreparedData.open(prepared).manifest["cases"][0]
     predict(run, [case["image"]], tmp_path / "pred", device="cpu")

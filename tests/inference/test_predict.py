@@ -15,7 +15,7 @@ from tunesam.cli import main
 from tunesam.data.prepare import PrepareOptions, prepare
 from tunesam.data.readers import DataError
 from tunesam.config import TrainConfig
-from tunesam.engine.trainer import train
+from tunesam.kinds import train
 from tunesam.eval.evaluate import evaluate_run
 from tunesam.inference.predictor import predict
 

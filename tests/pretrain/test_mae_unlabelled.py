@@ -55,8 +55,10 @@ def _expected(data: PreparedData, split: str, slices: list[int]) -> set[tuple[st
 
 
 def _train_config(data: Path, out: Path) -> TrainConfig:
-    return TrainConfig(data=str(data), out=str(out), arch="vit_test", tune="decoder", method="vanilla", epochs=1,
-                       image_size=32, device="cpu", num_workers=0).resolved()
+    from tunesam.kinds import resolve
+
+    return resolve(TrainConfig(data=str(data), out=str(out), arch="vit_test", tune="decoder", method="vanilla",
+                               epochs=1, image_size=32, device="cpu", num_workers=0))
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +85,7 @@ def test_train_and_val_store_the_non_blank_slices_without_foreground(labelled: P
 def test_fine_tuning_trains_on_the_same_slices_as_before_and_mae_on_every_non_blank_one(labelled: Path,
                                                                                         tmp_path: Path) -> None:
     from tunesam.baselines.nnunet import DATASET, export_raw_dataset
-    from tunesam.engine.trainer import _datasets
+    from tunesam.engine.trainer import datasets as _datasets
 
     data = PreparedData.open(labelled)
     train, val = _datasets(data, _train_config(labelled, tmp_path / "run"))
@@ -104,7 +106,7 @@ def test_fine_tuning_trains_on_the_same_slices_as_before_and_mae_on_every_non_bl
 
 
 def test_keep_empty_and_older_folders_train_on_every_stored_slice(labelled: Path, tmp_path: Path) -> None:
-    from tunesam.engine.trainer import _datasets
+    from tunesam.engine.trainer import datasets as _datasets
 
     prepare(labelled.parent / "src", tmp_path / "keep", PrepareOptions(split="2:1:1", keep_empty=True))
     data = PreparedData.open(tmp_path / "keep")

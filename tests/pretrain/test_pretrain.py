@@ -363,10 +363,10 @@ def test_blank_slices_are_dropped() -> None:
 # -- runs: CLI, resume after a kill ------------------------------------------------------------
 KILLER = """
 import os, signal, sys
-import tunesam.pretrain.runner as R
+import tunesam.engine.fit as R
 from tunesam.cli import main
 
-original, calls = R._save_state, [0]
+original, calls = R.save_state, [0]
 
 def kill_at(*args, **kwargs):
     calls[0] += 1
@@ -374,7 +374,7 @@ def kill_at(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
     return original(*args, **kwargs)
 
-R._save_state = kill_at
+R.save_state = kill_at
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -136,15 +136,15 @@ def test_tiny_study_end_to_end_report_equals_cells(prepared: Path, tmp_path: Pat
 
 KILLER = """
 import os, signal, sys
-import tunesam.engine.trainer as t
+import tunesam.engine.fit as t
 saves = {"n": 0}
-original = t._save_state
+original = t.save_state
 def save_then_die(*a, **k):
     original(*a, **k)
     saves["n"] += 1
     if saves["n"] == int(os.environ["KILL_AT_SAVE"]):
         os.kill(os.getpid(), signal.SIGKILL)
-t._save_state = save_then_die
+t.save_state = save_then_die
 from tunesam.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -16,14 +16,22 @@ non-CT data), the letterbox padding zero after it. Everything trains; there are 
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from tunesam.peft.strategy import Strategy
+from tunesam.config import TrainConfig
+from tunesam.engine.run_folder import Run
+from tunesam.kinds import RunKind, register
+from tunesam.letterbox import segment_letterboxed
+from tunesam.peft.saving import load_trained
 
 PIXEL_NORM = "zscore"
 
@@ -52,17 +60,11 @@ BASELINES: dict[str, BaselineSpec] = {
     for s in (
         BaselineSpec("unet", "unet", "MONAI UNet (2D), features 64-1024", channels=(64, 128, 256, 512, 1024)),
         BaselineSpec("swinunetr", "swinunetr", "MONAI SwinUNETR (2D), the substitute for SwinUNet", feature_size=24),
-        BaselineSpec("nnunet", "nnunet", "nnU-Net (nnunetv2), 2D configuration; it plans its own input",
-                     native_size=0, pixel_norm="nnunet"),
         BaselineSpec("unet_test", "unet", "test-only tiny UNet", channels=(4, 8, 16), test_only=True),
         BaselineSpec("swinunetr_test", "swinunetr", "test-only tiny SwinUNETR", feature_size=12,
                      depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), test_only=True),
     )
 }
-
-
-def is_baseline(arch: str | None) -> bool:
-    return arch in BASELINES
 
 
 def get_baseline_spec(name: str) -> BaselineSpec:
@@ -98,7 +100,6 @@ class BaselineSegmenter(nn.Module):
         self.pixel_norm = spec.pixel_norm
         self.interpolation = spec.interpolation
         self.net = _network(spec, num_classes + 1, size)
-        self.strategy = Strategy("encoder-decoder", "vanilla", "auto")  # every parameter trains
         self.load_report = None
 
     @property
@@ -111,6 +112,12 @@ class BaselineSegmenter(nn.Module):
 
     def encoder_is_frozen(self) -> bool:
         return False
+
+    def segment_stored(self, slices: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0), want_probs: bool = False,
+                       out_shape: tuple[int, int] | None = None, batch_size: int = 8
+                       ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The run-model interface: see :func:`tunesam.letterbox.segment_letterboxed`."""
+        return segment_letterboxed(self, slices, want_probs, out_shape, batch_size)
 
     def preprocess(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """0-255 slices to z-scores over the real pixels; padding 0."""
@@ -136,7 +143,52 @@ class BaselineSegmenter(nn.Module):
 
 def build_baseline(name: str, num_classes: int, image_size: int | None = None) -> BaselineSegmenter:
     """A randomly initialised MONAI baseline for ``num_classes`` foreground classes."""
-    spec = get_baseline_spec(name)
-    if spec.network == "nnunet":
-        raise ValueError("nnU-Net builds its own network from its plans: train it with train_baseline('nnunet', ...)")
-    return BaselineSegmenter(spec, num_classes, image_size)
+    return BaselineSegmenter(get_baseline_spec(name), num_classes, image_size)
+
+
+def refuse_sam_options(cfg: TrainConfig, pixel_norm: str) -> None:
+    """A baseline trains from scratch in automated mode: SAM's options do not apply."""
+    given = [flag for flag, bad in (("--checkpoint", cfg.checkpoint), ("--mode " + cfg.mode, cfg.mode != "auto"),
+                                    ("--cache-embeddings", cfg.cache_embeddings),
+                                    ("--pixel-norm", cfg.pixel_norm not in (None, pixel_norm)))
+             if bad]
+    if given:
+        raise ValueError(f"{cfg.arch} is a baseline trained from scratch in automated mode; "
+                         f"{', '.join(given)} does not apply to it")
+
+
+class MonaiKind(RunKind):
+    """UNet and SwinUNETR: tunesam's fine-tuning loop and recipe, from random weights."""
+
+    name = "monai"
+    baseline = True
+
+    def archs(self) -> Iterable[str]:
+        return BASELINES
+
+    def describe(self, arch: str) -> str:
+        return get_baseline_spec(arch).description
+
+    def resolve(self, cfg: TrainConfig) -> TrainConfig:
+        spec = get_baseline_spec(str(cfg.arch))
+        refuse_sam_options(cfg, spec.pixel_norm)
+        return dataclasses.replace(
+            cfg.with_recipe(), image_size=cfg.image_size or spec.native_size, pixel_norm=spec.pixel_norm,
+            pixel_norm_rule="the baselines' own: z-score per slice over its real pixels",
+            interpolation=cfg.interpolation or spec.interpolation,
+        )
+
+    def build(self, cfg: TrainConfig, num_classes: int) -> BaselineSegmenter:
+        return build_baseline(str(cfg.arch), num_classes, cfg.image_size)
+
+    def load(self, run: Run, which: str = "best", device: str | torch.device = "cpu") -> BaselineSegmenter:
+        model = build_baseline(str(run.config.arch), run.num_classes, run.config.image_size)
+        load_trained(model, run.weights(which), meta_path=run.folder / "weights" / "base.json")  # type: ignore[arg-type]
+        return model.to(device).eval()
+
+    def export(self, run: Run, out: Path, weights: str = "best") -> list[str]:
+        raise ValueError(f"{run.folder} is a {run.config.arch} baseline, not a SAM model: there is no SAM checkpoint "
+                         "to export. Its weights/best.safetensors hold the whole network (MONAI's layout)")
+
+
+MONAI = register(MonaiKind())

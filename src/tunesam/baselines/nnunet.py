@@ -25,21 +25,27 @@ with it torchvision, which may not match the local torch). Checkpoints are read 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from tunesam.baselines.nets import refuse_sam_options
+from tunesam.config import LR, WARMUP, TrainConfig, load_config, save_config
 from tunesam.data.readers import DataError
 from tunesam.data.store import PreparedData, stored_spacing
+from tunesam.device import pick_device
+from tunesam.engine.run_folder import Run, prepare, refuse_changed, write_log, write_preprocessing
 from tunesam.io import write_json
-from tunesam.peft.strategy import Strategy
+from tunesam.kinds import RunKind, register
 
 DATASET_ID = 501
 DATASET = f"Dataset{DATASET_ID:03d}_tunesam"
@@ -172,32 +178,28 @@ def results_folder(run: Path) -> Path:
     return run / "nnunet" / "results" / DATASET / f"TunesamNnUNetTrainer__{PLANS}__{CONFIGURATION}"
 
 
-def train_nnunet(data: str | Path, out: str | Path, epochs: int | None = None, device: str = "auto", seed: int = 0,
-                 few_shot: int | None = None, resume: bool = False, iterations: int | None = None,
-                 processes: int | None = None) -> Path:
-    """Train nnU-Net 2D on ``data``'s split into the run folder ``out``; returns it."""
+def train_nnunet(cfg: TrainConfig, resume: bool = False, processes: int | None = None) -> Path:
+    """Train nnU-Net 2D on ``cfg.data``'s split into the run folder ``cfg.out`` (``cfg``
+    resolved by :class:`NnUNetKind`: ``epochs``, ``iterations`` per epoch, ``few_shot``,
+    ``seed``, ``device``); returns it."""
     require_nnunet()
-    from tunesam.config import TrainConfig, save_config
-    from tunesam.device import pick_device
-    from tunesam.engine.trainer import _prepare_run_folder, _write_preprocessing
-
-    prepared = PreparedData.open(data)
+    prepared = PreparedData.open(cfg.data)
     prepared.require_labels("the nnU-Net baseline")
-    dev = pick_device(device)
-    epochs = epochs or 1000
-    iterations = iterations or 250
-    cfg = TrainConfig(data=str(data), out=str(out), arch="nnunet", tune="encoder-decoder", method="vanilla",
-                      epochs=epochs, few_shot=few_shot, seed=seed, device=device).resolved()
-    run = _prepare_run_folder(cfg, resume)  # the trainer's rules: no overwrite; resume with the same options
-    if resume:
+    dev = pick_device(cfg.device)
+    epochs = int(cfg.epochs or 1000)
+    iterations = int(cfg.iterations or 250)
+
+    def check(run: Path) -> None:  # the folder rules of every run; the iterations are in nnunet.json
+        refuse_changed(run, load_config(run / "config.yaml").to_dict(), cfg.to_dict(),
+                       {"device", "num_workers", "out", "embedding_cache", "iterations"})
         saved = json.loads((run / "nnunet.json").read_text())["iterations_per_epoch"]
-        if saved != iterations:
-            raise ValueError(f"{run}: --resume with other options than the run had: --iterations: run {saved}, "
-                             f"now {iterations}")
+        refuse_changed(run, {"iterations": saved}, {"iterations": iterations})
+
+    run = prepare(cfg.out, resume, "training", check)
     run.mkdir(parents=True, exist_ok=True)
     if not resume:
         save_config(cfg, run / "config.yaml")
-        _write_preprocessing(run, prepared)
+        write_preprocessing(run, prepared)
         write_json(run / "nnunet.json", {"epochs": epochs, "iterations_per_epoch": iterations,
                                          "configuration": CONFIGURATION, "plans": PLANS})
     n_proc = processes or max(1, min(4, (os.cpu_count() or 2) - 1))
@@ -210,7 +212,7 @@ def train_nnunet(data: str | Path, out: str | Path, epochs: int | None = None, d
 
         pre = paths["nnUNet_preprocessed"] / DATASET
         if not (pre / f"{PLANS}.json").is_file() or not (pre / "splits_final.json").is_file():
-            split = export_raw_dataset(prepared, paths["nnUNet_raw"], few_shot, seed)
+            split = export_raw_dataset(prepared, paths["nnUNet_raw"], cfg.few_shot, cfg.seed)
             extract_fingerprints([DATASET_ID], num_processes=n_proc, check_dataset_integrity=True, clean=True,
                                  verbose=False)
             plan_experiments([DATASET_ID])
@@ -219,8 +221,8 @@ def train_nnunet(data: str | Path, out: str | Path, epochs: int | None = None, d
         plans = json.loads((pre / f"{PLANS}.json").read_text())
         dataset_json = json.loads((pre / "dataset.json").read_text())
         trainer_cls = _trainer_class(epochs, iterations, max(1, min(50, iterations // 5)))
-        torch.manual_seed(seed)
-        np.random.seed(seed)
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
         plans["continue_training"] = resume  # as nnU-Net's own run_training sets it
         trainer = trainer_cls(plans=plans, configuration=CONFIGURATION, fold=0, dataset_json=dataset_json, device=dev)
         latest = Path(trainer.output_folder) / "checkpoint_latest.pth"
@@ -235,15 +237,13 @@ def train_nnunet(data: str | Path, out: str | Path, epochs: int | None = None, d
 
 def _write_run_records(run: Path, trainer: Any, iterations: int, device: torch.device) -> None:
     """log.csv and summary.json in tunesam's form, from nnU-Net's own log."""
-    from tunesam.engine.trainer import _write_log
-
     log = trainer.logger.get_checkpoint()  # nnU-Net's per-epoch lists
     n = len(log["train_losses"])
     rows = [{"epoch": e + 1, "train_loss": round(float(log["train_losses"][e]), 6),
              "val_dsc": round(100 * float(log["mean_fg_dice"][e]), 4), "lr": float(log["lrs"][e]),
              "seconds": round(float(log["epoch_end_timestamps"][e] - log["epoch_start_timestamps"][e]), 3)}
             for e in range(n)]
-    _write_log(run, rows)
+    write_log(run, rows)
     ema = [float(v) for v in log.get("ema_fg_dice", [])]
     best_epoch = int(np.argmax(ema)) + 1 if ema else n
     params = sum(p.numel() for p in trainer.network.parameters())
@@ -291,7 +291,6 @@ class NnUNetSegmenter(nn.Module):
         self.mirror_axes = ckpt.get("inference_allowed_mirroring_axes")
         self.trainer_name = ckpt.get("trainer_name", "nnUNetTrainer")
         self.arch, self.num_classes = "nnunet", n_out - 1
-        self.strategy = Strategy("encoder-decoder", "vanilla", "auto")
         self.checkpoint = path
 
     def encoder_is_frozen(self) -> bool:
@@ -314,16 +313,66 @@ class NnUNetSegmenter(nn.Module):
         object.__setattr__(self, "_cached_predictor", (device, predictor))
         return predictor
 
-    def segment_stored(self, slices: np.ndarray, spacing: tuple[float, float],
-                       want_probs: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        """``n x h x w`` 0-255 slices with in-plane ``spacing`` (row, col) -> labels ``n x h x w``
-        (and class probabilities ``C x n x h x w``). Slices are independent in the 2D
-        configuration: a stack is one call."""
+    def segment_stored(self, slices: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0), want_probs: bool = False,
+                       out_shape: tuple[int, int] | None = None, batch_size: int = 8
+                       ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``n x h x w`` 0-255 slices with in-plane ``spacing`` (row, col) -> labels ``n x H x W``
+        (and class probabilities ``C x n x H x W``), ``H x W`` the ``out_shape`` (default the
+        slices'; labels resized nearest, probabilities bilinearly). Slices are independent in
+        the 2D configuration: a stack is one call (nnU-Net normalises it as one image)."""
         volume = np.asarray(slices, dtype=np.float32)[None]
         props = {"spacing": [1.0, float(spacing[0]), float(spacing[1])]}
         with torch.no_grad():
             result = self._predictor().predict_single_npy_array(volume, props, None, None, want_probs)
-        if want_probs:
-            labels, probs = result
-            return np.asarray(labels, dtype=np.uint8), np.asarray(probs, dtype=np.float32)
-        return np.asarray(result, dtype=np.uint8), None
+        labels, probs = (result if want_probs else (result, None))
+        labels = np.asarray(labels, dtype=np.uint8)
+        probs = None if probs is None else np.asarray(probs, dtype=np.float32)
+        if out_shape is not None and tuple(out_shape) != labels.shape[1:]:
+            size = tuple(int(v) for v in out_shape)
+            labels = F.interpolate(torch.from_numpy(labels)[:, None].float(), size=size, mode="nearest-exact"
+                                   )[:, 0].to(torch.uint8).numpy()
+            if probs is not None:
+                probs = F.interpolate(torch.from_numpy(probs), size=size, mode="bilinear", align_corners=False).numpy()
+        return labels, probs
+
+
+class NnUNetKind(RunKind):
+    """nnU-Net (nnunetv2, 2D): it plans, trains and predicts itself; tunesam keeps the folder
+    rules and scores it like every run."""
+
+    name = "nnunet"
+    baseline = True
+    augmentation = "nnunet"
+    timed = False  # it plans its own network, patch and batch: the dry run cannot time it first
+
+    def archs(self) -> Iterable[str]:
+        return ("nnunet",)
+
+    def describe(self, arch: str) -> str:
+        return "nnU-Net (nnunetv2), 2D configuration; it plans its own input"
+
+    def resolve(self, cfg: TrainConfig) -> TrainConfig:
+        refuse_sam_options(cfg, "nnunet")
+        own = [flag for flag, given in (("--image-size", cfg.image_size is not None),
+                                        ("--batch-size", cfg.batch_size is not None),
+                                        ("--patience", cfg.patience is not None), ("--lr", cfg.lr != LR),
+                                        ("--warmup", cfg.warmup != WARMUP)) if given]
+        if own:
+            raise ValueError("nnU-Net plans its own patch size, batch size, learning rate and schedule: "
+                             f"{', '.join(own)} do not apply to it")
+        return dataclasses.replace(
+            dataclasses.replace(cfg, epochs=cfg.epochs or 1000).with_recipe(iterations=True), pixel_norm="nnunet",
+            pixel_norm_rule="nnU-Net's own (planned)", interpolation=cfg.interpolation or "bilinear")
+
+    def train(self, cfg: TrainConfig, resume: bool = False, progress: bool | None = None) -> Path:
+        return train_nnunet(cfg, resume)
+
+    def load(self, run: Run, which: str = "best", device: str | torch.device = "cpu") -> NnUNetSegmenter:
+        return NnUNetSegmenter(run.folder, which).to(device).eval()
+
+    def export(self, run: Run, out: Path, weights: str = "best") -> list[str]:
+        raise ValueError(f"{run.folder} is an nnU-Net baseline, not a SAM model: there is no SAM checkpoint to "
+                         f"export. nnU-Net's own checkpoints are in {results_folder(run.folder) / 'fold_0'}")
+
+
+NNUNET = register(NnUNetKind())

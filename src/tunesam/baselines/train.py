@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunesam.baselines.nets import get_baseline_spec
-
-NAMES = ("unet", "swinunetr", "nnunet")
+from tunesam.config import LR, WARMUP, TrainConfig
+from tunesam.kinds import baseline_names, kind_of
+from tunesam.kinds import train as train_run
 
 
 def train_baseline(
@@ -28,35 +28,25 @@ def train_baseline(
     seed: int = 0,
     image_size: int | None = None,
     batch_size: int | None = None,
-    lr: float = 1e-4,
+    lr: float = LR,
     patience: int | None = None,
-    warmup: int = 200,
+    warmup: int = WARMUP,
     few_shot: int | None = None,
     num_workers: int | None = None,
     resume: bool = False,
     progress: bool | None = None,
     iterations: int | None = None,
 ) -> Path:
-    """Train baseline ``name`` (``unet``, ``swinunetr`` or ``nnunet``) on ``data``'s split into ``out``.
+    """Train baseline ``name`` (``unet``, ``swinunetr``, ``nnunet`` or a registered one) on
+    ``data``'s split into ``out``.
 
     ``iterations``: nnU-Net's iterations per epoch (its default 250); the others train on
     every training slice once per epoch.
     """
-    if name == "nnunet":
-        if image_size is not None or batch_size is not None or patience is not None or lr != 1e-4 or warmup != 200:
-            raise ValueError("nnU-Net plans its own patch size, batch size, learning rate and schedule: "
-                             "--image-size, --batch-size, --lr, --patience and --warmup do not apply to it")
-        from tunesam.baselines.nnunet import train_nnunet
-
-        return train_nnunet(data, out, epochs=epochs, device=device, seed=seed, few_shot=few_shot, resume=resume,
-                            iterations=iterations)
-    if iterations is not None:
-        raise ValueError(f"--iterations is nnU-Net's; {name} trains on every training slice once per epoch")
-    from tunesam.config import TrainConfig
-    from tunesam.engine.trainer import train
-
-    get_baseline_spec(name)  # a clear error for unknown names
+    if name not in baseline_names(test=True) or not kind_of(name).baseline:
+        raise ValueError(f"unknown baseline {name!r}; known: {', '.join(baseline_names())}")
     cfg = TrainConfig(data=str(data), out=str(out), arch=name, tune="encoder-decoder", method="vanilla",
                       epochs=epochs, device=device, seed=seed, image_size=image_size, batch_size=batch_size, lr=lr,
-                      patience=patience, warmup=warmup, few_shot=few_shot, num_workers=num_workers)
-    return train(cfg, resume=resume, progress=progress)
+                      patience=patience, warmup=warmup, few_shot=few_shot, num_workers=num_workers,
+                      iterations=iterations)
+    return train_run(cfg, resume=resume, progress=progress)

@@ -40,39 +40,36 @@ MULTIMASK_VARIANTS = ("single", "highest_iou", "oracle")
 
 
 def predict_rows(
-    model: SamSegmenter, data: PreparedData, rows: Sequence[int], device: torch.device, batch_size: int = 8,
+    model: Any, data: PreparedData, rows: Sequence[int], device: torch.device, batch_size: int = 8,
     cache: EmbeddingCache | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Automated-mode label maps (uint8, stored slice size) for store ``rows`` (embeddings
-    from ``cache`` when given)."""
-    if hasattr(model, "segment_stored"):  # nnU-Net: its own preprocessing and sliding window on whole slices
-        yield from _segment_stored_rows(model, data, rows)
+    """Automated-mode label maps (uint8, stored slice size) for store ``rows``, through the
+    run-model interface (:class:`tunesam.kinds.Segmenter`): a case's same-sized slices at once,
+    with the case's spacing. With ``cache`` (a frozen SAM encoder's embeddings) the decoder
+    runs on the cached embeddings instead."""
+    if cache is not None:
+        yield from _cached_rows(model, data, rows, device, batch_size, cache)
         return
-    size = model.image_size
-    for start in range(0, len(rows), batch_size):
-        chunk = [int(r) for r in rows[start : start + batch_size]]
-        slices = [data.slice(r)[0] for r in chunk]
-        valids = [letterbox_shape(*s.shape, size) for s in slices]
-        with torch.no_grad(), autocast_for(device):
-            if cache is not None:
-                logits = model(None, embeddings=cache.get(chunk).to(device))
-            else:
-                batch = torch.stack([letterbox_image(s, size, model.interpolation) for s in slices]).to(device)
-                logits = model(batch, valid=torch.tensor(valids, device=device))
-        for r, s, lg, valid in zip(chunk, slices, logits, valids):
-            yield r, unletterbox(lg, valid, s.shape).argmax(0).to(torch.uint8).cpu().numpy()
-
-
-def _segment_stored_rows(model: Any, data: PreparedData, rows: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
-    """Rows through a model that segments stored slices itself, a case's same-sized slices at once."""
     groups: dict[tuple[int, tuple[int, ...]], list[tuple[int, np.ndarray]]] = {}
     for r in rows:
         image = np.asarray(data.slice(int(r))[0])
         groups.setdefault((int(data.index[r]["case"]), image.shape), []).append((int(r), image))
     for (case_i, _), group in groups.items():
         labels, _ = model.segment_stored(np.stack([im for _, im in group]),
-                                         stored_spacing(data.manifest["cases"][case_i]))
+                                         stored_spacing(data.manifest["cases"][case_i]), batch_size=batch_size)
         yield from zip([r for r, _ in group], labels)
+
+
+def _cached_rows(model: SamSegmenter, data: PreparedData, rows: Sequence[int], device: torch.device,
+                 batch_size: int, cache: EmbeddingCache) -> Iterator[tuple[int, np.ndarray]]:
+    size = model.image_size
+    for start in range(0, len(rows), batch_size):
+        chunk = [int(r) for r in rows[start : start + batch_size]]
+        shapes = [data.slice(r)[0].shape for r in chunk]
+        with torch.no_grad(), autocast_for(device):
+            logits = model(None, embeddings=cache.get(chunk).to(device))
+        for r, shape, lg in zip(chunk, shapes, logits):
+            yield r, unletterbox(lg, letterbox_shape(*shape, size), shape).argmax(0).to(torch.uint8).cpu().numpy()
 
 
 def prompted_masks(
@@ -144,7 +141,8 @@ def evaluate_model(
     """
     data.require_labels("evaluation")
     dev = device if isinstance(device, torch.device) else pick_device(device)
-    model = model.to(dev).eval()
+    if isinstance(model, torch.nn.Module):
+        model = model.to(dev).eval()
     if model.encoder_is_frozen():
         model.use_inference_encoder()
     labels = {int(k): v for k, v in data.manifest["labels"].items()}
@@ -279,7 +277,7 @@ def evaluate_run(run_folder: str | Path, data: str | Path | None = None, split: 
         raise ValueError(f"--weights must be best or last, got {weights!r}")
     if Path(save_as).name != save_as:
         raise ValueError(f"save_as must be a file name inside the run folder, got {save_as!r}")
-    from tunesam.run import load_run_model, open_run
+    from tunesam.kinds import load_run_model, open_run
 
     run = open_run(run_folder)
     prepared = PreparedData.open(data or run.config.data)

@@ -106,14 +106,16 @@ class Predictor:
 
     def __init__(self, model: SamSegmenter, pre: Preprocessing, labels: dict[str, str], mode: str,
                  device: torch.device, batch_size: int = 8, volumes: bool | None = None) -> None:
-        self.model, self.pre, self.labels, self.mode = model.to(device).eval(), pre, labels, mode
+        if isinstance(model, torch.nn.Module):
+            model = model.to(device).eval()
+        self.model, self.pre, self.labels, self.mode = model, pre, labels, mode
         self.device, self.batch_size, self.volumes = device, batch_size, volumes
         if model.encoder_is_frozen():  # decoder-only runs: the fused inference encoder is faster
             model.use_inference_encoder()
 
     @classmethod
     def from_run(cls, run_folder: str | Path, device: str = "auto", batch_size: int = 8) -> Predictor:
-        from tunesam.run import load_run_model, open_run
+        from tunesam.kinds import load_run_model, open_run
 
         run = open_run(run_folder)
         dev = pick_device(device)
@@ -129,25 +131,16 @@ class Predictor:
 
     def segment_slices(self, slices: np.ndarray, want_probs: bool = False,
                        spacing: tuple[float, float] = (1.0, 1.0)) -> tuple[np.ndarray, np.ndarray | None]:
-        """Automated mode: ``n x h x w`` uint8 slices -> labels (and ``C x n x h x w`` probabilities).
-        ``spacing``: in-plane (row, col), for models that resample themselves (nnU-Net)."""
-        if hasattr(self.model, "segment_stored"):
-            return self.model.segment_stored(slices, spacing, want_probs)
+        """Automated mode: ``n x h x w`` uint8 slices with in-plane ``spacing`` (row, col) ->
+        labels (and ``C x n x h x w`` probabilities). Slices go to the model as the prepared
+        data stored them (downsampled to ``prepare --size`` where bigger); the outputs come
+        back at the slices' own size."""
         n, h, w = slices.shape
-        labels = np.zeros((n, h, w), np.uint8)
-        probs = np.zeros((len(self.labels), n, h, w), np.float16) if want_probs else None
-        for start in range(0, n, self.batch_size):
-            items = [self._model_input(slices[i]) for i in range(start, min(n, start + self.batch_size))]
-            batch = torch.stack([x for x, _ in items]).to(self.device)
-            valids = torch.tensor([v for _, v in items], device=self.device)
-            with torch.no_grad(), autocast_for(self.device):
-                logits = self.model(batch, valid=valids)
-            for j, ((_, valid), lg) in enumerate(zip(items, logits)):
-                native = unletterbox(lg, valid, (h, w))
-                labels[start + j] = native.argmax(0).to(torch.uint8).cpu().numpy()
-                if probs is not None:
-                    probs[:, start + j] = native.softmax(0).cpu().numpy().astype(np.float16)
-        return labels, probs
+        shape = stored_shape(h, w, self.pre.size)
+        stored = slices if shape == (h, w) else downsample_images(slices, shape)
+        stored_spacing = (spacing[0] * h / shape[0], spacing[1] * w / shape[1])
+        return self.model.segment_stored(stored, stored_spacing, want_probs, out_shape=(h, w),
+                                         batch_size=self.batch_size)
 
     def segment_prompted(self, slices: np.ndarray, prompts: list[dict[str, Any]], where: str) -> np.ndarray:
         """Point/box mode: one binary object per prompt, written with its ``label``.

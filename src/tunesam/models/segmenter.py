@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tunesam.letterbox import segment_letterboxed
 from tunesam.models.mask_decoder import MaskDecoder
 from tunesam.models.prompt_encoder import PromptEncoder
 
@@ -116,6 +118,13 @@ class SamSegmenter(nn.Module):
 
     def encoder_is_frozen(self) -> bool:
         return not any(p.requires_grad for p in self.image_encoder.parameters())
+
+    def segment_stored(self, slices: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0), want_probs: bool = False,
+                       out_shape: tuple[int, int] | None = None, batch_size: int = 8
+                       ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Automated mode, the run-model interface (:class:`tunesam.kinds.Segmenter`): see
+        :func:`tunesam.letterbox.segment_letterboxed` (``spacing`` is not needed here)."""
+        return segment_letterboxed(self, slices, want_probs, out_shape, batch_size)
 
     def train(self, mode: bool = True) -> SamSegmenter:
         """Batch norms whose parameters are frozen keep their running statistics; training

@@ -36,15 +36,15 @@ def trained_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _describe(model: SamSegmenter) -> dict[str, object]:
-    if not isinstance(model.strategy, Strategy):
-        raise RuntimeError("apply a strategy (tunesam.peft.apply_strategy) before saving what it trained")
-    return {
-        "arch": model.arch,
-        "image_size": model.image_size,
-        "num_classes": model.num_classes,
-        "pixel_norm": model.pixel_norm,
-        "strategy": model.strategy.to_dict(),
-    }
+    """The set-up that trained tensors belong to; a SAM model's strategy among it (models
+    without one, such as the baselines, train every parameter)."""
+    described: dict[str, object] = {"arch": model.arch, "image_size": model.image_size,
+                                    "num_classes": model.num_classes, "pixel_norm": model.pixel_norm}
+    if hasattr(model, "strategy"):
+        if not isinstance(model.strategy, Strategy):
+            raise RuntimeError("apply a strategy (tunesam.peft.apply_strategy) before saving what it trained")
+        described["strategy"] = model.strategy.to_dict()
+    return described
 
 
 def trained_meta(model: SamSegmenter, base_checkpoint: str | Path | None, sha256: str | None = None) -> dict[str, object]:

@@ -315,7 +315,7 @@ def reconstruction_figure(path: Path, images: torch.Tensor, mask: torch.Tensor, 
 def export_sslsam(model: MaskedAutoencoder, start: SamSegmenter, path: Path) -> list[str]:
     """Write ``path``: ``start`` (the segmenter built from the starting checkpoint) with its image
     encoder replaced by the pre-trained one, in the official layout."""
-    from tunesam.export import export_checkpoint
+    from tunesam.peft.export import export_checkpoint
 
     start.image_encoder.load_state_dict(model.encoder.state_dict(), strict=True)
     return export_checkpoint(start, path)

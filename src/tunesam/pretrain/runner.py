@@ -12,11 +12,7 @@ epoch. Under torchrun every process trains a shard (DDP); rank 0 writes.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -24,15 +20,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from tunesam.device import autocast_for
 from tunesam.engine import distributed as D
+from tunesam.engine import fit as F
+from tunesam.engine.fit import decay_groups
+from tunesam.engine.run_folder import State, prepare, refuse_changed
 from tunesam.engine.schedule import lr_at
-from tunesam.engine.trainer import (PLOT_EVERY_S, State, _cpu_warning, _load_state, _loader, _plot, _progress_bar,
-                                    _save_state, _write_log, decay_groups)
-from tunesam.export import export_checkpoint
+from tunesam.peft.export import export_checkpoint
 from tunesam.io import write_json
 from tunesam.models.build import build_model
 from tunesam.models.segmenter import SamSegmenter
@@ -48,8 +44,8 @@ RECONSTRUCTED = 4  # slices in each epoch's reconstruction figure, evenly spread
 
 
 @dataclass
-class Task:
-    """What differs between the objectives; the loop does the rest."""
+class Objective:
+    """What differs between SupSAM and MAE; :func:`tunesam.engine.fit.fit` does the rest."""
 
     net: nn.Module  # the module trained (DDP wraps it)
     sam: SamSegmenter  # what checkpoint.pth holds (MAE: its image encoder is the one trained)
@@ -78,7 +74,7 @@ def _start_model(cfg: PretrainConfig) -> SamSegmenter:
     return model
 
 
-def _prompt_task(cfg: PretrainConfig, device: torch.device) -> Task:
+def _prompt_task(cfg: PretrainConfig, device: torch.device) -> Objective:
     stores = open_all(cfg.data)
     for store in stores:
         store.require_labels("pretrain prompt")
@@ -91,7 +87,7 @@ def _prompt_task(cfg: PretrainConfig, device: torch.device) -> Task:
     def validate(loader: DataLoader) -> tuple[float, float]:
         return supsam.validate(net, loader, device)
 
-    return Task(
+    return Objective(
         net=net, sam=model, groups=decay_groups(net.parameters(), float(cfg.weight_decay)),
         betas=(0.9, 0.999),
         train_set=PromptSlices(stores, "train", augment=True, **common),
@@ -106,7 +102,7 @@ def _prompt_task(cfg: PretrainConfig, device: torch.device) -> Task:
     )
 
 
-def _mae_task(cfg: PretrainConfig, device: torch.device, ctx: D.Context) -> Task:
+def _mae_task(cfg: PretrainConfig, device: torch.device, ctx: D.Context) -> Objective:
     from tunesam.models.registry import get_spec
 
     stores = open_all(cfg.data)
@@ -175,7 +171,7 @@ def _mae_task(cfg: PretrainConfig, device: torch.device, ctx: D.Context) -> Task
                                 net.mask_patch, f"MAE ({cfg.mae_variant}, {cfg.mask_ratio:.0%} hidden), epoch {epoch}")
 
     groups = M.mae_parameter_groups(net, float(cfg.weight_decay))
-    return Task(
+    return Objective(
         net=net, sam=start, groups=groups, betas=(0.9, 0.95), train_set=train_set, val_set=val_set, collate=None,
         loss=train_loss, validate=validate,
         lr=lambda step, total: M.cosine_lr_at(step, float(cfg.lr), warmup(total), total),
@@ -186,22 +182,14 @@ def _mae_task(cfg: PretrainConfig, device: torch.device, ctx: D.Context) -> Task
     )
 
 
-# -- run folder ---------------------------------------------------------------------------------
+# -- run folder and loop ---------------------------------------------------------------------------
 def _prepare_run_folder(cfg: PretrainConfig, resume: bool) -> Path:
-    run = Path(cfg.out)
-    if resume:
+    def check(run: Path) -> None:
         saved = load_pretrain_config(run / "config.yaml")
-        free = {"device", "num_workers", "out", "mae_variant_rule"}  # the rule only explains the variant
-        diffs = {k: (v, getattr(cfg, k)) for k, v in saved.to_dict().items()
-                 if k not in free and (list(getattr(cfg, k)) if k == "data" else getattr(cfg, k)) != v}
-        if diffs:
-            raise ValueError(f"{run}: --resume with other options than the run had: "
-                             + "; ".join(f"--{k.replace('_', '-')}: run {a!r}, now {b!r}" for k, (a, b) in diffs.items()))
-        return run
-    if run.exists() and any(run.iterdir()):
-        kind = "a pre-training run" if (run / "config.yaml").exists() else "a non-empty folder"
-        raise ValueError(f"{run}: already exists ({kind}); use --resume to continue it, or another --out")
-    return run
+        now = {**cfg.to_dict(), "data": list(cfg.data)}
+        refuse_changed(run, saved.to_dict(), now, {"device", "num_workers", "out", "mae_variant_rule"})  # the rule only explains
+
+    return prepare(cfg.out, resume, "pre-training", check)
 
 
 def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool | None = None) -> Path:
@@ -217,115 +205,39 @@ def _pretrain(cfg: PretrainConfig, resume: bool, ctx: D.Context, device: torch.d
     if ctx.distributed:
         torch.distributed.barrier()
     torch.manual_seed(cfg.seed)
-    task = _prompt_task(cfg, device) if cfg.objective == "prompt" else _mae_task(cfg, device, ctx)
-    opt = torch.optim.AdamW(task.groups, lr=float(cfg.lr), betas=task.betas, fused=device.type == "cuda")
-    train_loader = _loader(task.train_set, cfg, ctx, device, True, task.collate)
-    val_loader = _loader(task.val_set, cfg, ctx, device, False, task.collate)
+    obj = _prompt_task(cfg, device) if cfg.objective == "prompt" else _mae_task(cfg, device, ctx)
+    opt = torch.optim.AdamW(obj.groups, lr=float(cfg.lr), betas=obj.betas, fused=device.type == "cuda")
     if ctx.is_main and not resume:
         run.mkdir(parents=True, exist_ok=True)
         save_pretrain_config(cfg, run / "config.yaml")
-    state = _load_state(run, task.net, opt) if resume else State()
-    higher = task.metric == "val_dsc"
-    if not resume:
-        state.best = -math.inf if higher else math.inf
-    net: nn.Module = task.net
-    if ctx.distributed:
-        net = DistributedDataParallel(task.net, device_ids=[device.index] if device.type == "cuda" else None)
-    accumulate = int(cfg.accumulate or 1)
-    micro_per_epoch = len(train_loader)
-    steps_per_epoch = math.ceil(micro_per_epoch / accumulate)
-    epochs = int(cfg.epochs or 1)
-    total = epochs * steps_per_epoch
-    fields = ["epoch", "train_loss", task.metric, "lr", "seconds"]
-    if ctx.is_main:
-        log.info("%s: pretrain %s on %d datasets: %d train / %d val items, %d steps per epoch (batch %d x %d "
-                 "accumulated x %d processes), %d epochs, device %s", run, cfg.objective, len(cfg.data),
-                 len(task.train_set), len(task.val_set), steps_per_epoch, cfg.batch_size, accumulate, ctx.world,
-                 epochs, device)
-    bar = _progress_bar(total, state.step, progress, ctx)
-    say = bar.write if not bar.disable else print
-    last_plot = -math.inf
-    step_times: list[float] = []
-    first_epoch = state.epoch
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    for epoch in range(first_epoch, epochs):
-        t0 = time.perf_counter()
-        bar.set_description(f"epoch {epoch + 1}/{epochs}")
-        train_loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]
-        net.train()
-        losses: list[float] = []
-        lr = float(cfg.lr)
-        t_step = time.perf_counter()
-        for i, batch in enumerate(train_loader):
-            group_end = min(micro_per_epoch, (i // accumulate + 1) * accumulate)
-            in_group = group_end - (i // accumulate) * accumulate
-            last_micro = i + 1 == group_end
-            sync = net.no_sync() if ctx.distributed and not last_micro else contextlib.nullcontext()
-            with sync:
-                with autocast_for(device):
-                    loss = task.loss(net, batch, epoch * micro_per_epoch + i)
-                (loss / in_group).backward()
-            losses.append(float(loss.detach()))
-            if not last_micro:
-                continue
-            lr = task.lr(state.step, total)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if state.step > 0 and (i >= accumulate or epoch > first_epoch):  # the first includes warm-up
-                step_times.append(time.perf_counter() - t_step)
-                if len(step_times) == 1 and device.type == "cpu" and ctx.is_main:
-                    _cpu_warning(step_times[0], total - state.step)
-            t_step = time.perf_counter()
-            state.step += 1
-            if ctx.is_main:
-                bar.update()
-                bar.set_postfix(loss=f"{np.mean(losses[-in_group:]):.4f}", refresh=False)
-        loss_sum, loss_n = D.all_sum(torch.tensor([sum(losses), len(losses)], dtype=torch.float64), ctx).tolist()
-        v_sum, v_n = D.all_sum(torch.tensor(task.validate(val_loader), dtype=torch.float64), ctx).tolist()
-        value = v_sum / max(1.0, v_n)
-        row = {"epoch": epoch + 1, "train_loss": round(loss_sum / max(1.0, loss_n), 6),
-               task.metric: round(value, 6 if not higher else 4), "lr": lr,
-               "seconds": round(time.perf_counter() - t0, 3)}
-        improved, stop = state.record(row, value, cfg.patience, higher)
-        if ctx.is_main:
-            shown = f"val DSC {value:.2f}" if higher else f"val loss {value:.4f}"
-            say(f"epoch {epoch + 1}/{epochs}  loss {row['train_loss']:.4f}  {shown}{'  (best)' if improved else ''}"
-                f"  {row['seconds']:.1f}s")
-            sys.stdout.flush()
-            if task.keep == "last" or improved:
-                notes = export_checkpoint(task.sam, run / CHECKPOINT)
-                if epoch == first_epoch:
-                    for note in notes:
-                        log.info("checkpoint: %s", note)
-            _save_state(run, state, opt, task.net, whole=True)
-            _write_log(run, state.rows, fields)
-            task.after_epoch(run, epoch + 1)
-            if stop or epoch + 1 == epochs or time.perf_counter() - last_plot >= PLOT_EVERY_S:
-                _plot(run, state.rows, task.metric)
-                last_plot = time.perf_counter()
-        if stop:
-            if ctx.is_main:
-                say(state.stop_message(cfg.patience, task.metric))
-            break
-    bar.close()
-    if ctx.is_main:
-        module = task.net
-        write_json(run / "summary.json", {
-            "objective": cfg.objective, "checkpoint": CHECKPOINT, "checkpoint_epoch":
-                state.best_epoch if task.keep == "best" else state.epoch,
-            "best_" + task.metric: state.best, "best_epoch": state.best_epoch,
-            "epochs_run": state.epoch, "steps": state.step,
-            "total_params": sum(p.numel() for p in module.parameters()),
-            "trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
-            "seconds_per_step": float(np.mean(step_times)) if step_times else None,
-            "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
-            "effective_batch": cfg.effective_batch(ctx.world), "device": str(device),
-            "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
-            **task.notes,
-        })
+
+    def validate(loader: DataLoader) -> float:
+        total, count = D.all_sum(torch.tensor(obj.validate(loader), dtype=torch.float64), ctx).tolist()
+        return total / max(1.0, count)
+
+    noted: list[bool] = []
+
+    def save(run: Path, improved: bool, epoch: int) -> None:
+        if obj.keep == "last" or improved:
+            notes = export_checkpoint(obj.sam, run / CHECKPOINT)
+            if not noted:  # what the export adapted, once per process
+                noted.append(True)
+                for note in notes:
+                    log.info("checkpoint: %s", note)
+
+    def summary(state: State) -> dict[str, Any]:
+        return {"objective": cfg.objective, "checkpoint": CHECKPOINT,
+                "checkpoint_epoch": state.best_epoch if obj.keep == "best" else state.epoch,
+                "effective_batch": cfg.effective_batch(ctx.world),
+                "precision": "bf16 autocast" if device.type == "cuda" else "fp32", **obj.notes}
+
+    task = F.Task(net=obj.net, optimizer=opt, train_set=obj.train_set, val_set=obj.val_set, loss=obj.loss,
+                  validate=validate, lr=obj.lr, save=save, weights=obj.net.state_dict, metric=obj.metric,
+                  collate=obj.collate, after_epoch=obj.after_epoch, summary=summary)
+    schedule = F.Schedule(epochs=int(cfg.epochs or 1), batch_size=int(cfg.batch_size or 1), seed=cfg.seed,
+                          patience=cfg.patience, accumulate=int(cfg.accumulate or 1), num_workers=cfg.num_workers)
+    F.fit(task, run, schedule, ctx, device, resume, progress,
+          describe=f"pretrain {cfg.objective} on {len(cfg.data)} datasets: {len(obj.train_set)} train / "
+                   f"{len(obj.val_set)} val items (batch {cfg.batch_size} x {schedule.accumulate} accumulated x "
+                   f"{ctx.world} processes)")
     return run

@@ -274,11 +274,11 @@ def parse_study(raw: Any, base: Path | None = None) -> StudyConfig:
         raise StudyError("grid: a mapping of dimensions and options, or a list of such mappings")
     grids = [_parse_grid(g, i if len(raw_grids) > 1 else None) for i, g in enumerate(raw_grids)]
     baselines = raw.get("baselines") or []
-    from tunesam.baselines.nets import BASELINES
+    from tunesam.kinds import baseline_names
 
-    bad = [b for b in baselines if b not in BASELINES and b != "nnunet"]
+    bad = [b for b in baselines if b not in baseline_names(test=True)]
     if bad:
-        raise StudyError(f"baselines: {bad} unknown; known: unet, swinunetr, nnunet")
+        raise StudyError(f"baselines: {bad} unknown; known: {', '.join(baseline_names())}")
     baseline_options = {k.removeprefix("baseline_"): raw[k] for k in BASELINE_OPTIONS if k in raw}
     first = grids[0][1]
     for k in ("epochs", "few_shot_epochs", "device", "num_workers"):  # from the (first) grid unless given

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from tunesam.kinds import kind_of
 from tunesam.study.config import Cell
 
 WARM, TIMED = 1, 3
@@ -30,33 +31,28 @@ def _fmt_bytes(b: float) -> str:
 
 
 def _measure(cell: Cell, out: Path) -> dict[str, Any]:
-    """Seconds per training step and per evaluated slice, parameters, embedding size."""
+    """Seconds per training step and per evaluated slice, parameters, embedding size: the
+    training loop's own step (:func:`tunesam.engine.fit.backward` and ``optimizer_step``) on
+    the fine-tuning task's own loss."""
     from torch.utils.data import DataLoader
 
+    from tunesam import kinds
     from tunesam.data.store import PreparedData
     from tunesam.device import autocast_for
     from tunesam.engine import distributed as D
-    from tunesam.engine.trainer import _datasets, _forward_loss, _make_model, _optimizer
+    from tunesam.engine import fit as F
+    from tunesam.engine.trainer import datasets, finetune_task
 
-    if cell.kind == "baseline":
-        from tunesam.config import TrainConfig
-
-        o = cell.options
-        cfg = TrainConfig(data=cell.data, out=str(out), arch=cell.arch, tune="encoder-decoder", method="vanilla",
-                          epochs=o.get("epochs"), image_size=o.get("image_size"), batch_size=o.get("batch_size"),
-                          few_shot=cell.shots, device=str(o.get("device", "auto")), num_workers=0).resolved()
-    else:
-        cfg = cell.train_config(out)
-        cfg = cfg.__class__(**{**cfg.to_dict(), "cache_embeddings": False, "cache_views": 0, "embedding_cache": None,
-                               "num_workers": 0}).resolved()
+    cfg = cell.train_config(out)
+    cfg = kinds.resolve(cfg.__class__(**{**cfg.to_dict(), "cache_embeddings": False, "cache_views": 0,
+                                         "embedding_cache": None, "num_workers": 0}))
     _, device = D.setup(cfg.device)
     data = PreparedData.open(cfg.data)
     num_classes = data.num_classes if cfg.mode == "auto" else 1
-    model = _make_model(cfg, num_classes, device)
-    opt = _optimizer(model, cfg, device)
-    train_ds, val_ds = _datasets(data, cfg)
+    model = kinds.kind_of(cfg.arch).build(cfg, num_classes).to(device)
+    train_ds, val_ds = datasets(data, cfg)
     batch = next(iter(DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=False)))
-    cached = bool(cell.options.get("cache_embeddings")) and cell.kind == "sam"
+    cached = bool(cell.options.get("cache_embeddings"))
     emb = None
     enc_s = 0.0
     if cached:  # as the cache is filled: the frozen encoder in its fused inference form, after a warm-up
@@ -69,13 +65,11 @@ def _measure(cell: Cell, out: Path) -> dict[str, Any]:
             enc_s = (time.perf_counter() - t) / len(images)
 
     fixed = _FixedEmbeddings(emb) if emb is not None else None
+    task = finetune_task(cfg, model, data, D.Context(), device, fixed, (train_ds, val_ds))  # type: ignore[arg-type]
 
-    def step() -> None:  # the trainer's own forward and loss, on the embeddings when cached
-        with autocast_for(device):
-            loss = _forward_loss(model, batch, cfg.mode, device, fixed)  # type: ignore[arg-type]
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    def step() -> None:  # the loop's own step, on the embeddings when cached
+        F.backward(task, model, batch, 0, device)
+        F.optimizer_step(task, 0, 1)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
@@ -130,7 +124,7 @@ def describe_plan(cells: list[Cell], status: dict[str, str], out: Path) -> str:
         if st == "done":  # nothing left to time
             lines.append(f"{cell.dataset + '/' + cell.key:<64}{st:>9}{'-':>8}{'-':>9}{'-':>10}{'-':>11}")
             continue
-        if cell.arch == "nnunet":  # nnU-Net plans its own network, patch and batch: not timed here
+        if not kind_of(cell.arch).timed:  # e.g. nnU-Net plans its own network, patch and batch: not timed here
             unmeasured += 1
             steps = (cell.options.get("epochs") or 1000) * (cell.options.get("iterations") or 250)
             lines.append(f"{cell.dataset + '/' + cell.key:<64}{status[f'{cell.dataset}/{cell.key}']:>9}{steps:>8}"
@@ -163,6 +157,6 @@ def describe_plan(cells: list[Cell], status: dict[str, str], out: Path) -> str:
         total_b += size
     lines.append(f"{len(cells)} cells; estimated {_fmt_time(total_s)} and {_fmt_bytes(total_b)} "
                  "(steps timed here after a warm-up; cells already done are not counted; a cache already "
-                 "filled costs less)" + (f"; {unmeasured} nnU-Net cells not included: nnU-Net plans its own network "
-                                  "and batch, so it is not timed before it runs" if unmeasured else ""))
+                 "filled costs less)" + (f"; {unmeasured} cells not included (nnU-Net plans its own network "
+                                  "and batch, so it is not timed before it runs)" if unmeasured else ""))
     return "\n".join(lines)

@@ -375,7 +375,7 @@ def _overlays(cells: list[Cell], out: Path, metrics: dict[tuple[str, str], dict[
 
     from tunesam.data.store import PreparedData
     from tunesam.eval.evaluate import predict_rows
-    from tunesam.run import load_run_model, open_run
+    from tunesam.kinds import load_run_model, open_run
     from tunesam.viz import pyplot, save_figure
 
     plt = pyplot()

@@ -102,20 +102,7 @@ class PeakMemory:
 
 
 def _train_cell(cell: Cell, out: Path, resume: bool) -> None:
-    if cell.kind == "baseline":
-        from tunesam.baselines.train import train_baseline
-
-        o = dict(cell.options)
-        common = {"epochs": o.get("epochs"), "device": o.get("device", "auto"), "seed": cell.seed,
-                  "few_shot": cell.shots, "resume": resume, "progress": False}
-        if cell.arch == "nnunet":
-            train_baseline("nnunet", cell.data, cell.folder(out), iterations=o.get("iterations"), **common)
-        else:
-            train_baseline(cell.arch or "", cell.data, cell.folder(out), image_size=o.get("image_size"),
-                           batch_size=o.get("batch_size"), lr=o.get("lr", 1e-4), warmup=o.get("warmup", 200),
-                           num_workers=o.get("num_workers"), **common)
-        return
-    from tunesam.engine.trainer import train
+    from tunesam.kinds import train
 
     train(cell.train_config(out), resume=resume, progress=False)
 

@@ -1,0 +1,172 @@
+"""Run kinds as plug-ins: how each kind of run is trained, loaded and scored.
+
+A *kind* (SAM fine-tuning, the MONAI baselines, nnU-Net, and later ones such as SAM 2) is a
+:class:`RunKind` registered under the architecture names it answers for. ``train``,
+``evaluate``, ``predict``, ``export`` and the study ask :func:`kind_of` and never branch on a
+kind's name; adding a kind is its own module plus one :func:`register` call.
+
+The built-in kinds are imported on the first lookup (:data:`BUILTIN`); other packages add
+theirs through the ``tunesam.kinds`` entry-point group (each entry point names a module that
+calls :func:`register` when imported), or by calling :func:`register` themselves.
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from tunesam.config import TrainConfig
+from tunesam.engine.run_folder import Run, open_run
+
+BUILTIN = ("tunesam.kinds.sam", "tunesam.baselines.nets", "tunesam.baselines.nnunet")
+ENTRY_POINTS = "tunesam.kinds"
+
+
+@runtime_checkable
+class Segmenter(Protocol):
+    """What ``evaluate``, ``predict``, the study and ``serve`` need of a trained model.
+
+    ``segment_stored`` takes ``n x h x w`` stored slices (uint8, 0-255, one size) with their
+    in-plane ``spacing`` (row, col; mm) and returns labels ``n x h x w`` (uint8 class indices)
+    and, with ``want_probs``, class probabilities ``C x n x h x w`` (float32; else ``None``).
+    A model whose image encoder is frozen (``encoder_is_frozen``) may be scored on cached
+    embeddings; prompted modes need SAM's ``encode``/``decode`` besides (see the SAM kind).
+    """
+
+    arch: str
+    num_classes: int
+
+    def segment_stored(self, slices: np.ndarray, spacing: tuple[float, float],
+                       want_probs: bool = False) -> tuple[np.ndarray, np.ndarray | None]: ...
+
+    def encoder_is_frozen(self) -> bool: ...
+
+
+class RunKind:
+    """One kind of run. Subclasses set the attributes and override what differs.
+
+    ``baseline``: trained from scratch in automated mode, listed by ``tunesam baseline`` and a
+    study's ``baselines:``; ``modes``: the modes it trains in; ``augmentation``: the study's
+    name for its image augmentation (``online``: the paper's, drawn every epoch); ``timed``:
+    whether the study's dry run can time its training step before it runs.
+    """
+
+    name: str = ""
+    baseline: bool = False
+    modes: tuple[str, ...] = ("auto",)
+    augmentation: str = "online"
+    timed: bool = True
+
+    def archs(self) -> Iterable[str]:
+        """The architecture names (``--arch``, ``config.yaml``'s ``arch``) this kind answers for."""
+        raise NotImplementedError
+
+    def describe(self, arch: str) -> str:
+        """One line on ``arch`` for help texts and error messages."""
+        return arch
+
+    def resolve(self, cfg: TrainConfig) -> TrainConfig:
+        """``cfg`` with this kind's defaults filled in and its options checked."""
+        return cfg.with_recipe()
+
+    def build(self, cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
+        """The model to fine-tune (for kinds trained by tunesam's own loop)."""
+        raise NotImplementedError(f"{self.name} does not build a model for tunesam's loop")
+
+    def train(self, cfg: TrainConfig, resume: bool = False, progress: bool | None = None) -> Path:
+        """Train the resolved ``cfg`` into ``cfg.out``: by default tunesam's fine-tuning loop."""
+        from tunesam.engine.trainer import finetune
+
+        return finetune(cfg, self.build, resume, progress)
+
+    def load(self, run: Run, which: str = "best", device: str | torch.device = "cpu") -> Segmenter:
+        """The run's model with its ``best`` (or ``last``) weights, on ``device``, in eval mode."""
+        raise NotImplementedError
+
+    def export(self, run: Run, out: Path, weights: str = "best") -> list[str]:
+        """Write the run's model as a checkpoint others open; returns notes."""
+        raise ValueError(f"{run.folder} is a {run.config.arch} run: there is no SAM checkpoint to export")
+
+
+_KINDS: dict[str, RunKind] = {}  # arch name -> kind
+_loaded = False
+
+
+def register(kind: RunKind) -> RunKind:
+    """Make ``kind`` answer for its architectures (a later registration of a name replaces
+    the earlier one, so a plug-in may override a built-in)."""
+    for arch in kind.archs():
+        _KINDS[arch] = kind
+    return kind
+
+
+def unregister(kind: RunKind) -> None:
+    for arch in [a for a, k in _KINDS.items() if k is kind]:
+        del _KINDS[arch]
+
+
+def _load_builtin() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for module in BUILTIN:
+        importlib.import_module(module)
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINTS):
+        ep.load()
+
+
+def kinds() -> dict[str, RunKind]:
+    """Every registered architecture name and its kind."""
+    _load_builtin()
+    return dict(_KINDS)
+
+
+def kind_of(arch: str | None) -> RunKind:
+    """The kind that answers for ``arch`` (``None``: read from a checkpoint, SAM's)."""
+    _load_builtin()
+    if arch is None:
+        return _KINDS["vit_b"]
+    if arch not in _KINDS:
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(sorted(public_archs()))}")
+    return _KINDS[arch]
+
+
+def public_archs(baseline: bool | None = None) -> list[str]:
+    """Registered architecture names, test-only ones left out (``baseline``: only those)."""
+    _load_builtin()
+    return [a for a, k in _KINDS.items() if not a.endswith("_test") and (baseline is None or k.baseline == baseline)]
+
+
+def baseline_names(test: bool = False) -> list[str]:
+    """The baselines (``tunesam baseline NAME``, a study's ``baselines:``)."""
+    _load_builtin()
+    return [a for a, k in _KINDS.items() if k.baseline and (test or not a.endswith("_test"))]
+
+
+def resolve(cfg: TrainConfig) -> TrainConfig:
+    return kind_of(cfg.arch).resolve(cfg)
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None) -> Path:
+    """``tunesam train`` (and ``baseline``): train ``cfg`` by its kind; returns the run folder.
+    ``progress``: the tqdm bar (``None``: when stderr is a terminal; ``False``: never)."""
+    kind = kind_of(cfg.arch)
+    return kind.train(kind.resolve(cfg), resume, progress)
+
+
+def load_run_model(run: Run, which: str = "best", device: str | torch.device = "cpu") -> Any:
+    """A run's model by its kind, with its ``best`` (or ``last``) weights."""
+    if which not in ("best", "last"):
+        raise ValueError(f"weights must be best or last, got {which!r}")
+    return kind_of(run.config.arch).load(run, which, device)
+
+
+__all__ = ["BUILTIN", "RunKind", "Segmenter", "baseline_names", "kind_of", "kinds", "load_run_model", "open_run",
+           "public_archs", "register", "resolve", "train", "unregister"]
