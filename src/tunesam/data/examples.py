@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tunesam.data.layouts import CaseSource, SourceDataset
-from tunesam.data.prepare import CaseArrays, PrepareOptions, PrepareResult, _prepare
+from tunesam.data.prepare import CaseArrays, PrepareOptions, PrepareResult, prepare_source
 from tunesam.data.preprocess import percentile_to_uint8
 from tunesam.data.readers import DataError, Geometry, read_image
 
@@ -89,4 +89,4 @@ def prepare_example(
 
     desc = {"path": f"example:{name}", "layout": "example", "root": str(files["t1"].parent),
             "slab": slab, "labels": "argmax(255 - gm - wm, gm, wm)"}
-    return _prepare(src, desc, out, opts, force, load, scan=lambda: set(LABELS), normalized=True)
+    return prepare_source(src, desc, out, opts, force, load, scan=lambda: set(LABELS), normalized=True)

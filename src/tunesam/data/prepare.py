@@ -298,10 +298,10 @@ def prepare(
     opts = options or PrepareOptions()
     src = read_source(source, opts.layout, opts.root, opts.channel, opts.case_pattern, opts.unlabelled)
     desc = {"path": str(Path(source).resolve()), "layout": src.layout, "root": str(src.root.resolve())}
-    return _prepare(src, desc, out, opts, force, lambda c: load_case_files(c, opts.channel, opts.unlabelled))
+    return prepare_source(src, desc, out, opts, force, lambda c: load_case_files(c, opts.channel, opts.unlabelled))
 
 
-def _prepare(
+def prepare_source(
     src: SourceDataset,
     source_desc: dict[str, Any],
     out: str | Path,
@@ -311,8 +311,9 @@ def _prepare(
     scan: Callable[[], set[int]] | None = None,
     normalized: bool = False,
 ) -> PrepareResult:
-    """Shared by files and in-memory sources; ``normalized``: ``load`` gives 0-255 uint8 images
-    already normalised per whole volume (the example's slabs)."""
+    """Prepare a read ``src`` (its cases loaded by ``load``) into ``out``: shared by files and
+    in-memory sources; ``normalized``: ``load`` gives 0-255 uint8 images already normalised per
+    whole volume (the example's slabs)."""
     out = Path(out)
     for stale in _stale_tmp(out):  # a killed earlier prepare's half-written folder, whatever happens next
         shutil.rmtree(stale, ignore_errors=True)

@@ -29,7 +29,7 @@ from tunesam.engine.fit import Schedule, Task, decay_groups, fit
 from tunesam.engine.losses import dice_bce_loss, dice_ce_loss
 from tunesam.engine.run_folder import prepare_training, write_preprocessing
 from tunesam.engine.schedule import lr_at
-from tunesam.eval.metrics import dice
+from tunesam.metrics import dice
 from tunesam.io import write_json
 from tunesam.models.segmenter import positive_points
 from tunesam.peft.saving import save_tensors, trained_meta, trained_state_dict

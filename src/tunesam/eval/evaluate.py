@@ -23,7 +23,7 @@ from tunesam.data.prompts import RULE_TEXT, components, image_rng, simulate
 from tunesam.data.readers import DataError
 from tunesam.data.store import PreparedData, default_cache_folder, stored_spacing
 from tunesam.device import autocast_for, pick_device
-from tunesam.eval.metrics import (
+from tunesam.metrics import (
     NSD_TOLERANCE,
     PooledScores,
     ScoreTable,

@@ -18,7 +18,7 @@ from torch import nn
 
 from tunesam.device import autocast_for
 from tunesam.engine.losses import dice_bce_loss
-from tunesam.eval.metrics import dice
+from tunesam.metrics import dice
 from tunesam.models.segmenter import SamSegmenter, positive_points
 from tunesam.peft.strategy import Strategy, apply_strategy
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from tunesam.eval.metrics import (
+from tunesam.metrics import (
     PooledScores,
     ScoreTable,
     class_counts_2d,
