@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check in one run, for a lent GPU machine (see README "GPU checks"):
+# Every GPU check in one run, for a lent GPU machine (see docs/development.md, "GPU checks"):
 #   1. the test suite under that machine's torch (CUDA tests included);
 #   2. the real pipeline on CUDA: prepare the MNI152 example, train ViT-B encoder+decoder LoRA
 #      at 1024 (batch 4, bf16) for one epoch, the same through torchrun (NCCL), evaluate,

@@ -1,4 +1,4 @@
-"""Montage of prepared slices with their masks overlaid (used for the README picture).
+"""Montage of prepared slices with their masks overlaid (the picture in docs/data.md).
 
     python scripts/example_montage.py PREPARED_DIR OUT.png [--n 8] [--split test]
 """

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Pre-training before fine-tuning, at tiny scale on the CPU (README, "Pre-training"): from
+# Pre-training before fine-tuning, at tiny scale on the CPU (docs/results/2026-12-01-pretrain-tiny.md): from
 # LiteMedSAM, fine-tune directly vs after `pretrain mae` vs after `pretrain prompt` on the
 # other dataset. Two directions:
 #   A: pre-train on the MNI152 example's training slabs, fine-tune on the prostate lists (5

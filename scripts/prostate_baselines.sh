@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The three baselines on the real prostate lists (README, "Baselines"), on the CPU: UNet and
+# The three baselines on the real prostate lists (docs/baselines.md), on the CPU: UNet and
 # SwinUNETR (MONAI) and nnU-Net (nnunetv2: pip install -e ".[baselines]"), trained on the lists'
 # 5 training slices and scored on the 5 validation slices at their last epoch (the lists have
 # no test set, so nothing is selected on the scored set). A reduced setting sized for a CPU.

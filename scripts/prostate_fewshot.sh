@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The paper's few-shot question on the real prostate slices (README, "LiteMedSAM on the prostate
+# The paper's few-shot question on the real prostate slices (docs/results/2026-12-01-prostate-fewshot.md, "LiteMedSAM on the prostate
 # slices"): LiteMedSAM zero-shot with boxes, LiteMedSAM fine-tuned 5-shot for automated
 # segmentation, and the same recipe from random weights. CPU, about 10 minutes.
 # Usage: scripts/prostate_fewshot.sh [PROSTATE_LISTS_FOLDER] [WORK_DIR] [EPOCHS]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The two-dataset study of issue 16 (README "Studies"), on the CPU: the MNI152 example and the
+# The two-dataset study of issue 16 (docs/results/2026-12-01-study-two-datasets.md), on the CPU: the MNI152 example and the
 # real prostate slices, with the paper's multi-dataset route, a SAM pre-trained on both
 # datasets' training splits before fine-tuning on each (SupSAM: `tunesam pretrain prompt` on the
 # labelled sets; SSLSAM: `tunesam pretrain mae` on the same scans prepared image-only), then

@@ -20,6 +20,18 @@ FULL = {"epochs": 200, "patience": 20, "batch_size": 4}
 FEW_SHOT = {"epochs": 1000, "patience": 0, "batch_size": 2}
 
 
+def number(x: float) -> str:
+    """``x`` as people write it in a recipe: 1e-4, 0.1, 200."""
+    if x and abs(x) < 1e-3:
+        mantissa, exponent = f"{x:.1e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return f"{x:g}"
+
+
+RECIPE_TEXT = (f"AdamW {number(LR)}, wd {number(WEIGHT_DECAY)}, {WARMUP} warm-up steps then polynomial decay, batch "
+               f"{FULL['batch_size']}, <= {FULL['epochs']} epochs, early stop after {FULL['patience']}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run depends on; written to ``RUN/config.yaml`` resolved.

@@ -32,7 +32,7 @@ from tunesam.viz import caption, montage, overlay, save_png
 # stages without padding there, 1.6x faster than 256.
 RANDOM_EPOCHS, RANDOM_IMAGE_SIZE = 14, 224
 # From pretrained weights (decoder-only on cached embeddings); chosen on the validation
-# slabs, see the README ("The demo").
+# slabs, see docs/results/2026-12-01-demo.md.
 PRETRAINED_EPOCHS, PRETRAINED_METHOD, PRETRAINED_LR = 10, "vanilla", 5e-4
 
 

@@ -137,7 +137,7 @@ def _ddp_by_hand(cfg: TrainConfig, world: int = 2) -> tuple[dict[str, torch.Tens
     from tunesam.data.store import PreparedData
     from tunesam.engine import distributed as D
     from tunesam.engine.schedule import lr_at
-    from tunesam.engine.fit import loader
+    from tunesam.engine.fit import loader as make_loader
     from tunesam.engine.trainer import datasets, forward_loss, optimizer, schedule_of, validate
     from tunesam.kinds import kind_of, resolve
 
@@ -148,9 +148,9 @@ def _ddp_by_hand(cfg: TrainConfig, world: int = 2) -> tuple[dict[str, torch.Tens
     model = kind_of(cfg.arch).build(cfg, data.num_classes).to(device)
     opt = optimizer(model, cfg, device)
     train_ds, val_ds = datasets(data, cfg)
-    shards = [loader(train_ds, schedule_of(cfg), D.Context(rank=r, world=world), device, train=True)
+    shards = [make_loader(train_ds, schedule_of(cfg), D.Context(rank=r, world=world), device, train=True)
               for r in range(world)]
-    val_loader = loader(val_ds, schedule_of(cfg), D.Context(), device, train=False)
+    val_loader = make_loader(val_ds, schedule_of(cfg), D.Context(), device, train=False)
     total, step = cfg.epochs * len(shards[0]), 0
     losses, dscs = [], []
     for epoch in range(cfg.epochs):

@@ -367,6 +367,9 @@ class NnUNetKind(RunKind):
     def train(self, cfg: TrainConfig, resume: bool = False, progress: bool | None = None) -> Path:
         return train_nnunet(cfg, resume)
 
+    def resumable(self, folder: Path) -> bool:  # nnU-Net keeps its own state from the start
+        return (folder / "nnunet.json").is_file()
+
     def load(self, run: Run, which: str = "best", device: str | torch.device = "cpu") -> NnUNetSegmenter:
         return NnUNetSegmenter(run.folder, which).to(device).eval()
 

@@ -5,7 +5,7 @@ import argparse
 import dataclasses
 from typing import Any, TypeVar
 
-from tunesam.config import TrainConfig
+from tunesam.config import FEW_SHOT, FULL, TrainConfig, number
 from tunesam.models.registry import ARCHS
 from tunesam.peft.strategy import ADAPTER_BLOCKS, METHODS, MODES, TUNES
 
@@ -63,16 +63,18 @@ def add_strategy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora-rank", type=int, help=f"LoRA rank (default {default(TrainConfig, 'lora_rank')})")
 
 
-def add_training_args(p: argparse.ArgumentParser, epochs: str = "default 200 (few-shot 1000)") -> None:
+def add_training_args(p: argparse.ArgumentParser, nnunet: str = "") -> None:
     """The flags train and baseline share: the recipe's length and rates, where and how it runs
     (defaults: :class:`tunesam.config.TrainConfig`'s)."""
     p.add_argument("--data", required=True, help="prepared dataset folder")
     p.add_argument("--out", required=True, help="run folder to write")
-    p.add_argument("--few-shot", type=int, metavar="K", help="K images from distinct volumes (1000 epochs, batch 2)")
-    p.add_argument("--epochs", type=int, help=epochs)
-    p.add_argument("--patience", type=int, help="early stop after N epochs without a better val DSC (0: never)")
-    p.add_argument("--batch-size", type=int, help="default 4 (few-shot 2)")
-    p.add_argument("--lr", type=float, help=f"learning rate (default {default(TrainConfig, 'lr'):g})")
+    p.add_argument("--few-shot", type=int, metavar="K", help=f"K images from distinct volumes ({FEW_SHOT['epochs']} "
+                                                               f"epochs, batch {FEW_SHOT['batch_size']})")
+    p.add_argument("--epochs", type=int, help=f"default {FULL['epochs']} (few-shot {FEW_SHOT['epochs']}){nnunet}")
+    p.add_argument("--patience", type=int, help=f"early stop after N epochs without a better val DSC (default "
+                                                f"{FULL['patience']}; 0: never)")
+    p.add_argument("--batch-size", type=int, help=f"default {FULL['batch_size']} (few-shot {FEW_SHOT['batch_size']})")
+    p.add_argument("--lr", type=float, help=f"learning rate (default {number(default(TrainConfig, 'lr'))})")
     p.add_argument("--warmup", type=int, help=f"warm-up steps (default {default(TrainConfig, 'warmup')})")
     p.add_argument("--device", help="auto (default), cpu or cuda")
     p.add_argument("--seed", type=int, help=f"default {default(TrainConfig, 'seed')}")

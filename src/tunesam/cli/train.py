@@ -4,15 +4,14 @@ from __future__ import annotations
 import argparse
 
 from tunesam.cli import common as C
-from tunesam.config import TrainConfig
+from tunesam.config import RECIPE_TEXT, TrainConfig
 from tunesam.data.prompts import RULES as PROMPT_RULES
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:
     d = lambda name: C.default(TrainConfig, name)  # noqa: E731
     p = sub.add_parser("train", help="fine-tune a SAM-family model on a prepared dataset",
-                       description="Fine-tune with the paper's recipe (Dice + CE, AdamW 1e-4, wd 0.1, 200 warm-up "
-                                   "steps then polynomial decay, batch 4, <= 200 epochs, early stop after 20).")
+                       description=f"Fine-tune with the paper's recipe (Dice + CE, {RECIPE_TEXT}).")
     C.add_arch(p)
     C.add_strategy_args(p)
     p.add_argument("--checkpoint", help=C.CHECKPOINT_HELP + "; default: random weights")
@@ -49,10 +48,9 @@ def add_baseline(sub: argparse._SubParsersAction) -> None:
                                    "predict take. unet: MONAI's UNet (2D); swinunetr: MONAI's SwinUNETR (2D), the "
                                    "substitute for SwinUNet; nnunet: the real nnU-Net (nnunetv2, 2D configuration; "
                                    "pip install 'tunesam[baselines]'). UNet and SwinUNETR follow the paper's recipe "
-                                   "(AdamW 1e-4, wd 0.1, 200 warm-up steps, batch 4, <= 200 epochs, early stop after "
-                                   "20) at 256 px with z-score intensities; nnU-Net plans its own.")
+                                   f"({RECIPE_TEXT}) at 256 px with z-score intensities; nnU-Net plans its own.")
     p.add_argument("name", choices=baseline_names(test=True), metavar="{" + ",".join(baseline_names()) + "}")
-    C.add_training_args(p, epochs="default 200 (few-shot 1000); nnU-Net: its own 1000")
+    C.add_training_args(p, nnunet="; nnU-Net: its own 1000")
     p.add_argument("--iterations", type=int, help="nnU-Net: iterations per epoch (its default 250)")
     p.add_argument("--image-size", type=int, help="input side (default 256; SwinUNETR: a multiple of 32)")
     p.set_defaults(func=run_baseline)

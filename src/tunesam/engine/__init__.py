@@ -1,1 +1,1 @@
-"""Training machinery: losses, optimiser and schedule, the trainer, checkpoints."""
+"""Training machinery: the one loop (fit), the run folder, the fine-tuning task, losses, schedule, DDP, the embedding cache."""

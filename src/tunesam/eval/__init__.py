@@ -1,1 +1,1 @@
-"""Metrics (DSC, NSD) and the evaluation of runs and checkpoints."""
+"""The evaluation of runs and checkpoints (DSC and NSD themselves are :mod:`tunesam.metrics`)."""

@@ -24,24 +24,28 @@ from tunesam.engine.run_folder import Run, open_run
 
 BUILTIN = ("tunesam.kinds.sam", "tunesam.baselines.nets", "tunesam.baselines.nnunet")
 ENTRY_POINTS = "tunesam.kinds"
+DEFAULT_ARCH = "vit_b"  # whose kind takes a run whose architecture is read from its checkpoint
 
 
 @runtime_checkable
 class Segmenter(Protocol):
     """What ``evaluate``, ``predict``, the study and ``serve`` need of a trained model.
 
-    ``segment_stored`` takes ``n x h x w`` stored slices (uint8, 0-255, one size) with their
-    in-plane ``spacing`` (row, col; mm) and returns labels ``n x h x w`` (uint8 class indices)
-    and, with ``want_probs``, class probabilities ``C x n x h x w`` (float32; else ``None``).
-    A model whose image encoder is frozen (``encoder_is_frozen``) may be scored on cached
-    embeddings; prompted modes need SAM's ``encode``/``decode`` besides (see the SAM kind).
+    ``segment_stored`` takes ``n x h x w`` slices as the prepared data stores them (uint8,
+    0-255, one size) with their in-plane ``spacing`` (row, col; mm) and returns labels
+    ``n x H x W`` (uint8 class indices) and, with ``want_probs``, class probabilities
+    ``C x n x H x W`` (else ``None``), where ``H x W`` is ``out_shape`` (default ``h x w``);
+    ``batch_size`` bounds the slices per forward where the model batches. A model whose image
+    encoder is frozen (``encoder_is_frozen``) may be scored on cached embeddings; prompted
+    modes need SAM's ``encode``/``decode`` besides (the SAM kind's models have them).
     """
 
     arch: str
     num_classes: int
 
-    def segment_stored(self, slices: np.ndarray, spacing: tuple[float, float],
-                       want_probs: bool = False) -> tuple[np.ndarray, np.ndarray | None]: ...
+    def segment_stored(self, slices: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0), want_probs: bool = False,
+                       out_shape: tuple[int, int] | None = None, batch_size: int = 8
+                       ) -> tuple[np.ndarray, np.ndarray | None]: ...
 
     def encoder_is_frozen(self) -> bool: ...
 
@@ -82,6 +86,11 @@ class RunKind:
         from tunesam.engine.trainer import finetune
 
         return finetune(cfg, self.build, resume, progress)
+
+    def resumable(self, folder: Path) -> bool:
+        """Whether the run in ``folder`` (its training interrupted) can continue with
+        ``--resume``: by default once an epoch finished (``last.pt``)."""
+        return (folder / "last.pt").is_file()
 
     def load(self, run: Run, which: str = "best", device: str | torch.device = "cpu") -> Segmenter:
         """The run's model with its ``best`` (or ``last``) weights, on ``device``, in eval mode."""
@@ -131,8 +140,8 @@ def kinds() -> dict[str, RunKind]:
 def kind_of(arch: str | None) -> RunKind:
     """The kind that answers for ``arch`` (``None``: read from a checkpoint, SAM's)."""
     _load_builtin()
-    if arch is None:
-        return _KINDS["vit_b"]
+    if arch is None:  # read from a checkpoint: a SAM-format file
+        return _KINDS[DEFAULT_ARCH]
     if arch not in _KINDS:
         raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(sorted(public_archs()))}")
     return _KINDS[arch]

@@ -48,7 +48,7 @@ LITEMEDSAM = KnownCheckpoint(
 # The official files (published sha256 checksums; sizes in bytes, 0 where not recorded here).
 # They are recognised when passed by path, renamed or not; tunesam never downloads them.
 OFFICIAL = tuple(
-    KnownCheckpoint("", filename, arch, "sam", sha, size, f"download {filename} from its publisher (see README)")
+    KnownCheckpoint("", filename, arch, "sam", sha, size, f"download {filename} from its publisher (see docs/architectures.md)")
     for filename, arch, sha, size in (
         ("sam_vit_b_01ec64.pth", "vit_b", "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912", 375_042_383),
         ("sam_vit_l_0b3195.pth", "vit_l", "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",

@@ -17,7 +17,7 @@ from tunesam.models.checkpoint import class_head_file
 from tunesam.models.image_encoder import resize_pos_embed, resize_rel_pos
 from tunesam.models.registry import build_sam, get_spec
 from tunesam.models.segmenter import SamSegmenter
-from tunesam.peft.merge import AdapterMergeError, merged_state_dict
+from tunesam.peft.merge import merged_state_dict
 
 _CLASS_KEYS = (
     "mask_decoder.mask_tokens.weight",

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunesam.config import LR, WARMUP, WEIGHT_DECAY
+
 OBJECTIVES = ("prompt", "mae")
 PROMPT_RULES = ("paper", "code")
 MAE_VARIANTS = ("masked-grid", "visible")
@@ -19,8 +21,8 @@ MAE_VARIANT_DEFAULTS = {
 
 # SupSAM (sections 2.3, 4.2): vanilla encoder + decoder, prompt encoder frozen, batch 3,
 # the task-specific recipe's optimiser, early stop after 5 epochs without a better val DSC.
-PROMPT_RECIPE = {"epochs": 100, "patience": 5, "batch_size": 3, "accumulate": 1, "lr": 1e-4,
-                 "weight_decay": 0.1, "warmup": 200}
+PROMPT_RECIPE = {"epochs": 100, "patience": 5, "batch_size": 3, "accumulate": 1, "lr": LR,
+                 "weight_decay": WEIGHT_DECAY, "warmup": WARMUP}
 # SSLSAM (sections 2.4, 4.3): MAE's recipe (He et al. 2022): base lr 1.5e-4 per 256 images,
 # AdamW (0.9, 0.95), weight decay 0.05, half-cycle cosine after a linear warm-up; the paper's
 # batch 2 x 16 accumulation steps, 50 epochs.

@@ -1,4 +1,4 @@
-"""``tunesam pretrain prompt|mae``: the pre-training loop shared by SupSAM and SSLSAM.
+"""``tunesam pretrain prompt|mae``: SupSAM and SSLSAM as two tasks of the one training loop.
 
 A run folder holds ``config.yaml`` (resolved), ``log.csv`` (epoch, train loss, the
 validation figure, lr, seconds), ``curves.png``, ``last.pt`` (resume state: weights,
@@ -29,7 +29,6 @@ from tunesam.engine.fit import decay_groups
 from tunesam.engine.run_folder import State, prepare, refuse_changed
 from tunesam.engine.schedule import lr_at
 from tunesam.peft.export import export_checkpoint
-from tunesam.io import write_json
 from tunesam.models.build import build_model
 from tunesam.models.segmenter import SamSegmenter
 from tunesam.pretrain import mae as M

@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from tunesam.kinds import kind_of
+
 if TYPE_CHECKING:
     from tunesam.config import TrainConfig
 
@@ -91,8 +93,13 @@ class Cell:
     pretraining: bool = False  # weights from a pre-training (SSLSAM, SupSAM): Table 4's multi-dataset row
 
     @property
+    def baseline(self) -> bool:
+        """A baseline cell (its kind trains from scratch; never a candidate of Table 4's rows)."""
+        return kind_of(self.arch).baseline
+
+    @property
     def weights_name(self) -> str:
-        if self.kind == "baseline":
+        if self.baseline:
             return "random"
         if self.checkpoint is None:
             return "random"
@@ -106,7 +113,7 @@ class Cell:
     def strategy(self) -> str:
         """The cell's name without dataset and seed: what the tables compare."""
         shots = "full" if self.shots is None else f"{self.shots}shot"
-        if self.kind == "baseline":
+        if self.baseline:
             return f"{self.arch}_{shots}"
         tune = {"decoder": "dec", "encoder-decoder": "encdec"}[self.tune]
         return f"{self.arch or 'auto'}_{self.weights_name}_{tune}_{self.method}_{self.mode}_{shots}"
@@ -122,7 +129,7 @@ class Cell:
     @property
     def weights_class(self) -> str:
         """The start's class (see :data:`WEIGHT_CLASSES`); baselines start from random weights."""
-        if self.kind == "baseline":
+        if self.baseline:
             return "random"
         if self.pretrained:
             return "pretrain"
@@ -133,8 +140,9 @@ class Cell:
     @property
     def augmentation(self) -> str:
         """The image augmentation policy the cell trains with (see :data:`AUGMENTATION`)."""
-        if self.kind == "baseline" and self.arch == "nnunet":
-            return "nnunet"
+        own = kind_of(self.arch).augmentation
+        if own != "online":  # a kind that augments in its own way (nnU-Net)
+            return own
         if self.options.get("cache_embeddings"):
             views = int(self.options.get("cache_views") or 0)
             return f"views:{views}" if views else "none"
@@ -144,7 +152,7 @@ class Cell:
         return out / "cells" / self.dataset / self.key
 
     def train_config(self, out: Path) -> TrainConfig:
-        """The ``TrainConfig`` of a SAM cell in study folder ``out`` (its run folder, and the
+        """The ``TrainConfig`` of the cell in study folder ``out`` (its run folder, and the
         dataset's shared embedding cache when the cell caches)."""
         from tunesam.config import TrainConfig
 

@@ -118,17 +118,15 @@ def describe_plan(cells: list[Cell], status: dict[str, str], out: Path) -> str:
     caches: dict[tuple[Any, ...], tuple[float, float]] = {}
     lines = [f"{'cell':<64}{'status':>9}{'steps':>8}{'s/step':>9}{'time':>10}{'disk':>11}"]
     total_s = total_b = 0.0
-    unmeasured = 0
+    untimed: set[str] = set()
     for cell in cells:
         st = status[f"{cell.dataset}/{cell.key}"]
         if st == "done":  # nothing left to time
             lines.append(f"{cell.dataset + '/' + cell.key:<64}{st:>9}{'-':>8}{'-':>9}{'-':>10}{'-':>11}")
             continue
-        if not kind_of(cell.arch).timed:  # e.g. nnU-Net plans its own network, patch and batch: not timed here
-            unmeasured += 1
-            steps = (cell.options.get("epochs") or 1000) * (cell.options.get("iterations") or 250)
-            lines.append(f"{cell.dataset + '/' + cell.key:<64}{status[f'{cell.dataset}/{cell.key}']:>9}{steps:>8}"
-                         f"{'-':>9}{'-':>10}{'-':>11}")
+        if not kind_of(cell.arch).timed:  # a kind that plans its own network and batch (nnU-Net)
+            untimed.add(str(cell.arch))
+            lines.append(f"{cell.dataset + '/' + cell.key:<64}{st:>9}{'-':>8}{'-':>9}{'-':>10}{'-':>11}")
             continue
         key = _setup_key(cell)
         if key not in measured:
@@ -157,6 +155,6 @@ def describe_plan(cells: list[Cell], status: dict[str, str], out: Path) -> str:
         total_b += size
     lines.append(f"{len(cells)} cells; estimated {_fmt_time(total_s)} and {_fmt_bytes(total_b)} "
                  "(steps timed here after a warm-up; cells already done are not counted; a cache already "
-                 "filled costs less)" + (f"; {unmeasured} cells not included (nnU-Net plans its own network "
-                                  "and batch, so it is not timed before it runs)" if unmeasured else ""))
+                 "filled costs less)" + (f"; the {', '.join(sorted(untimed))} cells are not included: they plan their own "
+                                         "network and batch, so they are not timed before they run" if untimed else ""))
     return "\n".join(lines)

@@ -46,7 +46,7 @@ class Candidate:
 
 def strategy_label(cell: Cell) -> str:
     """The paper's way of naming a strategy, e.g. ``litemedsam + En/Decoder + LoRA``."""
-    if cell.kind == "baseline":
+    if cell.baseline:
         return {"unet": "UNet", "swinunetr": "SwinUNETR", "nnunet": "nnU-Net"}.get(cell.arch or "", str(cell.arch))
     start = cell.weights_name if cell.checkpoint else f"{cell.arch} (random)"
     tune = {"decoder": "Decoder", "encoder-decoder": "En/Decoder"}[cell.tune]
@@ -140,7 +140,7 @@ def scenario_name(mode: str, shots: int | None) -> str:
 def _conditions(cells: list[Cell]) -> list[tuple[str, int | None]]:
     """(mode, shots) of the SAM cells, the paper's order: automated full data (always), K-shot,
     box, point."""
-    found = {(c.mode, c.shots) for c in cells if c.kind == "sam"} | {("auto", None)}
+    found = {(c.mode, c.shots) for c in cells if not c.baseline} | {("auto", None)}
     order = {"auto": 0, "box": 1, "point": 2}
     return sorted(found, key=lambda t: (order[t[0]], -1 if t[1] is None else t[1]))
 
@@ -216,8 +216,8 @@ def recommend(cells: list[Cell], metrics: Metrics) -> list[dict[str, Any]]:
     rows = []
     winners: dict[str, dict[str, Any]] = {}
     for mode, shots in _conditions(cells):
-        here = _candidates(cells, metrics, lambda c: c.kind == "sam" and c.mode == mode and c.shots == shots)
-        baselines = list(_candidates(cells, metrics, lambda c: c.kind == "baseline" and c.shots == shots).values())
+        here = _candidates(cells, metrics, lambda c: not c.baseline and c.mode == mode and c.shots == shots)
+        baselines = list(_candidates(cells, metrics, lambda c: c.baseline and c.shots == shots).values())
         single = [c for c in here.values() if c.weights_class in SINGLE_DATASET_STARTS]
         own = [c for c in here.values() if c.weights_class == "pretrain"]
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesam.io import write_json
+from tunesam.kinds import kind_of
 from tunesam.study.config import Cell, StudyConfig, StudyError, load_study
 
 TIGHT_METRICS = "metrics_tight.json"  # prompted cells: also scored with tight prompts (MedSAM's evaluation)
@@ -44,7 +45,7 @@ def cell_status(cell: Cell, out: Path) -> str:
         return "changed"  # a folder the study did not make
     if (folder / "metrics.json").is_file():
         return "done"
-    if (folder / "last.pt").is_file() or (folder / "nnunet.json").is_file():  # nnU-Net keeps its own state
+    if kind_of(cell.arch).resumable(folder):
         return "partial"
     return "stale" if folder.exists() else "new"
 
@@ -158,7 +159,7 @@ def _cache_groups(cells: list[Cell]) -> dict[str, tuple[Any, ...]]:
     """Cell key -> the embedding cache it shares (cells of one group wait for the first)."""
     groups = {}
     for c in cells:
-        if c.kind == "sam" and c.options.get("cache_embeddings"):
+        if not c.baseline and c.options.get("cache_embeddings"):
             # views are part of the same caches (view v of a slice does not depend on the cell)
             groups[f"{c.dataset}/{c.key}"] = (c.dataset, c.arch, c.checkpoint, c.checkpoint_file,
                                               c.options.get("image_size"), c.options.get("interpolation"))
