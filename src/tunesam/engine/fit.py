@@ -163,6 +163,61 @@ def _tensorboard(run: Path, on: bool, ctx: D.Context) -> Any:
     return SummaryWriter(str(run / "tensorboard"))
 
 
+def _train_epoch(task: Task, net: nn.Module, train_loader: DataLoader, state: State, epoch: int, first: bool,
+                 total: int, ctx: D.Context, device: torch.device, bar: Any, step_times: list[float],
+                 accumulate: int) -> tuple[list[float], float]:
+    """One epoch of optimiser steps, ``accumulate`` micro-batches each (DDP syncs gradients on
+    the last); returns the micro-batches' losses and the last learning rate. ``step_times``
+    gains each step's seconds, except a process's first (``first`` epoch), which includes
+    one-off warm-up."""
+    train_loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]
+    net.train()
+    micro_per_epoch = len(train_loader)
+    losses: list[float] = []
+    lr = task.lr(state.step, total)
+    t_step = time.perf_counter()
+    for i, batch in enumerate(train_loader):
+        group_start = (i // accumulate) * accumulate
+        if i == group_start:
+            t_step = time.perf_counter()
+        group_end = min(micro_per_epoch, group_start + accumulate)
+        last_micro = i + 1 == group_end
+        sync = net.no_sync() if ctx.distributed and not last_micro else contextlib.nullcontext()
+        with sync:  # type: ignore[attr-defined]
+            losses.append(backward(task, net, batch, epoch * micro_per_epoch + i, device, group_end - group_start))
+        if not last_micro:
+            continue
+        lr = optimizer_step(task, state.step, total)
+        if group_start > 0 or not first:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            step_times.append(time.perf_counter() - t_step)
+            if len(step_times) == 1 and device.type == "cpu" and ctx.is_main:
+                cpu_warning(step_times[0], total - state.step - 1)
+        state.step += 1
+        if ctx.is_main:
+            bar.update()
+            shown = f"{state.rows[-1][task.metric]:.{2 if task.higher else 4}f}" if state.rows else "-"
+            bar.set_postfix({"loss": f"{np.mean(losses[-(i - group_start + 1):]):.4f}", task.metric: shown},
+                            refresh=False)
+    return losses, lr
+
+
+def _write_summary(run: Path, task: Task, state: State, step_times: list[float], device: torch.device) -> None:
+    """``summary.json``: the run's outcome and Table 3's columns, measured (steps of this
+    process: forward, backward, optimiser), with the task's own fields."""
+    module = task.net
+    write_json(run / "summary.json", {
+        f"best_{task.metric}": state.best, "best_epoch": state.best_epoch, "epochs_run": state.epoch,
+        "steps": state.step,
+        "total_params": sum(p.numel() for p in module.parameters()),
+        "trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
+        "seconds_per_step": float(np.mean(step_times)) if step_times else None,
+        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "device": str(device), **task.summary(state),
+    })
+
+
 def fit(task: Task, run: Path, schedule: Schedule, ctx: D.Context, device: torch.device, resume: bool = False,
         progress: bool | None = None, describe: str = "") -> State:
     """Train ``task`` into ``run`` (whose files rank 0 writes; the folder is prepared by the
@@ -176,9 +231,7 @@ def fit(task: Task, run: Path, schedule: Schedule, ctx: D.Context, device: torch
     net: nn.Module = task.net
     if ctx.distributed:
         net = DistributedDataParallel(task.net, device_ids=[device.index] if device.type == "cuda" else None)
-    accumulate = schedule.accumulate
-    micro_per_epoch = len(train_loader)
-    steps_per_epoch = math.ceil(micro_per_epoch / accumulate)
+    steps_per_epoch = math.ceil(len(train_loader) / schedule.accumulate)
     epochs = schedule.epochs
     total = epochs * steps_per_epoch
     fields = task.log_fields or ["epoch", "train_loss", task.metric, "lr", "seconds"]
@@ -196,35 +249,8 @@ def fit(task: Task, run: Path, schedule: Schedule, ctx: D.Context, device: torch
     for epoch in range(first_epoch, epochs):
         t0 = time.perf_counter()
         bar.set_description(f"epoch {epoch + 1}/{epochs}")
-        train_loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]
-        net.train()
-        losses: list[float] = []
-        lr = task.lr(state.step, total)
-        t_step = time.perf_counter()
-        for i, batch in enumerate(train_loader):
-            group_start = (i // accumulate) * accumulate
-            if i == group_start:
-                t_step = time.perf_counter()
-            group_end = min(micro_per_epoch, group_start + accumulate)
-            last_micro = i + 1 == group_end
-            sync = net.no_sync() if ctx.distributed and not last_micro else contextlib.nullcontext()
-            with sync:  # type: ignore[attr-defined]
-                losses.append(backward(task, net, batch, epoch * micro_per_epoch + i, device, group_end - group_start))
-            if not last_micro:
-                continue
-            lr = optimizer_step(task, state.step, total)
-            if group_start > 0 or epoch > first_epoch:  # the process's first step includes one-off warm-up
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                step_times.append(time.perf_counter() - t_step)
-                if len(step_times) == 1 and device.type == "cpu" and ctx.is_main:
-                    cpu_warning(step_times[0], total - state.step - 1)
-            state.step += 1
-            if ctx.is_main:
-                bar.update()
-                shown = f"{state.rows[-1][task.metric]:.{2 if task.higher else 4}f}" if state.rows else "-"
-                bar.set_postfix({"loss": f"{np.mean(losses[-(i - group_start + 1):]):.4f}", task.metric: shown},
-                                refresh=False)
+        losses, lr = _train_epoch(task, net, train_loader, state, epoch, epoch == first_epoch, total, ctx, device,
+                                  bar, step_times, schedule.accumulate)
         value = task.validate(val_loader)
         loss_sum, loss_n = D.all_sum(torch.tensor([sum(losses), len(losses)], dtype=torch.float64), ctx).tolist()
         row = {"epoch": epoch + 1, "train_loss": round(loss_sum / max(1.0, loss_n), 6),
@@ -254,15 +280,5 @@ def fit(task: Task, run: Path, schedule: Schedule, ctx: D.Context, device: torch
     if writer is not None:
         writer.close()
     if ctx.is_main:
-        module = task.net
-        write_json(run / "summary.json", {
-            f"best_{task.metric}": state.best, "best_epoch": state.best_epoch, "epochs_run": state.epoch,
-            "steps": state.step,
-            # Table 3's columns, measured here (steps of this process: forward, backward, optimiser)
-            "total_params": sum(p.numel() for p in module.parameters()),
-            "trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
-            "seconds_per_step": float(np.mean(step_times)) if step_times else None,
-            "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
-            "device": str(device), **task.summary(state),
-        })
+        _write_summary(run, task, state, step_times, device)
     return state
