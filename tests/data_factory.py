@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -116,3 +117,26 @@ def write_dicom_series(folder: Path, volume: np.ndarray, uid: str, suffix: str =
             sl.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"IM{z:04d}{suffix}"))
         writer.Execute(sl)
+
+
+def tiny_study(path: Path, prepared: Path, methods: str = "[lora, adapter]", tunes: str = "[decoder, encoder-decoder]",
+               epochs: int = 2, baselines: str = "[unet_test]") -> Path:
+    """A study config of tiny vit_t_test cells at 32 px on the CPU, and the given baselines."""
+    path.write_text(textwrap.dedent(f"""\
+        datasets: {{disc: {prepared}}}
+        grid:
+          arch: [vit_t_test]
+          checkpoint: [null]
+          tune: {tunes}
+          method: {methods}
+          mode: [auto]
+          epochs: {epochs}
+          image_size: 32
+          warmup: 5
+          lr: 0.002
+          device: cpu
+          num_workers: 0
+        baselines: {baselines}
+        baseline_image_size: 32
+        """))
+    return path

@@ -7,7 +7,6 @@ DSC = 2|R| / (|R| + h w) on a slice whose reference R is the class-1 pixels.
 from __future__ import annotations
 
 import json
-import textwrap
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from data_factory import tiny_study
 from tunesam import kinds
 from tunesam.config import TrainConfig, save_config
 from tunesam.data.store import PreparedData
@@ -106,21 +106,8 @@ def test_a_registered_kind_runs_as_a_study_cell(constant_kind: kinds.RunKind, pr
     from tunesam.study.report import write_report
     from tunesam.study.runner import run_study
 
-    config = tmp_path / "study.yaml"
-    config.write_text(textwrap.dedent(f"""\
-        datasets: {{disc: {prepared}}}
-        grid:
-          arch: [vit_t_test]
-          checkpoint: [null]
-          tune: [decoder]
-          method: [vanilla]
-          mode: [auto]
-          epochs: 1
-          image_size: 32
-          device: cpu
-          num_workers: 0
-        baselines: [constant]
-        """))
+    config = tiny_study(tmp_path / "study.yaml", prepared, methods="[vanilla]", tunes="[decoder]", epochs=1,
+                        baselines="[constant]")
     run_study(config, tmp_path / "study")
     cell = tmp_path / "study" / "cells" / "disc" / "constant_full_s0"
     metrics = json.loads((cell / "metrics.json").read_text())

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from data_factory import tiny_study
 from tunesam.study.config import StudyError, parse_study
 from tunesam.study.report import write_report
 from tunesam.study.runner import run_study
@@ -21,25 +22,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def _config(tmp: Path, prepared: Path, methods: str = "[lora, adapter]", epochs: int = 2) -> Path:
-    path = tmp / "study.yaml"
-    path.write_text(textwrap.dedent(f"""\
-        datasets: {{disc: {prepared}}}
-        grid:
-          arch: [vit_t_test]
-          checkpoint: [null]
-          tune: [decoder, encoder-decoder]
-          method: {methods}
-          mode: [auto]
-          epochs: {epochs}
-          image_size: 32
-          warmup: 5
-          lr: 0.002
-          device: cpu
-          num_workers: 0
-        baselines: [unet_test]
-        baseline_image_size: 32
-        """))
-    return path
+    return tiny_study(tmp / "study.yaml", prepared, methods=methods, epochs=epochs)
 
 
 def _cells_done(out: Path) -> dict[str, int]:
