@@ -17,9 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tunesam.data.dataset import letterbox_shape, unletterbox
-from tunesam.data.store import PreparedData
-from tunesam.eval.evaluate import stored_spacing
+from tunesam.letterbox import letterbox_shape, unletterbox
+from tunesam.data.store import PreparedData, stored_spacing
 from tunesam.metrics import PooledScores, ScoreTable, class_counts_2d
 
 OUTPUT_STRIDE = 4  # SAM: 16 px patches, two 2x up-convolutions in the mask decoder

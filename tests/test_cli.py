@@ -126,3 +126,21 @@ def test_evaluate_and_predict_refuse_what_a_run_decides(tmp_path, capsys: pytest
     assert main(["predict", str(run), image, "--out", str(tmp_path / "pred"), "--prompts", str(tmp_path / "p.json"),
                  "--device", "cpu"]) == 2
     assert "takes no --prompts" in capsys.readouterr().err
+
+
+def test_the_architecture_comes_from_the_checkpoint_when_not_given(prepared, tmp_path,  # type: ignore[no-untyped-def]
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """No --arch: train and pretrain read it from --checkpoint; with neither, a clear error."""
+    import torch
+
+    from tunesam.config import load_config
+    from tunesam.models.registry import build_sam
+
+    for verb in (["train", "--tune", "decoder", "--method", "vanilla"], ["pretrain", "mae"]):
+        assert main([*verb, "--data", str(prepared), "--out", str(tmp_path / verb[0])]) == 2
+        assert "give --arch (or a --checkpoint to read the architecture from)" in capsys.readouterr().err
+    torch.save(build_sam("vit_test", image_size=32).state_dict(), tmp_path / "weights.pth")
+    assert main(["train", "--data", str(prepared), "--out", str(tmp_path / "run"), "--tune", "decoder", "--method",
+                 "vanilla", "--checkpoint", str(tmp_path / "weights.pth"), "--image-size", "32", "--epochs", "1",
+                 "--device", "cpu", "--num-workers", "0", "--quiet"]) == 0
+    assert load_config(tmp_path / "run" / "config.yaml").arch == "vit_test"

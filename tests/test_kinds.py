@@ -7,7 +7,7 @@ DSC = 2|R| / (|R| + h w) on a slice whose reference R is the class-1 pixels.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ class ConstantSegmenter:
     """Every pixel of every slice is class ``label``."""
 
     arch = "constant"
+    whole_cases = False
 
     def __init__(self, num_classes: int, label: int = 1) -> None:
         self.num_classes, self.label = num_classes, label
@@ -33,22 +34,20 @@ class ConstantSegmenter:
     def encoder_is_frozen(self) -> bool:
         return False
 
-    def segment_stored(self, slices: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0), want_probs: bool = False,
-                       out_shape: tuple[int, int] | None = None, batch_size: int = 8
-                       ) -> tuple[np.ndarray, np.ndarray | None]:
-        shape = tuple(out_shape) if out_shape is not None else slices.shape[1:]
-        labels = np.full((len(slices), *shape), self.label, np.uint8)
+    def segment_stored(self, slices: Sequence[np.ndarray], spacing: tuple[float, float] = (1.0, 1.0),
+                       want_probs: bool = False, out_shape: tuple[int, int] | None = None, batch_size: int = 8
+                       ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+        labels = [np.full(tuple(out_shape) if out_shape is not None else s.shape, self.label, np.uint8)
+                  for s in slices]
         probs = None
         if want_probs:
-            probs = np.zeros((self.num_classes + 1, *labels.shape), np.float32)
-            probs[self.label] = 1.0
+            probs = [np.stack([(lab == c).astype(np.float32) for c in range(self.num_classes + 1)]) for lab in labels]
         return labels, probs
 
 
 class ConstantKind(kinds.RunKind):
     name = "constant"
     baseline = True
-    timed = False
 
     def archs(self) -> Iterable[str]:
         return ("constant",)
@@ -125,6 +124,7 @@ def test_the_built_in_models_and_the_toy_have_the_declared_interface() -> None:
     assert isinstance(build_model("vit_test", image_size=32), kinds.Segmenter)
     assert isinstance(build_baseline("unet_test", 1, 32), kinds.Segmenter)
     assert not isinstance(object(), kinds.Segmenter)
+    assert not ConstantKind().timed and kinds.kind_of("unet").timed and not kinds.kind_of("nnunet").timed
     known = kinds.kinds()
     assert {known[a].name for a in ("vit_b", "litemedsam", "unet", "swinunetr", "nnunet")} == {"sam", "monai", "nnunet"}
     assert kinds.baseline_names() == ["unet", "swinunetr", "nnunet"]

@@ -45,3 +45,19 @@ def test_the_check_sees_a_private_import(tmp_path: Path) -> None:
     bad.write_text("from tunesam.engine.fit import _progress_bar\nimport tunesam.engine.fit as F\nF._tensorboard\n")
     uses = _private_uses(bad)
     assert len(uses) == 2 and "_progress_bar" in uses[0] and "F._tensorboard" in uses[1]
+
+
+def test_the_scripts_and_benchmarks_import_names_that_exist() -> None:
+    """The repository's scripts import tunesam's names directly: each must still exist."""
+    import importlib
+
+    repo = ROOT.parent.parent
+    missing = []
+    for path in sorted([*repo.glob("scripts/*.py"), *repo.glob("benchmarks/*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tunesam"):
+                module = importlib.import_module(node.module)
+                missing += [f"{path.name}:{node.lineno}: {node.module}.{a.name}" for a in node.names
+                            if not hasattr(module, a.name) and not (ROOT.parent / node.module.replace(".", "/")
+                                                                    / f"{a.name}.py").exists()]
+    assert not missing, "\n".join(missing)

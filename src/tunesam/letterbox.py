@@ -78,34 +78,30 @@ def unletterbox(logits: torch.Tensor, valid: Sequence[int], shape: Sequence[int]
     return F.interpolate(cropped[None], size=tuple(shape), mode="bilinear", align_corners=False)[0]
 
 
-def segment_letterboxed(model: torch.nn.Module, slices: np.ndarray, want_probs: bool = False,
+def segment_letterboxed(model: torch.nn.Module, slices: Sequence[np.ndarray], want_probs: bool = False,
                         out_shape: Sequence[int] | None = None, batch_size: int = 8
-                        ) -> tuple[np.ndarray, np.ndarray | None]:
+                        ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
     """Automated-mode segmentation through a model that takes letterboxed ``B x 1 x S x S``
     0-255 input with ``valid`` and returns ``B x C x S x S`` logits (it has ``image_size`` and
-    ``interpolation``): ``n x h x w`` uint8 slices -> labels ``n x H x W`` (uint8) and, with
-    ``want_probs``, class probabilities ``C x n x H x W`` (float16), where ``H x W`` is
-    ``out_shape`` (default ``h x w``; the logits are resized bilinearly). Batches of
-    ``batch_size`` in slice order."""
+    ``interpolation``): ``h x w`` uint8 slices (of any sizes) -> labels ``H x W`` (uint8) and,
+    with ``want_probs``, class probabilities ``C x H x W`` (float16), where ``H x W`` is
+    ``out_shape`` (default each slice's own; the logits are resized bilinearly). Batches of
+    ``batch_size`` in the given order."""
     from tunesam.device import autocast_for
 
     device = next(model.parameters()).device
     size = int(model.image_size)  # type: ignore[arg-type]
-    n = len(slices)
-    shape = tuple(out_shape) if out_shape is not None else tuple(slices.shape[1:])
-    labels = np.zeros((n, *shape), np.uint8)
-    probs: np.ndarray | None = None
-    for start in range(0, n, batch_size):
+    labels: list[np.ndarray] = []
+    probs: list[np.ndarray] | None = [] if want_probs else None
+    for start in range(0, len(slices), batch_size):
         chunk = slices[start : start + batch_size]
         valids = [letterbox_shape(*s.shape, size) for s in chunk]
         batch = torch.stack([letterbox_image(s, size, model.interpolation) for s in chunk]).to(device)  # type: ignore[arg-type]
         with torch.no_grad(), autocast_for(device):
             logits = model(batch, valid=torch.tensor(valids, device=device))
-        for j, (lg, valid) in enumerate(zip(logits, valids)):
-            native = unletterbox(lg, valid, shape)
-            labels[start + j] = native.argmax(0).to(torch.uint8).cpu().numpy()
-            if want_probs:
-                if probs is None:
-                    probs = np.zeros((native.shape[0], n, *shape), np.float16)
-                probs[:, start + j] = native.softmax(0).cpu().numpy().astype(np.float16)
+        for s, lg, valid in zip(chunk, logits, valids):
+            native = unletterbox(lg, valid, tuple(out_shape) if out_shape is not None else s.shape)
+            labels.append(native.argmax(0).to(torch.uint8).cpu().numpy())
+            if probs is not None:
+                probs.append(native.softmax(0).cpu().numpy().astype(np.float16))
     return labels, probs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -53,5 +54,10 @@ def test_nnunet_runs_through_nnunetv2_on_our_split(prepared: Path, tmp_path: Pat
     assert (results_folder(run) / "fold_0" / "checkpoint_final.pth").stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match="--iterations: run 6, now 9"):
         train_baseline("nnunet", prepared, run, epochs=2, iterations=9, device="cpu", resume=True)
+    moved = tmp_path / "moved"  # the same prepared data elsewhere: the run resumes on it, as every run does
+    shutil.copytree(prepared, moved)
+    train_baseline("nnunet", moved, run, epochs=2, iterations=6, device="cpu", resume=True)
+    with pytest.raises(ValueError, match="--epochs: run 2, now 3"):
+        train_baseline("nnunet", moved, run, epochs=3, iterations=6, device="cpu", resume=True)
     with pytest.raises(ValueError, match="already exists"):
         train_baseline("nnunet", prepared, run, epochs=2, iterations=6, device="cpu")

@@ -189,3 +189,19 @@ def test_a_study_refuses_an_image_only_dataset_before_any_cell(tmp_path: Path) -
     with pytest.raises(DataError, match="image-only"):
         run_study(config, tmp_path / "out", dry_run=True, say=lambda _: None)
     assert not (tmp_path / "out").exists()
+
+
+def test_shared_baseline_settings_reach_the_baselines_that_take_them(prepared: Path, tmp_path: Path) -> None:
+    """baseline_lr and baseline_iterations together (as docs/study_two.yaml): UNet takes the
+    lr, nnU-Net the iterations; neither gets the other's, so both resolve."""
+    from tunesam import kinds
+
+    raw = {"datasets": {"d": str(prepared)}, "grid": {"arch": ["vit_t_test"], "checkpoint": [None],
+                                                      "tune": ["decoder"], "method": ["vanilla"], "mode": ["auto"]},
+           "baselines": ["unet", "nnunet"], "baseline_lr": 0.001, "baseline_warmup": 10, "baseline_iterations": 7,
+           "baseline_image_size": 64, "baseline_epochs": 3}
+    cells = {c.arch: c for c in parse_study(raw, tmp_path).cells()[0] if c.baseline}
+    unet = kinds.resolve(cells["unet"].train_config(tmp_path))
+    nnunet = kinds.resolve(cells["nnunet"].train_config(tmp_path))
+    assert (unet.lr, unet.warmup, unet.image_size, unet.epochs, unet.iterations) == (0.001, 10, 64, 3, None)
+    assert (nnunet.iterations, nnunet.epochs, nnunet.image_size) == (7, 3, None)

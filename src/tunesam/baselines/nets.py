@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ class BaselineSpec:
     name: str
     network: str  # "unet" | "swinunetr"
     description: str
+    label: str = ""  # how reports name it (UNet, SwinUNETR)
     channels: tuple[int, ...] = ()
     feature_size: int = 24
     depths: tuple[int, ...] = (2, 2, 2, 2)
@@ -58,8 +59,9 @@ class BaselineSpec:
 BASELINES: dict[str, BaselineSpec] = {
     s.name: s
     for s in (
-        BaselineSpec("unet", "unet", "MONAI UNet (2D), features 64-1024", channels=(64, 128, 256, 512, 1024)),
-        BaselineSpec("swinunetr", "swinunetr", "MONAI SwinUNETR (2D), the substitute for SwinUNet", feature_size=24),
+        BaselineSpec("unet", "unet", "MONAI UNet (2D), features 64-1024", "UNet", channels=(64, 128, 256, 512, 1024)),
+        BaselineSpec("swinunetr", "swinunetr", "MONAI SwinUNETR (2D), the substitute for SwinUNet", "SwinUNETR",
+                     feature_size=24),
         BaselineSpec("unet_test", "unet", "test-only tiny UNet", channels=(4, 8, 16), test_only=True),
         BaselineSpec("swinunetr_test", "swinunetr", "test-only tiny SwinUNETR", feature_size=12,
                      depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), test_only=True),
@@ -113,9 +115,11 @@ class BaselineSegmenter(nn.Module):
     def encoder_is_frozen(self) -> bool:
         return False
 
-    def segment_stored(self, slices: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0), want_probs: bool = False,
-                       out_shape: tuple[int, int] | None = None, batch_size: int = 8
-                       ) -> tuple[np.ndarray, np.ndarray | None]:
+    whole_cases = False  # any slices in any batch: the spacing is not needed
+
+    def segment_stored(self, slices: Sequence[np.ndarray], spacing: tuple[float, float] = (1.0, 1.0),
+                       want_probs: bool = False, out_shape: tuple[int, int] | None = None, batch_size: int = 8
+                       ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
         """The run-model interface: see :func:`tunesam.letterbox.segment_letterboxed`."""
         return segment_letterboxed(self, slices, want_probs, out_shape, batch_size)
 
@@ -166,8 +170,8 @@ class MonaiKind(RunKind):
     def archs(self) -> Iterable[str]:
         return BASELINES
 
-    def describe(self, arch: str) -> str:
-        return get_baseline_spec(arch).description
+    def label(self, arch: str) -> str:
+        return get_baseline_spec(arch).label or arch
 
     def resolve(self, cfg: TrainConfig) -> TrainConfig:
         spec = get_baseline_spec(str(cfg.arch))

@@ -29,7 +29,7 @@ import dataclasses
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +39,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunesam.baselines.nets import refuse_sam_options
-from tunesam.config import LR, WARMUP, TrainConfig, load_config, save_config
+from tunesam.config import LR, WARMUP, TrainConfig, save_config
 from tunesam.data.readers import DataError
 from tunesam.data.store import PreparedData, stored_spacing
 from tunesam.device import pick_device
-from tunesam.engine.run_folder import Run, prepare, refuse_changed, write_log, write_preprocessing
+from tunesam.engine.run_folder import Run, prepare_training, refuse_changed, write_log, write_preprocessing
 from tunesam.io import write_json
 from tunesam.kinds import RunKind, register
 
@@ -189,13 +189,11 @@ def train_nnunet(cfg: TrainConfig, resume: bool = False, processes: int | None =
     epochs = int(cfg.epochs or 1000)
     iterations = int(cfg.iterations or 250)
 
-    def check(run: Path) -> None:  # the folder rules of every run; the iterations are in nnunet.json
-        refuse_changed(run, load_config(run / "config.yaml").to_dict(), cfg.to_dict(),
-                       {"device", "num_workers", "out", "embedding_cache", "iterations"})
+    def iterations_unchanged(run: Path) -> None:  # recorded in nnunet.json (older runs' config.yaml lacks it)
         saved = json.loads((run / "nnunet.json").read_text())["iterations_per_epoch"]
         refuse_changed(run, {"iterations": saved}, {"iterations": iterations})
 
-    run = prepare(cfg.out, resume, "training", check)
+    run = prepare_training(cfg, resume, free={"iterations"}, also=iterations_unchanged)
     run.mkdir(parents=True, exist_ok=True)
     if not resume:
         save_config(cfg, run / "config.yaml")
@@ -313,14 +311,31 @@ class NnUNetSegmenter(nn.Module):
         object.__setattr__(self, "_cached_predictor", (device, predictor))
         return predictor
 
-    def segment_stored(self, slices: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0), want_probs: bool = False,
-                       out_shape: tuple[int, int] | None = None, batch_size: int = 8
-                       ) -> tuple[np.ndarray, np.ndarray | None]:
-        """``n x h x w`` 0-255 slices with in-plane ``spacing`` (row, col) -> labels ``n x H x W``
-        (and class probabilities ``C x n x H x W``), ``H x W`` the ``out_shape`` (default the
-        slices'; labels resized nearest, probabilities bilinearly). Slices are independent in
-        the 2D configuration: a stack is one call (nnU-Net normalises it as one image)."""
-        volume = np.asarray(slices, dtype=np.float32)[None]
+    whole_cases = True  # nnU-Net normalises the slices of one call as one image: give it a case's
+
+    def segment_stored(self, slices: Sequence[np.ndarray], spacing: tuple[float, float] = (1.0, 1.0),
+                       want_probs: bool = False, out_shape: tuple[int, int] | None = None, batch_size: int = 8
+                       ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+        """0-255 slices of one case with in-plane ``spacing`` (row, col) -> labels (and class
+        probabilities ``C x H x W``), ``H x W`` the ``out_shape`` (default each slice's own;
+        labels resized nearest, probabilities bilinearly). The 2D configuration segments slices
+        independently: each size's stack is one call."""
+        labels: list[np.ndarray] = [np.empty(0)] * len(slices)
+        probs: list[np.ndarray] | None = [np.empty(0)] * len(slices) if want_probs else None
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for k, s in enumerate(slices):
+            by_shape.setdefault(tuple(s.shape), []).append(k)
+        for order in by_shape.values():
+            lab, prob = self._segment_stack(np.stack([slices[k] for k in order]), spacing, want_probs, out_shape)
+            for j, k in enumerate(order):
+                labels[k] = lab[j]
+                if probs is not None and prob is not None:
+                    probs[k] = prob[:, j]
+        return labels, probs
+
+    def _segment_stack(self, stack: np.ndarray, spacing: tuple[float, float], want_probs: bool,
+                       out_shape: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray | None]:
+        volume = stack.astype(np.float32)[None]
         props = {"spacing": [1.0, float(spacing[0]), float(spacing[1])]}
         with torch.no_grad():
             result = self._predictor().predict_single_npy_array(volume, props, None, None, want_probs)
@@ -343,13 +358,15 @@ class NnUNetKind(RunKind):
     name = "nnunet"
     baseline = True
     augmentation = "nnunet"
-    timed = False  # it plans its own network, patch and batch: the dry run cannot time it first
 
     def archs(self) -> Iterable[str]:
         return ("nnunet",)
 
-    def describe(self, arch: str) -> str:
-        return "nnU-Net (nnunetv2), 2D configuration; it plans its own input"
+    def label(self, arch: str) -> str:
+        return "nnU-Net"
+
+    def takes(self, option: str) -> bool:  # nnU-Net plans the rest itself
+        return option in ("epochs", "device", "iterations")
 
     def resolve(self, cfg: TrainConfig) -> TrainConfig:
         refuse_sam_options(cfg, "nnunet")

@@ -30,9 +30,11 @@ def default(cls: type, name: str) -> Any:
 
 def config_from_args(cls: type[C], args: argparse.Namespace, **given: Any) -> C:
     """A ``cls`` configuration from the parsed flags: every field whose flag was given (not
-    ``None``), the dataclass's own default otherwise; ``given`` overrides both."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)  # type: ignore[arg-type]
-              if getattr(args, f.name, None) is not None}
+    ``None``), the dataclass's own default otherwise (a field without one, such as ``arch``,
+    takes the flag's value, ``None`` included); ``given`` overrides both."""
+    values = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+              if getattr(args, f.name, None) is not None
+              or (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)}
     return cls(**{**values, **given})
 
 

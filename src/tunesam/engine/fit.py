@@ -53,7 +53,6 @@ class Task:
     collate: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None
     after_epoch: Callable[[Path, int], None] = lambda run, epoch: None
     summary: Callable[[State], dict[str, Any]] = lambda state: {}  # more fields for summary.json
-    log_fields: list[str] | None = None  # log.csv's columns (default: epoch, train_loss, metric, lr, seconds)
 
     @property
     def higher(self) -> bool:
@@ -234,7 +233,7 @@ def fit(task: Task, run: Path, schedule: Schedule, ctx: D.Context, device: torch
     steps_per_epoch = math.ceil(len(train_loader) / schedule.accumulate)
     epochs = schedule.epochs
     total = epochs * steps_per_epoch
-    fields = task.log_fields or ["epoch", "train_loss", task.metric, "lr", "seconds"]
+    fields = ["epoch", "train_loss", task.metric, "lr", "seconds"]  # log.csv's columns
     writer = _tensorboard(run, schedule.tensorboard, ctx)
     if ctx.is_main:
         log.info("%s: %s%d steps per epoch, %d epochs, device %s", run, describe + ", " if describe else "",

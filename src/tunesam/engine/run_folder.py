@@ -93,23 +93,27 @@ def prepare(out: str | Path, resume: bool, what: str, check: Callable[[Path], No
     return run
 
 
-def prepare_training(cfg: TrainConfig, resume: bool) -> Path:
+def prepare_training(cfg: TrainConfig, resume: bool, free: Iterable[str] = (),
+                     also: Callable[[Path], None] | None = None) -> Path:
     """The folder rules for a training run (fine-tuning, a baseline or nnU-Net).
 
     Free to change on resume: where it runs, and the length of a constant-rate run (the
     decaying schedule is a function of the total step count, so ``epochs`` is fixed there);
-    the data folder when it holds the same prepared data (a run may be moved or copied).
+    the data folder when it holds the same prepared data (a run may be moved or copied); and
+    the kind's own ``free`` options, which its ``also`` check compares instead.
     """
 
     def check(run: Path) -> None:
         saved = load_config(run / "config.yaml")
-        free = {"device", "num_workers", "out", "embedding_cache"}
-        free |= {"epochs"} if saved.constant_lr and cfg.constant_lr else set()
+        names = {"device", "num_workers", "out", "embedding_cache", *free}
+        names |= {"epochs"} if saved.constant_lr and cfg.constant_lr else set()
         if saved.data != cfg.data and same_data(run, cfg.data):
-            free.add("data")
-        refuse_changed(run, saved.to_dict(), cfg.to_dict(), free,
-                       lambda names: " (the learning-rate schedule decays over the run's total steps; only "
-                                     "--constant-lr runs can be extended)" if "epochs" in names else "")
+            names.add("data")
+        refuse_changed(run, saved.to_dict(), cfg.to_dict(), names,
+                       lambda diff: " (the learning-rate schedule decays over the run's total steps; only "
+                                    "--constant-lr runs can be extended)" if "epochs" in diff else "")
+        if also is not None:
+            also(run)
 
     return prepare(cfg.out, resume, "training", check)
 

@@ -34,30 +34,42 @@ from tunesam.metrics import (
 )
 from tunesam.io import write_json
 from tunesam.engine.embedding_cache import EmbeddingCache, fill_embedding_cache
+from tunesam.kinds import Segmenter
 from tunesam.models.segmenter import SamSegmenter, positive_points
 
 MULTIMASK_VARIANTS = ("single", "highest_iou", "oracle")
 
 
 def predict_rows(
-    model: Any, data: PreparedData, rows: Sequence[int], device: torch.device, batch_size: int = 8,
+    model: Segmenter, data: PreparedData, rows: Sequence[int], device: torch.device, batch_size: int = 8,
     cache: EmbeddingCache | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Automated-mode label maps (uint8, stored slice size) for store ``rows``, through the
-    run-model interface (:class:`tunesam.kinds.Segmenter`): a case's same-sized slices at once,
-    with the case's spacing. With ``cache`` (a frozen SAM encoder's embeddings) the decoder
-    runs on the cached embeddings instead."""
+    """Automated-mode label maps (uint8, stored slice size) for store ``rows``, in order,
+    through the run-model interface (:class:`tunesam.kinds.Segmenter`): batches of
+    ``batch_size`` rows, or each case's rows together for a model that takes whole cases (the
+    spacing given is the case's). With ``cache`` (a frozen SAM encoder's embeddings) the
+    decoder runs on the cached embeddings instead."""
     if cache is not None:
-        yield from _cached_rows(model, data, rows, device, batch_size, cache)
+        yield from _cached_rows(model, data, rows, device, batch_size, cache)  # type: ignore[arg-type]
         return
-    groups: dict[tuple[int, tuple[int, ...]], list[tuple[int, np.ndarray]]] = {}
-    for r in rows:
-        image = np.asarray(data.slice(int(r))[0])
-        groups.setdefault((int(data.index[r]["case"]), image.shape), []).append((int(r), image))
-    for (case_i, _), group in groups.items():
-        labels, _ = model.segment_stored(np.stack([im for _, im in group]),
-                                         stored_spacing(data.manifest["cases"][case_i]), batch_size=batch_size)
-        yield from zip([r for r, _ in group], labels)
+    for chunk in _chunks(data, rows, batch_size, model.whole_cases):
+        case = data.manifest["cases"][int(data.index[chunk[0]]["case"])]
+        labels, _ = model.segment_stored([np.asarray(data.slice(r)[0]) for r in chunk], stored_spacing(case),
+                                         batch_size=batch_size)
+        yield from zip(chunk, labels)
+
+
+def _chunks(data: PreparedData, rows: Sequence[int], size: int, whole_cases: bool) -> Iterator[list[int]]:
+    """Consecutive rows: ``size`` at a time, or each case's (``whole_cases``)."""
+    chunk: list[int] = []
+    for r in (int(r) for r in rows):
+        full = (data.index[r]["case"] != data.index[chunk[0]]["case"]) if whole_cases else len(chunk) == size
+        if chunk and full:
+            yield chunk
+            chunk = []
+        chunk.append(r)
+    if chunk:
+        yield chunk
 
 
 def _cached_rows(model: SamSegmenter, data: PreparedData, rows: Sequence[int], device: torch.device,

@@ -29,12 +29,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from tunesam.letterbox import letterbox_image, letterbox_shape, to_input, unletterbox
 from tunesam.data.preprocess import PERCENTILES, downsample_images, stored_shape, to_uint8
 from tunesam.data.readers import DataError, Geometry, PillowReader, SimpleITKReader, read_image, strip_image_ext
 from tunesam.device import autocast_for, pick_device
 from tunesam.io import atomic_path
-from tunesam.models.segmenter import SamSegmenter
+from tunesam.kinds import Segmenter
+from tunesam.letterbox import letterbox_image, letterbox_shape, to_input, unletterbox
 
 log = logging.getLogger("tunesam.predict")
 
@@ -104,7 +104,7 @@ def _slices(arr: np.ndarray, geom: Geometry, pre: Preprocessing, where: Path,
 class Predictor:
     """A run's model plus its preprocessing, ready to segment files."""
 
-    def __init__(self, model: SamSegmenter, pre: Preprocessing, labels: dict[str, str], mode: str,
+    def __init__(self, model: Segmenter, pre: Preprocessing, labels: dict[str, str], mode: str,
                  device: torch.device, batch_size: int = 8, volumes: bool | None = None) -> None:
         if isinstance(model, torch.nn.Module):
             model = model.to(device).eval()
@@ -139,8 +139,9 @@ class Predictor:
         shape = stored_shape(h, w, self.pre.size)
         stored = slices if shape == (h, w) else downsample_images(slices, shape)
         stored_spacing = (spacing[0] * h / shape[0], spacing[1] * w / shape[1])
-        return self.model.segment_stored(stored, stored_spacing, want_probs, out_shape=(h, w),
-                                         batch_size=self.batch_size)
+        labels, probs = self.model.segment_stored(list(stored), stored_spacing, want_probs, out_shape=(h, w),
+                                                  batch_size=self.batch_size)
+        return np.stack(labels), None if probs is None else np.stack(probs, axis=1)
 
     def segment_prompted(self, slices: np.ndarray, prompts: list[dict[str, Any]], where: str) -> np.ndarray:
         """Point/box mode: one binary object per prompt, written with its ``label``.

@@ -12,7 +12,8 @@ calls :func:`register` when imported), or by calling :func:`register` themselves
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -24,6 +25,7 @@ from tunesam.engine.run_folder import Run, open_run
 
 BUILTIN = ("tunesam.kinds.sam", "tunesam.baselines.nets", "tunesam.baselines.nnunet")
 ENTRY_POINTS = "tunesam.kinds"
+log = logging.getLogger("tunesam.kinds")
 DEFAULT_ARCH = "vit_b"  # whose kind takes a run whose architecture is read from its checkpoint
 
 
@@ -31,21 +33,25 @@ DEFAULT_ARCH = "vit_b"  # whose kind takes a run whose architecture is read from
 class Segmenter(Protocol):
     """What ``evaluate``, ``predict``, the study and ``serve`` need of a trained model.
 
-    ``segment_stored`` takes ``n x h x w`` slices as the prepared data stores them (uint8,
-    0-255, one size) with their in-plane ``spacing`` (row, col; mm) and returns labels
-    ``n x H x W`` (uint8 class indices) and, with ``want_probs``, class probabilities
-    ``C x n x H x W`` (else ``None``), where ``H x W`` is ``out_shape`` (default ``h x w``);
-    ``batch_size`` bounds the slices per forward where the model batches. A model whose image
-    encoder is frozen (``encoder_is_frozen``) may be scored on cached embeddings; prompted
-    modes need SAM's ``encode``/``decode`` besides (the SAM kind's models have them).
+    ``segment_stored`` takes slices as the prepared data stores them (``h x w`` uint8, 0-255)
+    with their in-plane ``spacing`` (row, col; mm) and returns their labels (``H x W`` uint8
+    class indices) and, with ``want_probs``, class probabilities (``C x H x W``; else
+    ``None``), where ``H x W`` is ``out_shape`` (default each slice's own); ``batch_size``
+    bounds the slices per forward where the model batches. ``whole_cases``: the model wants a
+    case's slices in one call (nnU-Net normalises a call's slices as one image, and uses the
+    spacing); otherwise callers batch slices of any cases, and the spacing may be any of
+    theirs. ``encoder_is_frozen`` is true only for models with SAM's image-encoder interface
+    (``encode``, ``use_inference_encoder``): they may be scored on cached embeddings; prompted
+    modes need SAM's ``encode``/``decode`` besides.
     """
 
     arch: str
     num_classes: int
+    whole_cases: bool
 
-    def segment_stored(self, slices: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0), want_probs: bool = False,
-                       out_shape: tuple[int, int] | None = None, batch_size: int = 8
-                       ) -> tuple[np.ndarray, np.ndarray | None]: ...
+    def segment_stored(self, slices: Sequence[np.ndarray], spacing: tuple[float, float] = (1.0, 1.0),
+                       want_probs: bool = False, out_shape: tuple[int, int] | None = None, batch_size: int = 8
+                       ) -> tuple[list[np.ndarray], list[np.ndarray] | None]: ...
 
     def encoder_is_frozen(self) -> bool: ...
 
@@ -54,24 +60,32 @@ class RunKind:
     """One kind of run. Subclasses set the attributes and override what differs.
 
     ``baseline``: trained from scratch in automated mode, listed by ``tunesam baseline`` and a
-    study's ``baselines:``; ``modes``: the modes it trains in; ``augmentation``: the study's
-    name for its image augmentation (``online``: the paper's, drawn every epoch); ``timed``:
-    whether the study's dry run can time its training step before it runs.
+    study's ``baselines:``; ``augmentation``: the study's name for its image augmentation
+    (``online``: the paper's, drawn every epoch).
     """
 
     name: str = ""
     baseline: bool = False
-    modes: tuple[str, ...] = ("auto",)
     augmentation: str = "online"
-    timed: bool = True
 
     def archs(self) -> Iterable[str]:
         """The architecture names (``--arch``, ``config.yaml``'s ``arch``) this kind answers for."""
         raise NotImplementedError
 
-    def describe(self, arch: str) -> str:
-        """One line on ``arch`` for help texts and error messages."""
+    def label(self, arch: str) -> str:
+        """How reports name ``arch`` (``UNet``, ``nnU-Net``)."""
         return arch
+
+    @property
+    def timed(self) -> bool:
+        """Whether the study's dry run can time a training step before the run: kinds that
+        build a model for tunesam's loop can (it times that loop's step)."""
+        return type(self).build is not RunKind.build
+
+    def takes(self, option: str) -> bool:
+        """Whether a study's shared setting ``option`` (a ``TrainConfig`` field, such as ``lr``
+        or ``iterations``) applies to this kind's cells; those that do not are left out."""
+        return option != "iterations"
 
     def resolve(self, cfg: TrainConfig) -> TrainConfig:
         """``cfg`` with this kind's defaults filled in and its options checked."""
@@ -107,13 +121,15 @@ _loaded = False
 
 def register(kind: RunKind) -> RunKind:
     """Make ``kind`` answer for its architectures (a later registration of a name replaces
-    the earlier one, so a plug-in may override a built-in)."""
+    the earlier one: the built-ins are registered first, so a plug-in may override one)."""
+    _load_builtin()
     for arch in kind.archs():
         _KINDS[arch] = kind
     return kind
 
 
 def unregister(kind: RunKind) -> None:
+    _load_builtin()
     for arch in [a for a, k in _KINDS.items() if k is kind]:
         del _KINDS[arch]
 
@@ -122,13 +138,17 @@ def _load_builtin() -> None:
     global _loaded
     if _loaded:
         return
-    _loaded = True
+    _loaded = True  # first: the modules imported below register themselves
     for module in BUILTIN:
         importlib.import_module(module)
     from importlib.metadata import entry_points
 
     for ep in entry_points(group=ENTRY_POINTS):
-        ep.load()
+        try:
+            ep.load()
+        except Exception as exc:  # a broken plug-in must not take every command down with it
+            log.warning("run kinds: the plug-in %s (%s) failed to load and is left out: %s: %s", ep.name, ep.value,
+                        type(exc).__name__, exc)
 
 
 def kinds() -> dict[str, RunKind]:

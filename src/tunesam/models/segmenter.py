@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -119,9 +120,11 @@ class SamSegmenter(nn.Module):
     def encoder_is_frozen(self) -> bool:
         return not any(p.requires_grad for p in self.image_encoder.parameters())
 
-    def segment_stored(self, slices: np.ndarray, spacing: tuple[float, float] = (1.0, 1.0), want_probs: bool = False,
-                       out_shape: tuple[int, int] | None = None, batch_size: int = 8
-                       ) -> tuple[np.ndarray, np.ndarray | None]:
+    whole_cases = False  # any slices in any batch: the spacing is not needed
+
+    def segment_stored(self, slices: Sequence[np.ndarray], spacing: tuple[float, float] = (1.0, 1.0),
+                       want_probs: bool = False, out_shape: tuple[int, int] | None = None, batch_size: int = 8
+                       ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
         """Automated mode, the run-model interface (:class:`tunesam.kinds.Segmenter`): see
         :func:`tunesam.letterbox.segment_letterboxed` (``spacing`` is not needed here)."""
         return segment_letterboxed(self, slices, want_probs, out_shape, batch_size)

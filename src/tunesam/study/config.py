@@ -153,10 +153,13 @@ class Cell:
 
     def train_config(self, out: Path) -> TrainConfig:
         """The ``TrainConfig`` of the cell in study folder ``out`` (its run folder, and the
-        dataset's shared embedding cache when the cell caches)."""
+        dataset's shared embedding cache when the cell caches). A baseline cell takes those of
+        the study's shared ``baseline_*`` settings that its kind takes (nnU-Net plans its own
+        learning rate, batch and input: it takes the length, the device and its iterations)."""
         from tunesam.config import TrainConfig
 
-        o = dict(self.options)
+        kind = kind_of(self.arch)
+        o = {k: v for k, v in self.options.items() if kind.takes(k)}
         cache = bool(o.pop("cache_embeddings", False))
         return TrainConfig(
             data=self.data, out=str(self.folder(out)), arch=self.arch, tune=self.tune, method=self.method,

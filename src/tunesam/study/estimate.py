@@ -124,7 +124,7 @@ def describe_plan(cells: list[Cell], status: dict[str, str], out: Path) -> str:
         if st == "done":  # nothing left to time
             lines.append(f"{cell.dataset + '/' + cell.key:<64}{st:>9}{'-':>8}{'-':>9}{'-':>10}{'-':>11}")
             continue
-        if not kind_of(cell.arch).timed:  # a kind that plans its own network and batch (nnU-Net)
+        if not kind_of(cell.arch).timed:  # a kind that trains outside tunesam's loop (nnU-Net plans its own)
             untimed.add(str(cell.arch))
             lines.append(f"{cell.dataset + '/' + cell.key:<64}{st:>9}{'-':>8}{'-':>9}{'-':>10}{'-':>11}")
             continue
@@ -155,6 +155,7 @@ def describe_plan(cells: list[Cell], status: dict[str, str], out: Path) -> str:
         total_b += size
     lines.append(f"{len(cells)} cells; estimated {_fmt_time(total_s)} and {_fmt_bytes(total_b)} "
                  "(steps timed here after a warm-up; cells already done are not counted; a cache already "
-                 "filled costs less)" + (f"; the {', '.join(sorted(untimed))} cells are not included: they plan their own "
-                                         "network and batch, so they are not timed before they run" if untimed else ""))
+                 "filled costs less)" + (f"; the {', '.join(sorted(untimed))} cells are not included: they train outside "
+                                         "tunesam's loop (nnU-Net plans its own network and batch), so they are not "
+                                         "timed before they run" if untimed else ""))
     return "\n".join(lines)

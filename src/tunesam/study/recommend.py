@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tunesam.kinds import kind_of
 from tunesam.study.config import WEIGHT_CLASSES, Cell
 from tunesam.study.stats import ImageKey, blocked_mean, case_scores, compare, image_dsc, verdict
 
@@ -47,7 +48,7 @@ class Candidate:
 def strategy_label(cell: Cell) -> str:
     """The paper's way of naming a strategy, e.g. ``litemedsam + En/Decoder + LoRA``."""
     if cell.baseline:
-        return {"unet": "UNet", "swinunetr": "SwinUNETR", "nnunet": "nnU-Net"}.get(cell.arch or "", str(cell.arch))
+        return kind_of(cell.arch).label(str(cell.arch))
     start = cell.weights_name if cell.checkpoint else f"{cell.arch} (random)"
     tune = {"decoder": "Decoder", "encoder-decoder": "En/Decoder"}[cell.tune]
     method = {"vanilla": "Vanilla", "adapter": "Adapter", "lora": "LoRA"}[cell.method]
