@@ -63,8 +63,7 @@ def _chunks(data: PreparedData, rows: Sequence[int], size: int, whole_cases: boo
     """Consecutive rows: ``size`` at a time, or each case's (``whole_cases``)."""
     chunk: list[int] = []
     for r in (int(r) for r in rows):
-        full = (data.index[r]["case"] != data.index[chunk[0]]["case"]) if whole_cases else len(chunk) == size
-        if chunk and full:
+        if chunk and (data.index[r]["case"] != data.index[chunk[0]]["case"] if whole_cases else len(chunk) == size):
             yield chunk
             chunk = []
         chunk.append(r)
