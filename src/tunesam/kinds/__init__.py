@@ -174,9 +174,16 @@ def public_archs(baseline: bool | None = None) -> list[str]:
 
 
 def baseline_names(test: bool = False) -> list[str]:
-    """The baselines (``tunesam baseline NAME``, a study's ``baselines:``)."""
+    """The baselines (``tunesam baseline NAME``, a study's ``baselines:``): the built-ins in
+    their modules' order, then the plug-ins'."""
     _load_builtin()
-    return [a for a, k in _KINDS.items() if k.baseline and (test or not a.endswith("_test"))]
+
+    def rank(kind: RunKind) -> int:
+        module = type(kind).__module__
+        return BUILTIN.index(module) if module in BUILTIN else len(BUILTIN)
+
+    names = [a for a, k in _KINDS.items() if k.baseline and (test or not a.endswith("_test"))]
+    return sorted(names, key=lambda a: rank(_KINDS[a]))  # stable: within a module, its own order
 
 
 def resolve(cfg: TrainConfig) -> TrainConfig:
