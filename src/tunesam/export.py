@@ -15,7 +15,15 @@ def export_run(run_folder: str | Path, out: str | Path, weights: str = "best", o
     architecture's native input size. Adapter runs are refused: their layers have no place in
     plain SAM weights (their run folder is what to keep). Returns notes on what was adapted."""
     out = Path(out)
+    run = open_run(run_folder)
+    target = out.resolve()
+    if target.is_relative_to(run.folder.resolve()):
+        raise ValueError(f"{out}: inside the run folder {run.folder}, whose own files it could replace (its trained "
+                         "weights among them); write the export somewhere else")
+    base = (run.config.checkpoint and Path(run.config.checkpoint).resolve())
+    if base and target == base:
+        raise ValueError(f"{out}: the base checkpoint {run.folder} was trained on, which the run needs; write the "
+                         "export somewhere else")
     if out.exists() and not overwrite:
         raise ValueError(f"{out}: exists; choose another --out or pass --overwrite")
-    run = open_run(run_folder)
     return kind_of(run.config.arch).export(run, out, weights)

@@ -124,3 +124,21 @@ def test_export_verb_writes_lora_runs_and_refuses_adapter_runs(prepared: Path, t
     err = capsys.readouterr().err
     assert "exists; choose another --out" in err and "trained adapters" in err
     assert not (tmp_path / "adapter.pth").exists()
+    # never into the run folder's own files: its weights stay as trained
+    best = tmp_path / "lora" / "weights" / "best.safetensors"
+    before = best.read_bytes()
+    assert main(["export", str(tmp_path / "lora"), "--out", str(best), "--overwrite"]) == 2
+    assert main(["export", str(tmp_path / "lora"), "--out", str(tmp_path / "lora" / "x.pth")]) == 2
+    assert "inside the run folder" in capsys.readouterr().err
+    assert best.read_bytes() == before and not (tmp_path / "lora" / "x.pth").exists()
+    import torch
+
+    from tunesam.models.registry import build_sam
+
+    torch.save(build_sam("vit_test", image_size=64).state_dict(), tmp_path / "base.pth")
+    train(TrainConfig(data=str(prepared), out=str(tmp_path / "on_base"), arch="vit_test", tune="decoder",
+                      method="lora", checkpoint=str(tmp_path / "base.pth"), image_size=64, epochs=1, batch_size=8,
+                      device="cpu", num_workers=0))
+    base = (tmp_path / "base.pth").read_bytes()
+    assert main(["export", str(tmp_path / "on_base"), "--out", str(tmp_path / "base.pth"), "--overwrite"]) == 2
+    assert "the base checkpoint" in capsys.readouterr().err and (tmp_path / "base.pth").read_bytes() == base
