@@ -32,6 +32,16 @@ RECIPE_TEXT = (f"AdamW {number(LR)}, wd {number(WEIGHT_DECAY)}, {WARMUP} warm-up
                f"{FULL['batch_size']}, <= {FULL['epochs']} epochs, early stop after {FULL['patience']}")
 
 
+def check_ranges(cfg: Any, at_least_1: tuple[str, ...] = (), at_least_0: tuple[str, ...] = ()) -> None:
+    """Every numeric option in its range, or an error naming its flag (``None``: not given)."""
+    for names, low in ((at_least_1, 1), (at_least_0, 0)):
+        for name in names:
+            v = getattr(cfg, name)
+            if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and v >= low
+                                      and v == v):
+                raise ValueError(f"--{name.replace('_', '-')} must be a number >= {low}, got {v!r}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run depends on; written to ``RUN/config.yaml`` resolved.
@@ -86,10 +96,8 @@ class TrainConfig:
         self.strategy()  # validates tune / method / mode
         if self.few_shot is not None and self.few_shot < 1:
             raise ValueError(f"--few-shot must be >= 1, got {self.few_shot}")
-        for name in ("epochs", "batch_size"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+        check_ranges(self, at_least_1=("epochs", "batch_size", "image_size", "lora_rank", "iterations"),
+                     at_least_0=("patience", "warmup", "weight_decay", "num_workers", "seed"))
         if self.lr <= 0:
             raise ValueError(f"--lr must be positive, got {self.lr}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunesam.config import LR, WARMUP, WEIGHT_DECAY
+from tunesam.config import LR, WARMUP, WEIGHT_DECAY, check_ranges
 
 OBJECTIVES = ("prompt", "mae")
 PROMPT_RULES = ("paper", "code")
@@ -97,11 +97,9 @@ class PretrainConfig:
         object.__setattr__(self, "data", tuple(str(d) for d in self.data))
         if len(set(self.data)) != len(self.data):
             raise ValueError(f"--data names a folder twice: {list(self.data)}")
-        for name in ("epochs", "batch_size", "accumulate", "max_prompts", "decoder_dim", "decoder_depth",
-                     "decoder_heads"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+        check_ranges(self, at_least_1=("epochs", "batch_size", "accumulate", "max_prompts", "decoder_dim",
+                                        "decoder_depth", "decoder_heads", "image_size", "mask_patch"),
+                     at_least_0=("patience", "warmup", "weight_decay", "num_workers", "seed"))
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"--lr must be positive, got {self.lr}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
