@@ -148,6 +148,28 @@ class TrainConfig:
         return cls(**d)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (YAML lets the last one
+    win silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); "
+                    "keep one", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml_text(text: str) -> Any:
+    """YAML as ``yaml.safe_load`` reads it (no tags, no objects), but a key given twice in one
+    mapping is an error (``yaml.YAMLError``), never the last one silently winning."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def save_yaml(data: dict[str, Any], path: Path, title: str) -> None:
     """Write a resolved configuration as YAML, atomically, under a ``# title`` line."""
     from tunesam.io import atomic_write
@@ -162,7 +184,7 @@ def load_yaml(path: Path, build: Callable[[dict[str, Any]], Any], what: str) -> 
     if not path.is_file():
         raise FileNotFoundError(f"{path.parent}: not a {what} run (no config.yaml)")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml_text(path.read_text())
         if not isinstance(data, dict):
             raise ValueError(f"expected a mapping of options, found {type(data).__name__}")
         return build(data)

@@ -205,3 +205,16 @@ def test_shared_baseline_settings_reach_the_baselines_that_take_them(prepared: P
     nnunet = kinds.resolve(cells["nnunet"].train_config(tmp_path))
     assert (unet.lr, unet.warmup, unet.image_size, unet.epochs, unet.iterations) == (0.001, 10, 64, 3, None)
     assert (nnunet.iterations, nnunet.epochs, nnunet.image_size) == (7, 3, None)
+
+
+def test_a_key_given_twice_in_a_study_config_is_refused(tmp_path: Path) -> None:
+    """YAML lets the last duplicate win, which silently dropped whole strategy families."""
+    from tunesam.study.config import load_study
+
+    path = tmp_path / "dup.yaml"
+    path.write_text("datasets: {d: /tmp/x}\ngrid:\n  arch: [vit_t_test]\n  method: [lora]\n  method: [adapter]\n")
+    with pytest.raises(StudyError, match=r"the key 'method' is given twice \(lines 4 and 5\)"):
+        load_study(path)
+    path.write_text("datasets: {d: /tmp/x}\ndatasets: {e: /tmp/y}\n")
+    with pytest.raises(StudyError, match="the key 'datasets' is given twice"):
+        load_study(path)

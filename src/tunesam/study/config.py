@@ -342,10 +342,13 @@ def load_study(path: str | Path) -> StudyConfig:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such study config")
+    from tunesam.config import load_yaml_text
+
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml_text(path.read_text())
     except yaml.YAMLError as exc:
-        raise StudyError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise StudyError(f"{path}: not valid YAML ({problem})") from exc
     try:
         return parse_study(raw, Path.cwd())
     except StudyError as exc:
