@@ -79,3 +79,32 @@ def test_wrong_inputs_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[st
     (tmp_path / "x.nii.gz").write_bytes(b"")
     assert main(["prepare", str(tmp_path / "x.nii.gz"), "--layout", "nnunet", "--out", str(tmp_path / "p")]) == 2
     assert "x.nii.gz: --layout nnunet expects a dataset folder, found a file" in capsys.readouterr().err
+
+
+def test_a_diverged_run_stops_and_saves_nothing_of_it(prepared: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """--lr 1e12: the loss turns NaN; the run stops with a message (exit 2) and never saves
+    non-finite weights, as best or otherwise."""
+    out = tmp_path / "diverged"
+    assert main(["train", "--data", str(prepared), "--out", str(out), "--arch", "vit_test", "--tune",
+                 "encoder-decoder", "--method", "vanilla", "--image-size", "32", "--epochs", "3", "--lr", "1e12",
+                 "--warmup", "0", "--constant-lr", "--device", "cpu", "--num-workers", "0", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "training diverged in epoch 1" in err and "lower learning rate" in err
+    assert not (out / "weights" / "best.safetensors").exists() and not (out / "last.pt").exists()
+
+
+def test_evaluate_says_when_weights_are_not_finite(run: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from tunesam.data.readers import DataError
+    from tunesam.eval.evaluate import evaluate_run
+
+    broken = _copy(run, tmp_path)
+    path = broken / "weights" / "best.safetensors"
+    tensors = load_file(str(path))
+    first = next(k for k, v in tensors.items() if v.is_floating_point())
+    tensors[first] = torch.full_like(tensors[first], float("nan"))
+    save_file(tensors, str(path), metadata={"format": "tunesam-trained"})
+    with pytest.raises(DataError, match="NaN or infinite values"):
+        evaluate_run(broken, device="cpu")

@@ -202,6 +202,18 @@ def _train_epoch(task: Task, net: nn.Module, train_loader: DataLoader, state: St
     return losses, lr
 
 
+def _refuse_divergence(run: Path, epoch: int, train_loss: float, task: Task, saved_before: bool) -> None:
+    """Stop, saving nothing of the epoch, when its loss or the weights are not finite (every
+    rank sees the same reduced loss and, under DDP, the same weights: all stop together)."""
+    finite = math.isfinite(train_loss) and all(bool(torch.isfinite(w).all()) for w in task.weights().values()
+                                               if w.is_floating_point())
+    if not finite:
+        raise RuntimeError(
+            f"{run}: training diverged in epoch {epoch + 1} (training loss {train_loss}, weights not all finite); "
+            f"nothing of that epoch was saved{' (the last good epoch is in last.pt and weights/)' if saved_before else ''}"
+            ". Start again with a lower learning rate (--lr)")
+
+
 def _write_summary(run: Path, task: Task, state: State, step_times: list[float], device: torch.device) -> None:
     """``summary.json``: the run's outcome and Table 3's columns, measured (steps of this
     process: forward, backward, optimiser), with the task's own fields."""
@@ -250,8 +262,9 @@ def fit(task: Task, run: Path, schedule: Schedule, ctx: D.Context, device: torch
         bar.set_description(f"epoch {epoch + 1}/{epochs}")
         losses, lr = _train_epoch(task, net, train_loader, state, epoch, epoch == first_epoch, total, ctx, device,
                                   bar, step_times, schedule.accumulate)
-        value = task.validate(val_loader)
         loss_sum, loss_n = D.all_sum(torch.tensor([sum(losses), len(losses)], dtype=torch.float64), ctx).tolist()
+        _refuse_divergence(run, epoch, loss_sum / max(1.0, loss_n), task, bool(state.rows))
+        value = task.validate(val_loader)
         row = {"epoch": epoch + 1, "train_loss": round(loss_sum / max(1.0, loss_n), 6),
                task.metric: round(value, 4 if task.higher else 6), "lr": lr,
                "seconds": round(time.perf_counter() - t0, 3)}

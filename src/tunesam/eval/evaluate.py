@@ -303,6 +303,9 @@ def evaluate_run(run_folder: str | Path, data: str | Path | None = None, split: 
     mode = run.config.mode
     dev = pick_device(device)
     model = load_run_model(run, weights, dev)
+    if isinstance(model, torch.nn.Module) and not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        raise DataError(f"{run_folder}: its {weights} weights hold NaN or infinite values (the training diverged); "
+                        "train again with a lower learning rate")
     cache_dir = None
     if run.config.cache_embeddings and model.encoder_is_frozen():
         cache_dir = run.config.embedding_cache if data is None else default_cache_folder(prepared.folder)
