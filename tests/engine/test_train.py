@@ -103,6 +103,39 @@ def test_killed_run_resumes_to_the_same_weights(prepared: Path, tmp_path: Path, 
     assert [r["train_loss"] for r in _rows(full)] == [r["train_loss"] for r in _rows(killed)]
 
 
+AFTER_LAST_SAVE = """
+import os, signal, sys
+import tunesam.engine.fit as FIT
+from tunesam.cli import main
+
+original, calls = FIT.save_state, [0]
+
+def save_then_die(*args, **kwargs):
+    original(*args, **kwargs)
+    calls[0] += 1
+    if calls[0] == int(sys.argv[1]):  # the last epoch's state is saved; its curves and summary are not
+        os.kill(os.getpid(), signal.SIGKILL)
+
+FIT.save_state = save_then_die
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_a_run_killed_after_its_last_epoch_resumes_to_its_summary_and_curves(prepared: Path, tmp_path: Path) -> None:
+    """Nothing is left to train: the resume still writes summary.json with the steps' time
+    (saved in last.pt) and draws curves.png, where it wrote seconds_per_step null."""
+    run = tmp_path / "run"
+    (tmp_path / "killer.py").write_text(AFTER_LAST_SAVE)
+    res = subprocess.run([sys.executable, str(tmp_path / "killer.py"), "2", *_cli(prepared, run, "--epochs", "2")[3:]],
+                         env=ENV, capture_output=True)
+    assert res.returncode == -signal.SIGKILL and not (run / "summary.json").exists()
+    (run / "curves.png").unlink(missing_ok=True)  # the last epoch's redraw never happened
+    subprocess.run(_cli(prepared, run, "--epochs", "2", "--resume"), check=True, env=ENV, capture_output=True)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs_run"] == 2 and summary["seconds_per_step"] is not None and summary["seconds_per_step"] > 0
+    assert (run / "curves.png").is_file()
+
+
 def test_resume_refuses_other_options(prepared: Path, tmp_path: Path) -> None:
     run = tmp_path / "r"
     subprocess.run(_cli(prepared, run, "--epochs", "1"), check=True, env=ENV, capture_output=True)

@@ -191,6 +191,8 @@ def _train_epoch(task: Task, net: nn.Module, train_loader: DataLoader, state: St
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             step_times.append(time.perf_counter() - t_step)
+            state.timed[0] += step_times[-1]
+            state.timed[1] += 1
             if len(step_times) == 1 and device.type == "cpu" and ctx.is_main:
                 cpu_warning(step_times[0], total - state.step - 1)
         state.step += 1
@@ -214,7 +216,7 @@ def _refuse_divergence(run: Path, epoch: int, train_loss: float, task: Task, sav
             ". Start again with a lower learning rate (--lr)")
 
 
-def _write_summary(run: Path, task: Task, state: State, step_times: list[float], device: torch.device) -> None:
+def _write_summary(run: Path, task: Task, state: State, device: torch.device) -> None:
     """``summary.json``: the run's outcome and Table 3's columns, measured (steps of this
     process: forward, backward, optimiser), with the task's own fields."""
     module = task.net
@@ -223,7 +225,7 @@ def _write_summary(run: Path, task: Task, state: State, step_times: list[float],
         "steps": state.step,
         "total_params": sum(p.numel() for p in module.parameters()),
         "trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
-        "seconds_per_step": float(np.mean(step_times)) if step_times else None,
+        "seconds_per_step": state.seconds_per_step,  # over every session of a resumed run
         "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         "device": str(device), **task.summary(state),
     })
@@ -292,5 +294,7 @@ def fit(task: Task, run: Path, schedule: Schedule, ctx: D.Context, device: torch
     if writer is not None:
         writer.close()
     if ctx.is_main:
-        _write_summary(run, task, state, step_times, device)
+        if state.rows and last_plot == -math.inf:  # resumed after its last epoch: the curves of the whole run
+            plot_curves(run, state.rows, task.metric)
+        _write_summary(run, task, state, device)
     return state

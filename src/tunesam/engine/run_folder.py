@@ -45,6 +45,11 @@ class State:
     best_epoch: int = -1
     bad_epochs: int = 0
     rows: list[dict[str, Any]] = field(default_factory=list)
+    timed: list[float] = field(default_factory=lambda: [0.0, 0.0])  # seconds and count of timed steps, all sessions
+
+    @property
+    def seconds_per_step(self) -> float | None:
+        return self.timed[0] / self.timed[1] if self.timed[1] else None
 
     def record(self, row: dict[str, Any], value: float, patience: int | None, higher: bool = True
                ) -> tuple[bool, bool]:
@@ -162,7 +167,7 @@ def save_state(run: Path, state: State, opt: torch.optim.Optimizer, weights: dic
     payload = {
         "version": STATE_VERSION,
         "epoch": state.epoch, "step": state.step, "best": state.best, "best_epoch": state.best_epoch,
-        "bad_epochs": state.bad_epochs, "rows": state.rows,
+        "bad_epochs": state.bad_epochs, "rows": state.rows, "timed": list(state.timed),
         "optimizer": opt.state_dict(),
         "torch_rng": torch.get_rng_state(),
         "weights": {k: v.detach().cpu() for k, v in weights.items()},
@@ -198,7 +203,7 @@ def load_state(run: Path, module: nn.Module, opt: torch.optim.Optimizer) -> Stat
     opt.load_state_dict(payload["optimizer"])
     torch.set_rng_state(payload["torch_rng"])
     return State(payload["epoch"], payload["step"], payload["best"], payload["best_epoch"],
-                 payload["bad_epochs"], list(payload["rows"]))
+                 payload["bad_epochs"], list(payload["rows"]), list(payload.get("timed", [0.0, 0.0])))
 
 
 # -- reading a finished run ---------------------------------------------------------------------
