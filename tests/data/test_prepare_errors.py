@@ -173,3 +173,35 @@ def test_too_few_patients_names_the_images_skipped_for_lacking_masks(tmp_path: P
         mask.unlink()
     with pytest.raises(DataError, match=r"cannot fill a .* set.*Note: \d+ images have no mask and are skipped"):
         prepare(src, tmp_path / "p")
+
+
+def test_an_nnunet_training_image_without_its_label_is_named(tmp_path: Path) -> None:
+    """It was dropped silently (3 train cases instead of 4)."""
+    root = _small_nnunet(tmp_path, n=4)
+    (root / "labelsTr" / "case_002.nii.gz").unlink()
+    with pytest.raises(DataError, match=r"1 training image\(s\) without a label in labelsTr/ "
+                                        r"\(imagesTr/case_002_0000.nii.gz\).*--unlabelled"):
+        prepare(root, tmp_path / "p", PrepareOptions(split="2:1:1"))
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{\"train\": []}", "found a dict"),
+    ("[]", "found an empty list"),
+    ("[{\"train\": \"case_000\", \"val\": [\"case_001\"]}]", "expected a list of folds"),
+    ("[{\"train\": [\"case_000\"], \"val\": [\"case_001\"]", "not valid JSON"),
+    ("[{\"train\": [\"case_000\", \"case_404\"], \"val\": [\"case_001\"]}]", r"names cases this dataset does not have: \['case_404'\]"),
+])
+def test_a_broken_splits_final_is_named(tmp_path: Path, content: str, message: str) -> None:
+    root = _small_nnunet(tmp_path, n=3)
+    (root / "splits_final.json").write_text(content)
+    with pytest.raises(DataError, match=f"splits_final.json: .*{message}"):
+        prepare(root, tmp_path / "p")
+
+
+def test_a_case_in_both_train_and_val_of_splits_final_is_warned_about(tmp_path: Path) -> None:
+    root = _small_nnunet(tmp_path, n=4)
+    (root / "splits_final.json").write_text(json.dumps([{"train": ["case_000", "case_001"],
+                                                          "val": ["case_001", "case_002"]}]))
+    result = prepare(root, tmp_path / "p")
+    assert any("case_001 in both train and val of fold 0; kept in val" in w for w in result.manifest["warnings"])
+    assert result.manifest["split"]["val"] == ["case_001", "case_002"]

@@ -166,15 +166,28 @@ def read_nnunet(root: Path, channel: int, warnings: list[str], unlabelled: bool 
             if not img.exists():
                 raise DataError(f"{img}: missing (labelsTr/{cid}{ending} has no image for channel {channel})")
             pairs.append((img, label_dir / f"{cid}{ending}", None))
+        unlabelled_images = sorted(cid for cid, _ in _nnunet_images(root, ending, channel) if cid not in set(ids))
+        if unlabelled_images:
+            names = ", ".join(f"imagesTr/{cid}_{channel:04d}{ending}" for cid in unlabelled_images[:5])
+            raise DataError(f"{root}: {len(unlabelled_images)} training image(s) without a label in labelsTr/ ({names}"
+                            f"{', ...' if len(unlabelled_images) > 5 else ''}); nnU-Net trains on labelled cases only: "
+                            "add the labels, move the images out (to imagesTs/), or prepare with --unlabelled")
     if not pairs:
         raise DataError(f"{root}: no labelled cases (labelsTr/*{ending})")
     split_of: dict[str, str] = {}
     split_file = root / "splits_final.json"
     if split_file.exists():
-        folds = json.loads(split_file.read_text())
-        fold = folds[0]
+        fold = _fold0(split_file)
+        known = set(ids)
+        unknown = sorted({cid for name in ("train", "val") for cid in fold[name]} - known)
+        if unknown:
+            raise DataError(f"{split_file}: fold 0 names cases this dataset does not have: {unknown[:8]}; "
+                            "it is another dataset's split, or the cases are missing")
+        both = sorted(set(fold["train"]) & set(fold["val"]))
+        if both:
+            warnings.append(f"{split_file.name}: {', '.join(both)} in both train and val of fold 0; kept in val")
         for name in ("train", "val"):
-            for cid in fold.get(name, []):
+            for cid in fold[name]:
                 split_of[cid] = name
         for cid in ids:
             split_of.setdefault(cid, "test")
@@ -185,6 +198,24 @@ def read_nnunet(root: Path, channel: int, warnings: list[str], unlabelled: bool 
     ]
     modality = "ct" if channels.get(channel, "").strip().upper() == "CT" else None
     return SourceDataset("nnunet", root, cases, labels, modality, bool(split_of), warnings)
+
+
+def _fold0(path: Path) -> dict[str, list[str]]:
+    """Fold 0 of nnU-Net's ``splits_final.json`` (a list of ``{"train": [...], "val": [...]}``),
+    or an error naming the file and what it holds instead."""
+    try:
+        folds = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({exc}); nnU-Net's splits_final.json is a list of folds, "
+                        '[{"train": [case ids], "val": [case ids]}, ...]') from exc
+    fold = folds[0] if isinstance(folds, list) and folds else None
+    if not (isinstance(fold, dict) and all(isinstance(fold.get(k), list) and all(isinstance(c, str) for c in fold[k])
+                                           for k in ("train", "val"))):
+        found = "an empty list" if folds == [] else f"a {type(folds).__name__}" if not isinstance(folds, list) \
+            else f"a first fold of {type(fold).__name__} {str(fold)[:60]}"
+        raise DataError(f"{path}: expected a list of folds whose first is {{\"train\": [case ids], \"val\": "
+                        f"[case ids]}} (nnU-Net's format), found {found}")
+    return fold
 
 
 # -- Medical Segmentation Decathlon --------------------------------------------------------
