@@ -204,12 +204,19 @@ def _train_epoch(task: Task, net: nn.Module, train_loader: DataLoader, state: St
     return losses, lr
 
 
-def _refuse_divergence(run: Path, epoch: int, train_loss: float, task: Task, saved_before: bool) -> None:
-    """Stop, saving nothing of the epoch, when its loss or the weights are not finite (every
-    rank sees the same reduced loss and, under DDP, the same weights: all stop together)."""
-    finite = math.isfinite(train_loss) and all(bool(torch.isfinite(w).all()) for w in task.weights().values()
-                                               if w.is_floating_point())
-    if not finite:
+def all_finite(tensors: Any) -> bool:
+    """Whether every floating-point tensor of ``tensors`` is free of NaN and infinity, with one
+    device sync for all of them (not one per tensor)."""
+    flags = [torch.isfinite(t).all() for t in tensors if t.is_floating_point()]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def _refuse_divergence(run: Path, epoch: int, train_loss: float, weights: dict[str, torch.Tensor],
+                       saved_before: bool) -> None:
+    """Stop, saving nothing of the epoch, when its loss or the trained ``weights`` are not
+    finite (every rank sees the same reduced loss and, under DDP, the same weights: all stop
+    together)."""
+    if not (math.isfinite(train_loss) and all_finite(weights.values())):
         raise RuntimeError(
             f"{run}: training diverged in epoch {epoch + 1} (training loss {train_loss}, weights not all finite); "
             f"nothing of that epoch was saved{' (the last good epoch is in last.pt and weights/)' if saved_before else ''}"
@@ -265,7 +272,8 @@ def fit(task: Task, run: Path, schedule: Schedule, ctx: D.Context, device: torch
         losses, lr = _train_epoch(task, net, train_loader, state, epoch, epoch == first_epoch, total, ctx, device,
                                   bar, step_times, schedule.accumulate)
         loss_sum, loss_n = D.all_sum(torch.tensor([sum(losses), len(losses)], dtype=torch.float64), ctx).tolist()
-        _refuse_divergence(run, epoch, loss_sum / max(1.0, loss_n), task, bool(state.rows))
+        weights = task.weights()  # once an epoch: checked here, saved in last.pt below
+        _refuse_divergence(run, epoch, loss_sum / max(1.0, loss_n), weights, bool(state.rows))
         value = task.validate(val_loader)
         row = {"epoch": epoch + 1, "train_loss": round(loss_sum / max(1.0, loss_n), 6),
                task.metric: round(value, 4 if task.higher else 6), "lr": lr,
@@ -277,7 +285,7 @@ def fit(task: Task, run: Path, schedule: Schedule, ctx: D.Context, device: torch
                 f"  {row['seconds']:.1f}s")
             sys.stdout.flush()
             task.save(run, improved, epoch)
-            save_state(run, state, task.optimizer, task.weights())
+            save_state(run, state, task.optimizer, weights)
             write_log(run, state.rows, fields)
             task.after_epoch(run, epoch + 1)
             if stop or epoch + 1 == epochs or time.perf_counter() - last_plot >= PLOT_EVERY_S:

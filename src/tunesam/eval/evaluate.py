@@ -34,6 +34,7 @@ from tunesam.metrics import (
 )
 from tunesam.io import write_json
 from tunesam.engine.embedding_cache import EmbeddingCache, fill_embedding_cache
+from tunesam.engine.fit import all_finite
 from tunesam.kinds import Segmenter
 from tunesam.models.segmenter import SamSegmenter, positive_points
 
@@ -303,7 +304,7 @@ def evaluate_run(run_folder: str | Path, data: str | Path | None = None, split: 
     mode = run.config.mode
     dev = pick_device(device)
     model = load_run_model(run, weights, dev)
-    if isinstance(model, torch.nn.Module) and not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+    if isinstance(model, torch.nn.Module) and not all_finite(model.parameters()):
         raise DataError(f"{run_folder}: its {weights} weights hold NaN or infinite values (the training diverged); "
                         "train again with a lower learning rate")
     cache_dir = None
