@@ -1,13 +1,18 @@
-"""Atomic file writes: a file is either complete or absent, never half-written."""
+"""Output files and folders: atomic writes (a file is either complete or absent, never
+half-written), and folders owned by one process at a time."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import filelock
 
 
 def _umask() -> int:
@@ -35,10 +40,28 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if _disk_full(exc, path.parent):
+            raise OSError(errno.ENOSPC, f"the disk is full: {path.name} could not be written", str(path.parent)) from exc
         raise
+
+
+def _disk_full(exc: BaseException, folder: Path) -> bool:
+    """Whether ``exc`` (an ``OSError``, or PyTorch's and safetensors' own wording of a failed
+    write) came from a full disk under ``folder``."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if not isinstance(exc, Exception):  # an interrupt
+        return False
+    text = str(exc)
+    if not any(w in text for w in ("inline_container", "file write failed", "No space left", "code: 28")):
+        return False
+    try:
+        return shutil.disk_usage(folder).free < 64 * 2**20
+    except OSError:
+        return False
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> None:
@@ -50,3 +73,35 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> None:
 def write_json(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def lock_file(folder: str | Path) -> Path:
+    """The lock of ``folder``: ``.<name>.lock`` beside it (a link is followed, so two paths to
+    one folder share one lock), so the folder itself may be absent, empty or replaced whole."""
+    real = Path(os.path.realpath(folder))
+    return real.parent / f".{real.name}.lock"
+
+
+@contextlib.contextmanager
+def owned(folder: str | Path, what: str, take: bool = True) -> Iterator[None]:
+    """Own ``folder`` (``what``: "run", "prepared dataset", "study", for the message) while the
+    block runs: an OS lock (``flock``), so a second process writing there is refused at once,
+    and a process that dies, however it dies, releases it. ``take=False``: a no-op (the other
+    ranks of a DDP run, whose rank 0 owns the folder)."""
+    if not take:
+        yield
+        return
+    path = lock_file(folder)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = filelock.FileLock(path, timeout=0)
+        lock.acquire()
+    except filelock.Timeout:
+        raise ValueError(f"{folder}: another tunesam process is writing this {what} now (it holds {path}); "
+                         "wait for it to finish, or choose another --out") from None
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot lock the {what} {folder}: {exc.strerror}", str(path)) from exc
+    try:
+        yield
+    finally:
+        lock.release()

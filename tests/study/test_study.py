@@ -218,3 +218,44 @@ def test_a_key_given_twice_in_a_study_config_is_refused(tmp_path: Path) -> None:
     path.write_text("datasets: {d: /tmp/x}\ndatasets: {e: /tmp/y}\n")
     with pytest.raises(StudyError, match="the key 'datasets' is given twice"):
         load_study(path)
+
+
+@pytest.mark.parametrize("grid", ["grid: {}", "grid: []", "grid:", "", "grid: [{}]"])
+def test_an_empty_grid_is_refused(tmp_path: Path, grid: str) -> None:
+    """It ended with "0 cells ... study done" and exit 0 (grid: [] in a traceback)."""
+    import yaml
+
+    raw = yaml.safe_load(f"datasets: {{d: /tmp/x}}\n{grid}\nbaselines: [unet]\n") or {}
+    with pytest.raises(StudyError, match="grid: empty|grid: a mapping"):
+        parse_study(raw, tmp_path)
+
+
+def test_a_grid_whose_every_cell_is_left_out_is_refused(prepared: Path, tmp_path: Path) -> None:
+    config = tmp_path / "s.yaml"
+    config.write_text(f"datasets: {{d: {prepared}}}\ngrid: {{checkpoint: [null], tune: [decoder]}}\n")
+    with pytest.raises(StudyError, match="the grid gives no cells: left out .*random weights need an arch"):
+        run_study(config, tmp_path / "out", say=lambda _: None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_baselines_as_one_name_and_wrong_types(tmp_path: Path) -> None:
+    raw = {"datasets": {"d": "/tmp/x"}, "grid": {"arch": ["vit_t_test"]}}
+    assert parse_study({**raw, "baselines": "unet_test"}, tmp_path).baselines == ["unet_test"]  # was ['u', 'n', ...]
+    with pytest.raises(StudyError, match="baselines: a list of names"):
+        parse_study({**raw, "baselines": {"unet": 1}}, tmp_path)
+
+
+def test_study_out_must_be_a_study_folder_or_empty(prepared: Path, tmp_path: Path) -> None:
+    """prepare and train refuse a folder that is not theirs; the study wrote into any."""
+    config = _config(tmp_path, prepared, methods="[lora]")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(StudyError, match="exists and is not a study folder"):
+        run_study(config, other, say=lambda _: None)
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "study.yaml").write_text(config.read_text())  # the config alone in its folder is fine
+    cells = run_study(own / "study.yaml", own, dry_run=True, say=lambda _: None)
+    assert cells

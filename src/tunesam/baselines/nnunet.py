@@ -44,7 +44,7 @@ from tunesam.data.readers import DataError
 from tunesam.data.store import PreparedData, stored_spacing
 from tunesam.device import pick_device
 from tunesam.engine.run_folder import Run, prepare_training, refuse_changed, write_log, write_preprocessing
-from tunesam.io import write_json
+from tunesam.io import owned, write_json
 from tunesam.kinds import RunKind, register
 
 DATASET_ID = 501
@@ -183,6 +183,11 @@ def train_nnunet(cfg: TrainConfig, resume: bool = False, processes: int | None =
     resolved by :class:`NnUNetKind`: ``epochs``, ``iterations`` per epoch, ``few_shot``,
     ``seed``, ``device``); returns it."""
     require_nnunet()
+    with owned(cfg.out, "run"):
+        return _train_nnunet(cfg, resume, processes)
+
+
+def _train_nnunet(cfg: TrainConfig, resume: bool, processes: int | None) -> Path:
     prepared = PreparedData.open(cfg.data)
     prepared.require_labels("the nnU-Net baseline")
     dev = pick_device(cfg.device)

@@ -41,7 +41,7 @@ from tunesam.data.preprocess import (
 from tunesam.data.readers import DataError, Geometry, read_image
 from tunesam.data.split import SPLITS, parse_ratios, patient_split, patients_in_several_sets
 from tunesam.data.store import FORMAT, FORMAT_VERSION, MANIFEST, PreparedData, SliceWriter
-from tunesam.io import write_json
+from tunesam.io import owned, write_json
 
 log = logging.getLogger("tunesam.prepare")
 
@@ -314,7 +314,24 @@ def prepare_source(
     """Prepare a read ``src`` (its cases loaded by ``load``) into ``out``: shared by files and
     in-memory sources; ``normalized``: ``load`` gives 0-255 uint8 images already normalised per
     whole volume (the example's slabs)."""
-    out = Path(out)
+    with owned(_followed(Path(out)), "prepared dataset"):
+        return _prepare_source(src, source_desc, _followed(Path(out)), opts, force, load, scan, normalized)
+
+
+def _followed(out: Path) -> Path:
+    """``out``, or the folder it links to: ``--force`` replaces the dataset there, not the link."""
+    if not out.is_symlink():
+        return out
+    target = Path(os.path.realpath(out))
+    if not target.exists():
+        raise DataError(f"{out}: is a link to {target}, which does not exist; create that folder, remove the link, "
+                        "or choose another --out")
+    return target
+
+
+def _prepare_source(src: SourceDataset, source_desc: dict[str, Any], out: Path, opts: PrepareOptions, force: bool,
+                    load: Callable[[CaseSource], CaseArrays], scan: Callable[[], set[int]] | None,
+                    normalized: bool) -> PrepareResult:
     for stale in _stale_tmp(out):  # a killed earlier prepare's half-written folder, whatever happens next
         shutil.rmtree(stale, ignore_errors=True)
     fp = fingerprint(source_desc, opts, src.cases)

@@ -30,7 +30,7 @@ from tunesam.engine.losses import dice_bce_loss, dice_ce_loss
 from tunesam.engine.run_folder import prepare_training, write_preprocessing
 from tunesam.engine.schedule import lr_at
 from tunesam.metrics import dice
-from tunesam.io import write_json
+from tunesam.io import owned, write_json
 from tunesam.models.segmenter import positive_points
 from tunesam.peft.saving import save_tensors, trained_meta, trained_state_dict
 
@@ -144,7 +144,7 @@ def finetune(cfg: TrainConfig, build: Callable[[TrainConfig, int], torch.nn.Modu
     """Fine-tune the model ``build(cfg, num_classes)`` makes, as the resolved ``cfg`` says;
     returns the run folder. ``progress``: the tqdm bar (``None``: when stderr is a terminal;
     ``False``: never, ``--quiet``)."""
-    with D.session(cfg.device) as (ctx, device):
+    with D.session(cfg.device) as (ctx, device), owned(cfg.out, "run", take=ctx.is_main):
         run = prepare_training(cfg, resume)
         if ctx.distributed:  # every rank checks the folder before rank 0 writes into it
             torch.distributed.barrier()

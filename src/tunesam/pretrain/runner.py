@@ -28,6 +28,7 @@ from tunesam.engine import fit as F
 from tunesam.engine.fit import decay_groups
 from tunesam.engine.run_folder import State, prepare, refuse_changed
 from tunesam.engine.schedule import lr_at
+from tunesam.io import owned
 from tunesam.peft.export import export_checkpoint
 from tunesam.models.build import build_model
 from tunesam.models.segmenter import SamSegmenter
@@ -194,7 +195,7 @@ def _prepare_run_folder(cfg: PretrainConfig, resume: bool) -> Path:
 def pretrain(cfg: PretrainConfig, resume: bool = False, progress: bool | None = None) -> Path:
     """Pre-train as ``cfg`` says; returns the run folder (``RUN/checkpoint.pth`` inside).
     ``progress``: the tqdm bar (``None``: when stderr is a terminal)."""
-    with D.session(cfg.device) as (ctx, device):
+    with D.session(cfg.device) as (ctx, device), owned(cfg.out, "pre-training run", take=ctx.is_main):
         return _pretrain(cfg.resolved(ctx.world), resume, ctx, device, progress)
 
 

@@ -278,13 +278,22 @@ def parse_study(raw: Any, base: Path | None = None) -> StudyConfig:
         if not str(name).replace("-", "").replace("_", "").isalnum():
             raise StudyError(f"dataset name {name!r}: use letters, digits, - and _ (it names folders)")
     weights = {str(k): where(v) for k, v in (raw.get("weights") or {}).items()}
-    raw_grids = raw.get("grid") or {}
+    raw_grids = raw.get("grid")
     if isinstance(raw_grids, dict):
         raw_grids = [raw_grids]
     if not isinstance(raw_grids, list) or not all(isinstance(g, dict) for g in raw_grids):
-        raise StudyError("grid: a mapping of dimensions and options, or a list of such mappings")
+        raise StudyError("grid: a mapping of dimensions and options, or a list of such mappings, found "
+                         f"{raw_grids!r}")
+    if not raw_grids or not all(raw_grids):
+        raise StudyError("grid: empty; a study compares SAM fine-tuning strategies, so give at least arch or "
+                         "checkpoint (e.g. grid: {arch: [vit_b], tune: [decoder, encoder-decoder]}); see "
+                         "docs/studies.md")
     grids = [_parse_grid(g, i if len(raw_grids) > 1 else None) for i, g in enumerate(raw_grids)]
     baselines = raw.get("baselines") or []
+    if isinstance(baselines, str):  # one name, as a grid dimension takes one value
+        baselines = [baselines]
+    if not isinstance(baselines, list) or not all(isinstance(b, str) for b in baselines):
+        raise StudyError(f"baselines: a list of names (e.g. [unet, nnunet]), found {baselines!r}")
     from tunesam.kinds import baseline_names
 
     bad = [b for b in baselines if b not in baseline_names(test=True)]

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tunesam.io import write_json
+from tunesam.io import owned, write_json
 from tunesam.kinds import kind_of
 from tunesam.study.config import Cell, StudyConfig, StudyError, load_study
 
@@ -147,6 +147,9 @@ def plan_study(cfg: StudyConfig, out: Path) -> tuple[list[Cell], list[str]]:
     for name, folder in cfg.datasets.items():  # an image-only dataset trains nothing: say so before any cell runs
         PreparedData.open(folder).require_labels(f"the study's dataset {name!r}")
     cells, notes = cfg.cells()
+    if not cells:
+        raise StudyError("the grid gives no cells: " + ("; ".join(notes) if notes else "no datasets")
+                         + ". Change the grid (see docs/studies.md)")
     changed = [c for c in cells if cell_status(c, out) == "changed"]
     if changed:
         raise StudyError("these cells already exist with other settings (a changed epoch cap or option under the "
@@ -182,6 +185,16 @@ def run_study(config: str | Path, out: str | Path, dry_run: bool = False, engine
 
         say(describe_plan(cells, status, out))
         return cells
+    with owned(out, "study"):
+        return _run_study(config, cfg, out, cells, status, notes, engine, say)
+
+
+def _run_study(config: str | Path, cfg: StudyConfig, out: Path, cells: list[Cell], status: dict[str, str],
+               notes: list[str], engine: str, say: Callable[[str], None]) -> list[Cell]:
+    if (out.is_dir() and not (out / "plan.json").is_file()
+            and any(p.resolve() != Path(config).resolve() for p in out.iterdir())):  # the config alone is fine
+        raise StudyError(f"{out}: exists and is not a study folder (no plan.json); choose another --out, or an "
+                         "empty or absent folder")
     out.mkdir(parents=True, exist_ok=True)
     if Path(config).resolve() != (out / "study.yaml").resolve():
         shutil.copyfile(config, out / "study.yaml")  # the config this plan came from
