@@ -48,3 +48,43 @@ def test_a_failed_write_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         atomic_write(tmp_path / "x.txt", fail)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path):
+    """A 256 KiB tmpfs: a real full disk (needs the right to mount; skipped without it)."""
+    import shutil
+    import subprocess
+
+    where = tmp_path / "full"
+    where.mkdir()
+    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(where)],
+                                                        capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_full_disk_is_named_as_such(full_disk: Path, prepared: Path) -> None:
+    """train, pretrain and export said "[enforce fail at inline_container.cc:672] unexpected pos"."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["--arch", "vit_test", "--image-size", "32", "--epochs", "1", "--device", "cpu", "--num-workers", "0"]
+    for verb in (["train", "--tune", "decoder", "--method", "lora", "--warmup", "1"], ["pretrain", "prompt"]):
+        out = full_disk / verb[0]
+        res = subprocess.run([sys.executable, "-m", "tunesam", *verb, "--data", str(prepared), "--out", str(out),
+                              *common], env=env, capture_output=True, text=True)
+        assert res.returncode == 2, res.stderr
+        assert "the disk is full" in res.stderr and str(out) in res.stderr, res.stderr
+        assert "inline_container" not in res.stderr
+    run = full_disk.parent / "run"  # a run on a disk with room, exported onto the full one
+    subprocess.run([sys.executable, "-m", "tunesam", "train", "--tune", "decoder", "--method", "vanilla", "--data",
+                    str(prepared), "--out", str(run), *common], env=env, check=True, capture_output=True)
+    res = subprocess.run([sys.executable, "-m", "tunesam", "export", str(run), "--out", str(full_disk / "m.pth")],
+                         env=env, capture_output=True, text=True)
+    assert res.returncode == 2 and "the disk is full" in res.stderr and str(full_disk) in res.stderr, res.stderr
+    assert not list(full_disk.glob("*m.pth*"))  # nothing half-written left

@@ -122,7 +122,7 @@ def test_interrupted_prepare_leaves_the_old_result_intact(tmp_path: Path, monkey
     with pytest.raises(OSError, match="No space left"):
         prepare(src, out, PrepareOptions(seed=2), force=True)
     assert (out / "manifest.json").read_text() == before
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [".p.lock"]  # no temporary left
 
 
 def test_stale_temporary_folder_of_a_killed_run_is_removed(tmp_path: Path) -> None:
@@ -205,3 +205,20 @@ def test_a_case_in_both_train_and_val_of_splits_final_is_warned_about(tmp_path: 
     result = prepare(root, tmp_path / "p")
     assert any("case_001 in both train and val of fold 0; kept in val" in w for w in result.manifest["warnings"])
     assert result.manifest["split"]["val"] == ["case_001", "case_002"]
+
+
+def test_force_through_a_link_replaces_the_dataset_it_points_to(tmp_path: Path) -> None:
+    """`prepare --force --out LINK` replaced the link with a local folder."""
+    src = tmp_path / "src"
+    png_pairs(src, patients=5)
+    real = tmp_path / "store" / "p"
+    prepare(src, real)
+    link = tmp_path / "p"
+    link.symlink_to(real)
+    replaced = prepare(src, link, PrepareOptions(seed=1), force=True)
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert json.loads((real / "manifest.json").read_text())["seed"] == 1 and replaced.manifest["seed"] == 1
+    dangling = tmp_path / "gone"
+    dangling.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(DataError, match="is a link to .*nowhere, which does not exist"):
+        prepare(src, dangling)

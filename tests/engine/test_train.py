@@ -136,6 +136,22 @@ def test_a_run_killed_after_its_last_epoch_resumes_to_its_summary_and_curves(pre
     assert (run / "curves.png").is_file()
 
 
+def test_a_run_killed_in_its_first_epoch_is_no_dead_end(prepared: Path, tmp_path: Path) -> None:
+    """--resume said "nothing to resume" and a rerun "already exists": now the rerun names the
+    way out, and --resume starts the run from its first epoch."""
+    run = tmp_path / "run"
+    (tmp_path / "killer.py").write_text(KILLER)
+    res = subprocess.run([sys.executable, str(tmp_path / "killer.py"), "step", "2",
+                          *_cli(prepared, run, "--epochs", "2")[3:]], env=ENV, capture_output=True)
+    assert res.returncode == -signal.SIGKILL and (run / "config.yaml").is_file() and not (run / "last.pt").exists()
+    again = subprocess.run(_cli(prepared, run, "--epochs", "2"), env=ENV, capture_output=True, text=True)
+    assert again.returncode == 2 and "stopped before its first epoch ended); --resume starts it again" in again.stderr
+    resumed = subprocess.run(_cli(prepared, run, "--epochs", "2", "--resume"), env=ENV, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "no epoch finished before the run stopped" in resumed.stderr + resumed.stdout
+    assert [int(r["epoch"]) for r in _rows(run)] == [1, 2]
+
+
 def test_resume_refuses_other_options(prepared: Path, tmp_path: Path) -> None:
     run = tmp_path / "r"
     subprocess.run(_cli(prepared, run, "--epochs", "1"), check=True, env=ENV, capture_output=True)

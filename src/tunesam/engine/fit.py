@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tunesam.device import autocast_for
 from tunesam.engine import distributed as D
-from tunesam.engine.run_folder import State, load_state, plot_curves, save_state, write_log
+from tunesam.engine.run_folder import State, load_state, plot_curves, save_state, started, write_log
 from tunesam.io import write_json
 
 log = logging.getLogger("tunesam.train")
@@ -245,6 +245,11 @@ def fit(task: Task, run: Path, schedule: Schedule, ctx: D.Context, device: torch
     account of the data."""
     train_loader = loader(task.train_set, schedule, ctx, device, True, task.collate)
     val_loader = loader(task.val_set, schedule, ctx, device, False, task.collate)
+    if resume and not started(run):
+        if ctx.is_main:
+            log.warning("%s: no epoch finished before the run stopped (no last.pt): it starts from the first epoch",
+                        run)
+        resume = False
     state = load_state(run, task.net, task.optimizer) if resume else State()
     if not resume:
         state.best = -math.inf if task.higher else math.inf

@@ -93,9 +93,19 @@ def prepare(out: str | Path, resume: bool, what: str, check: Callable[[Path], No
         check(run)
         return run
     if run.exists() and any(run.iterdir()):
-        kind = f"a {what} run" if (run / "config.yaml").exists() else "a non-empty folder"
-        raise ValueError(f"{run}: already exists ({kind}); use --resume to continue it, or another --out")
+        if not (run / "config.yaml").exists():
+            raise ValueError(f"{run}: already exists (a non-empty folder, not a run); choose another --out")
+        if not started(run):
+            raise ValueError(f"{run}: already exists (a {what} run that stopped before its first epoch ended); "
+                             "--resume starts it again from the first epoch with its options, or choose another --out")
+        raise ValueError(f"{run}: already exists (a {what} run); use --resume to continue it, or another --out")
     return run
+
+
+def started(run: Path) -> bool:
+    """Whether the run finished an epoch (it has a resume state); a run without one that is
+    resumed starts from the first epoch."""
+    return (run / "last.pt").is_file()
 
 
 def prepare_training(cfg: TrainConfig, resume: bool, free: Iterable[str] = (),

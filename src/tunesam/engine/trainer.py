@@ -27,7 +27,7 @@ from tunesam.engine import distributed as D
 from tunesam.engine.embedding_cache import CachedEmbeddings, fill_training_caches
 from tunesam.engine.fit import Schedule, Task, decay_groups, fit
 from tunesam.engine.losses import dice_bce_loss, dice_ce_loss
-from tunesam.engine.run_folder import prepare_training, write_preprocessing
+from tunesam.engine.run_folder import prepare_training, started, write_preprocessing
 from tunesam.engine.schedule import lr_at
 from tunesam.metrics import dice
 from tunesam.io import owned, write_json
@@ -153,9 +153,9 @@ def finetune(cfg: TrainConfig, build: Callable[[TrainConfig, int], torch.nn.Modu
         torch.manual_seed(cfg.seed)
         model = build(cfg, num_classes).to(device)
         sets = datasets(data, cfg)
-        if ctx.is_main and not resume:
-            (run / "weights").mkdir(parents=True, exist_ok=True)
+        if ctx.is_main and not (resume and started(run)):  # a new run, or one that never finished an epoch
             save_config(cfg, run / "config.yaml")
+            (run / "weights").mkdir(parents=True, exist_ok=True)
             write_preprocessing(run, data)
             write_json(run / "weights" / "base.json", trained_meta(model, cfg.checkpoint))  # type: ignore[arg-type]
         cache = None

@@ -26,7 +26,7 @@ from tunesam.device import autocast_for
 from tunesam.engine import distributed as D
 from tunesam.engine import fit as F
 from tunesam.engine.fit import decay_groups
-from tunesam.engine.run_folder import State, prepare, refuse_changed
+from tunesam.engine.run_folder import State, prepare, refuse_changed, started
 from tunesam.engine.schedule import lr_at
 from tunesam.io import owned
 from tunesam.peft.export import export_checkpoint
@@ -207,7 +207,7 @@ def _pretrain(cfg: PretrainConfig, resume: bool, ctx: D.Context, device: torch.d
     torch.manual_seed(cfg.seed)
     obj = _prompt_task(cfg, device) if cfg.objective == "prompt" else _mae_task(cfg, device, ctx)
     opt = torch.optim.AdamW(obj.groups, lr=float(cfg.lr), betas=obj.betas, fused=device.type == "cuda")
-    if ctx.is_main and not resume:
+    if ctx.is_main and not (resume and started(run)):  # a new run, or one that never finished an epoch
         run.mkdir(parents=True, exist_ok=True)
         save_pretrain_config(cfg, run / "config.yaml")
 
