@@ -14,6 +14,7 @@ from helpers import evaluated_label_maps
 from tunesam.config import TrainConfig
 from tunesam.data.prepare import PrepareOptions, prepare
 from tunesam.data.store import PreparedData
+from tunesam.data.readers import DataError
 from tunesam.kinds import train
 from tunesam.inference.predictor import predict
 
@@ -118,3 +119,16 @@ def test_csv_list_of_dicom_series_folders(tmp_path: Path, monkeypatch: pytest.Mo
     assert len(rows) == 6 and len(np.unique(np.stack([seen[r] for r in rows]))) > 1
     for r in rows:
         assert np.array_equal(predicted[int(data.index[r]["slice"])], seen[r])
+
+    # a folder holding a second series: predict names both and reads the one --series gives
+    import shutil
+
+    mixed = tmp_path / "mixed" / "t2"
+    shutil.copytree(cases[i]["image"], mixed)
+    write_dicom_series(mixed, np.zeros((3, 20, 18)), "1.2.826.0.1.3680043.2.1125.99", suffix="x")
+    with pytest.raises(DataError, match=r"holds 2 DICOM series; choose one with --series UID: .*\(6 files\).*"
+                                        r"\(3 files\)"):
+        predict(run, [mixed], tmp_path / "pred2", device="cpu")
+    uid = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(cases[i]["image"]))[0]
+    (again,) = predict(run, [mixed], tmp_path / "pred2", device="cpu", series=[uid])
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(again))), predicted)

@@ -24,10 +24,31 @@ def test_two_series_in_one_folder_ask_which(tmp_path: Path) -> None:
     vol = np.zeros((2, 4, 4), np.int16)
     write_dicom_series(tmp_path / "mixed", vol, "1.2.3.4", ".dcm")
     write_dicom_series(tmp_path / "mixed", vol + 1, "1.2.3.5", "b.dcm")
-    with pytest.raises(DataError, match=r"holds 2 DICOM series, say which one: .*1\.2\.3\.4.*1\.2\.3\.5|1\.2\.3\.5.*1\.2\.3\.4"):
+    with pytest.raises(DataError, match=r"holds 2 DICOM series; choose one with --series UID: "
+                                        r"1\.2\.3\.4 \(2 files\); 1\.2\.3\.5 \(2 files\)"):
         read_image(tmp_path / "mixed")
     arr, _ = read_image(tmp_path / "mixed", dicom_series="1.2.3.5")
     assert int(arr.min()) == 1
+    arr, _ = read_image(tmp_path / "mixed", dicom_series=("9.9", "1.2.3.4"))  # one UID per folder, several folders
+    assert int(arr.max()) == 0
+    with pytest.raises(DataError, match="holds none of the series given with --series; it holds 1.2.3.4"):
+        read_image(tmp_path / "mixed", dicom_series="9.9")
+
+
+def test_a_dicom_series_with_a_missing_or_damaged_slice_is_refused(tmp_path: Path) -> None:
+    """ITK read it with uneven spacing (7 slices at 2.92 mm for 8 at 2.5), so the predicted
+    mask did not line up with the scan; and it printed its own warning."""
+    vol = np.arange(8 * 6 * 5, dtype=np.int16).reshape(8, 6, 5)
+    write_dicom_series(tmp_path / "gap", vol, "1.2.826.0.1.3680043.2.1125.7")
+    (tmp_path / "gap" / "IM0003").unlink()
+    with pytest.raises(DataError, match=r"not evenly spaced: slices 2.5 mm apart but 5 mm after slice 3 "
+                                        r"\(7 files, about 1 slice\(s\) missing\)"):
+        read_image(tmp_path / "gap")
+    write_dicom_series(tmp_path / "cut", vol, "1.2.826.0.1.3680043.2.1125.8")
+    damaged = tmp_path / "cut" / "IM0005"
+    damaged.write_bytes(damaged.read_bytes()[:300])
+    with pytest.raises(DataError, match="cut: DICOM series .*(IM0005 cannot be read|not evenly spaced)"):
+        read_image(tmp_path / "cut")
 
 
 def test_folder_without_dicom_files(tmp_path: Path) -> None:

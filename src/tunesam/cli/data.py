@@ -40,6 +40,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--unlabelled", action="store_true",
                    help="image-only data (masks, where the layout has them, are not read): every non-blank slice "
                         "is kept; only pretrain mae takes the result")
+    p.add_argument("--series", action="append", metavar="UID",
+                   help="DICOM folders holding several series: read the one with this series instance UID (repeat "
+                        "it, one per folder; a folder with one series needs none)")
     p.add_argument("--force", action="store_true", help="replace an existing prepared folder")
     p.add_argument("-v", "--verbose", action="store_true", help="log each case")
     p.set_defaults(func=run)
@@ -54,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     opts = config_from_args(PrepareOptions, args,
                             label_map=parse_label_map(args.label_map) if args.label_map else None,
-                            window=parse_window(args.window) if args.window else None)
+                            window=parse_window(args.window) if args.window else None,
+                            series=tuple(args.series or ()))
     if args.example:
         from tunesam.data.examples import prepare_example
 

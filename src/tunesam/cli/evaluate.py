@@ -48,6 +48,9 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace masks that already exist")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, help="slices per forward, automated runs (default 8)")
+    p.add_argument("--series", action="append", default=[], metavar="UID",
+                   help="a DICOM folder holding several series: read the one with this series instance UID "
+                        "(repeat for several folders)")
     p.set_defaults(func=run_predict)
 
 
@@ -101,7 +104,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from tunesam.inference.predictor import predict
 
     written = predict(args.run, args.inputs, args.out, args.prompts, args.save_probabilities, args.overlay,
-                      args.overwrite, args.device, args.batch_size)
+                      args.overwrite, args.device, args.batch_size, args.series)
     for path in written:
         print(path)
     return 0

@@ -225,7 +225,19 @@ def read_msd(root: Path, warnings: list[str], unlabelled: bool = False) -> Sourc
     labels = None if unlabelled else _labels_from_json(meta.get("labels", {}), meta_path, numeric_keys=True)
     modality_names = {int(k): str(v) for k, v in meta.get("modality", {}).items()}
     cases = []
-    for entry in meta["training"]:
+    training = meta.get("training")
+    if not isinstance(training, list):
+        raise DataError(f"{meta_path}: expected a 'training' list of {{\"image\": ..., \"label\": ...}} entries "
+                        f"(the Decathlon's format), found {type(training).__name__ if training is not None else 'none'}")
+    for i, entry in enumerate(training):
+        if not isinstance(entry, dict):
+            raise DataError(f"{meta_path}: training[{i}] is not a mapping {{\"image\": ..., \"label\": ...}}, "
+                            f"found {str(entry)[:60]!r}")
+        for key in ("image",) if unlabelled else ("image", "label"):
+            if not isinstance(entry.get(key), str):
+                raise DataError(f"{meta_path}: training[{i}] has no \"{key}\" path ({entry}); every training entry "
+                                "names its image and label files" + ("" if unlabelled else ", or prepare the images "
+                                                                     "alone with --unlabelled"))
         img = (root / entry["image"]).resolve()
         mask = None if unlabelled else (root / entry["label"]).resolve()
         cid = strip_image_ext(img.name)

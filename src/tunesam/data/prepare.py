@@ -33,12 +33,13 @@ from tunesam.data.preprocess import (
     check_integer_mask,
     downsample,
     downsample_images,
+    finite_voxels,
     is_blank,
     map_labels,
     stored_shape,
     to_uint8,
 )
-from tunesam.data.readers import DataError, Geometry, read_image
+from tunesam.data.readers import COLOUR, DataError, Geometry, colour_name, read_image, read_mask
 from tunesam.data.split import SPLITS, parse_ratios, patient_split, patients_in_several_sets
 from tunesam.data.store import FORMAT, FORMAT_VERSION, MANIFEST, PreparedData, SliceWriter
 from tunesam.io import owned, write_json
@@ -73,6 +74,7 @@ class PrepareOptions:
     modality: str | None = None
     window: tuple[float, float] | None = None
     unlabelled: bool = False
+    series: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.axis not in (0, 1, 2):
@@ -99,13 +101,30 @@ class PrepareOptions:
 
 
 def parse_label_map(text: str) -> dict[int, int]:
-    """``--label-map``: a JSON object (or a file holding one) of raw value -> class."""
-    raw = Path(text).read_text() if not text.lstrip().startswith("{") and Path(text).is_file() else text
+    """``--label-map``: a JSON object (or a file holding one) of raw value -> class; a colour
+    mask's keys are colours, ``"#rrggbb"``."""
+    looks_json = text.lstrip().startswith("{")
+    if not looks_json and not Path(text).is_file():
+        raise DataError(f"--label-map {text}: no such file, and not a JSON object either (give a file, or JSON "
+                        "like '{\"254\": 1}')")
+    raw = text if looks_json else Path(text).read_text()
+    where = "--label-map" if looks_json else f"--label-map {text}"
     try:
         obj = json.loads(raw)
-        return {int(k): int(v) for k, v in obj.items()}
+        return {_label_key(k): int(v) for k, v in obj.items()}
     except (json.JSONDecodeError, AttributeError, TypeError, ValueError) as exc:
-        raise DataError(f"--label-map must be a JSON object of raw value -> class, like '{{\"254\": 1}}': {exc}") from exc
+        raise DataError(f"{where}: must be a JSON object of raw value (or \"#rrggbb\" colour) -> class, like "
+                        f"'{{\"254\": 1}}': {exc}") from exc
+
+
+def _label_key(key: str) -> int:
+    key = key.strip()
+    if key.startswith("#"):
+        if len(key) != 7:
+            raise ValueError(f"colour {key!r} is not #rrggbb")
+        rgb = int(key[1:], 16)
+        return 0 if rgb == 0 else COLOUR | rgb  # black is the background
+    return int(key)
 
 
 def parse_window(text: str) -> tuple[float, float]:
@@ -118,20 +137,25 @@ def parse_window(text: str) -> tuple[float, float]:
 
 
 # -- loading a case ------------------------------------------------------------------------
-def load_case_files(case: CaseSource, channel: int, unlabelled: bool = False) -> CaseArrays:
-    """Read a case's image and mask files and check they belong together (``unlabelled``:
+def load_case_files(case: CaseSource, opts: PrepareOptions, layout: str) -> CaseArrays:
+    """Read a case's image and mask files and check they belong together (``--unlabelled``:
     the image alone, mask ``None``)."""
-    image, igeom = read_image(case.image)
+    image, igeom = read_image(case.image, opts.series)
     vol = igeom.ndim == 3
     if image.ndim == igeom.ndim + 1:  # channels last (MSD 4D, colour volumes)
-        if channel >= image.shape[-1]:
-            raise DataError(f"{case.image}: --channel {channel} but the image has {image.shape[-1]} channels")
-        image = image[..., channel]
-    if unlabelled:
+        if layout == "nnunet":
+            raise DataError(f"{case.image}: a {image.ndim}D image ({image.shape[-1]} frames or channels) in an "
+                            "nnU-Net dataset, where each file holds one channel (CASE_0000, CASE_0001, ...) and "
+                            "--channel picks the file; split it into one file per channel")
+        if opts.channel >= image.shape[-1]:
+            raise DataError(f"{case.image}: --channel {opts.channel} but the image has {image.shape[-1]} channels")
+        image = image[..., opts.channel]
+    if opts.unlabelled:
         return image, igeom, None, igeom
     if case.mask is None:
         raise DataError(f"{case.image}: has no mask (image-only data is prepared with --unlabelled, for pretrain mae)")
-    mask, mgeom = read_image(case.mask)
+    mask, mgeom = read_mask(case.mask)
+    _refuse_unmapped_colours(mask, case.mask, opts)
     if mask.ndim != mgeom.ndim:
         raise DataError(f"{case.mask}: a mask must have one channel, found {mask.shape[-1]}")
     if image.shape != mask.shape:
@@ -165,7 +189,7 @@ def _label_plan(
         names = {0: "background"}
         for c in classes:
             raws = [v for v, k in sorted(opts.label_map.items()) if k == c]
-            names[c] = "+".join(names_by_value.get(v, f"label_{v}") for v in raws)
+            names[c] = "+".join(names_by_value.get(v, colour_name(v) if v >= COLOUR else f"label_{v}") for v in raws)
         return dict(opts.label_map), names
     values = sorted(v for v in (names_by_value or scan()) if v != 0)
     if not values:
@@ -177,13 +201,54 @@ def _label_plan(
     return mapping, names
 
 
-def _scan_values(src: SourceDataset) -> set[int]:
-    values: set[int] = set()
+def _refuse_unmapped_colours(mask: np.ndarray, path: Path, opts: PrepareOptions) -> None:
+    """A colour mask needs --label-map with its colours (or --labels merge): luminance would
+    make one organ two classes."""
+    if mask.dtype.kind not in "iu" or mask.size == 0 or int(mask.max()) < COLOUR:
+        return
+    if opts.labels == "merge" or any(k >= COLOUR for k in (opts.label_map or {})):
+        return
+    colours = [colour_name(v) for v in np.unique(mask) if v >= COLOUR]
+    shown = ", ".join(colours[:8]) + (f", ... ({len(colours)} colours)" if len(colours) > 8 else "")
+    example = ", ".join(f'"{c}": {i + 1}' for i, c in enumerate(colours[:2]))
+    raise DataError(f"{path}: a colour mask ({shown} on black); map its colours to classes with --label-map "
+                    f"'{{{example}}}' (black is the background), give --labels merge for one class, or save the masks "
+                    "with one grey value (or palette index) per label")
+
+
+# A scan that finds at least this many mask values each covering under MINOR of the labelled
+# pixels refuses the masks: anti-aliased, resized or lossy masks, whose values are no labels.
+MANY_MINOR_VALUES = 8
+MINOR = 0.005
+
+
+def _scan_values(src: SourceDataset, warnings: list[str]) -> set[int]:
+    """Every mask value (the classes, when no names or map say them), refusing masks whose
+    values are evidently not labels."""
+    counts: dict[int, int] = {}
+    most: tuple[int, Path | None] = (0, None)
     for case in src.cases:
         assert case.mask is not None
-        mask, _ = read_image(case.mask)
-        values.update(int(v) for v in np.unique(check_integer_mask(mask, str(case.mask))))
-    return values
+        mask, _ = read_mask(case.mask)
+        _refuse_unmapped_colours(mask, case.mask, PrepareOptions())
+        values, n = np.unique(check_integer_mask(mask, str(case.mask)), return_counts=True)
+        for v, c in zip(values.tolist(), n.tolist()):
+            if v != 0:
+                counts[v] = counts.get(v, 0) + c
+        most = max(most, (len(values), case.mask), key=lambda t: t[0])
+    labelled = sum(counts.values())
+    minor = sorted(v for v, c in counts.items() if c < MINOR * labelled)
+    if len(minor) >= MANY_MINOR_VALUES:
+        raise DataError(
+            f"{src.root}: the masks hold {len(counts)} values, {len(minor)} of which cover under {MINOR:.1%} of the "
+            f"labelled pixels each (such as {', '.join(map(str, minor[:6]))}; {most[1]} alone holds {most[0]} values): "
+            "these look like anti-aliased, resized or lossily saved masks, whose values are no labels. Give "
+            "--labels merge (every non-zero pixel is one class), --label-map for the values that are labels (the "
+            "others to 0), or masks saved with one value per label")
+    if len(minor) >= 3:
+        warnings.append(f"{len(minor)} mask values cover under {MINOR:.1%} of the labelled pixels each "
+                        f"({', '.join(map(str, minor[:6]))}); each became a class. Check that they are labels")
+    return set(counts)
 
 
 # -- split ---------------------------------------------------------------------------------
@@ -226,6 +291,8 @@ def fingerprint(source_desc: dict[str, Any], opts: PrepareOptions, cases: list[C
 
 def _options_dict(opts: PrepareOptions) -> dict[str, Any]:
     d = asdict(opts)
+    if not d["series"]:  # absent from fingerprints made before the option existed
+        del d["series"]
     if d["label_map"] is not None:
         d["label_map"] = {str(k): v for k, v in sorted(d["label_map"].items())}
     return d
@@ -298,7 +365,7 @@ def prepare(
     opts = options or PrepareOptions()
     src = read_source(source, opts.layout, opts.root, opts.channel, opts.case_pattern, opts.unlabelled)
     desc = {"path": str(Path(source).resolve()), "layout": src.layout, "root": str(src.root.resolve())}
-    return prepare_source(src, desc, out, opts, force, lambda c: load_case_files(c, opts.channel, opts.unlabelled))
+    return prepare_source(src, desc, out, opts, force, lambda c: load_case_files(c, opts, src.layout))
 
 
 def prepare_source(
@@ -338,7 +405,7 @@ def _prepare_source(src: SourceDataset, source_desc: dict[str, Any], out: Path, 
     if _check_out(out, fp, force):
         return PrepareResult(out, True, PreparedData.open(out).manifest)
     warnings = list(src.warnings)
-    value_map, names = _label_plan(src, opts, scan or (lambda: _scan_values(src)))
+    value_map, names = _label_plan(src, opts, scan or (lambda: _scan_values(src, warnings)))
     assignment, split_source = _assign_splits(src, opts, warnings)
     modality = opts.modality or src.modality or "other"
 
@@ -352,7 +419,8 @@ def _prepare_source(src: SourceDataset, source_desc: dict[str, Any], out: Path, 
         order = sorted(src.cases, key=lambda c: (SPLITS.index(assignment[c.case_id]), c.case_id))
         for n, case in enumerate(order):
             split = assignment[case.case_id]
-            cases_meta.append(_write_case(n, case, split, load(case), opts, modality, value_map, writer, normalized))
+            cases_meta.append(_write_case(n, case, split, load(case), opts, modality, value_map, writer, normalized,
+                                          warnings))
             log.info("%s: %d/%d %s", split, n + 1, len(order), case.case_id)
         n_slices = writer.close()
     except BaseException:
@@ -381,8 +449,14 @@ def _write_case(
     value_map: dict[int, int] | None,
     writer: SliceWriter,
     normalized: bool = False,
+    warnings: list[str] | None = None,
 ) -> dict[str, Any]:
     image, geom, mask, _ = arrays
+    image, note = finite_voxels(image, str(case.image))
+    if note:
+        log.warning("%s", note)
+        if warnings is not None:
+            warnings.append(note)
     if opts.unlabelled:  # masks a layout has (or the example's labels) are not used
         mask = None
     where = str(case.mask or case.image)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tunesam.data.readers import DataError
+from tunesam.data.readers import COLOUR, DataError, colour_name
 from tunesam.letterbox import longest_side_to
 
 PERCENTILES = (0.5, 99.5)
@@ -62,6 +62,24 @@ def is_blank(image: np.ndarray) -> bool:
     return float(np.mean(image > image.min())) < BLANK_FRACTION
 
 
+def finite_voxels(image: np.ndarray, where: str) -> tuple[np.ndarray, str | None]:
+    """``image`` with NaN and infinite voxels set to its lowest finite value, and a warning
+    naming ``where`` and how many there were (``None`` when none); an image without one
+    finite voxel is refused."""
+    if not np.issubdtype(image.dtype, np.floating):
+        return image, None
+    bad = ~np.isfinite(image)
+    n = int(bad.sum())
+    if n == 0:
+        return image, None
+    if n == bad.size:
+        raise DataError(f"{where}: every voxel is NaN or infinite; the image holds no data")
+    low = float(np.min(image[~bad]))
+    return (np.where(bad, low, image),
+            f"{where}: {n:,} of {bad.size:,} voxels ({100 * n / bad.size:.2g}%) are NaN or infinite; "
+            f"they were set to the image's lowest value ({low:g})")
+
+
 def check_integer_mask(mask: np.ndarray, where: str) -> np.ndarray:
     """Masks must hold integers; float masks with whole values are accepted."""
     if np.issubdtype(mask.dtype, np.integer) or mask.dtype == np.bool_:
@@ -83,9 +101,12 @@ def map_labels(mask: np.ndarray, value_to_class: Mapping[int, int] | None, where
     values, inverse = np.unique(mask, return_inverse=True)
     unknown = [int(v) for v in values if int(v) not in value_to_class and v != 0]
     if unknown:
+        def say(vs: list[int]) -> str:  # a colour mask's values as #rrggbb
+            return "[" + ", ".join(colour_name(v) if v >= COLOUR else str(v) for v in vs) + "]"
+
         raise DataError(
-            f"{where}: mask values {unknown[:10]} are not in the label map "
-            f"(known: {sorted(value_to_class)}); give them a class with --label-map or use --labels merge"
+            f"{where}: mask values {say(unknown[:10])} are not in the label map "
+            f"(known: {say(sorted(value_to_class))}); give them a class with --label-map or use --labels merge"
         )
     lut = np.array([value_to_class.get(int(v), 0) for v in values], dtype=np.uint8)
     return lut[inverse].reshape(mask.shape)

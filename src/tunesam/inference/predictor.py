@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tunesam.data.preprocess import PERCENTILES, downsample_images, stored_shape, to_uint8
+from tunesam.data.preprocess import PERCENTILES, downsample_images, finite_voxels, stored_shape, to_uint8
 from tunesam.data.readers import DataError, Geometry, PillowReader, SimpleITKReader, read_image, strip_image_ext
 from tunesam.device import autocast_for, pick_device
 from tunesam.io import atomic_path
@@ -91,6 +92,9 @@ def _slices(arr: np.ndarray, geom: Geometry, pre: Preprocessing, where: Path,
         arr = arr[..., pre.channel]
     if arr.ndim not in (2, 3):
         raise DataError(f"{where}: expected a 2D image or a 3D volume, found {arr.ndim} dimensions {arr.shape}")
+    arr, note = finite_voxels(arr, str(where))
+    if note:
+        log.warning("%s", note)
     is_2d = arr.ndim == 2
     if is_2d and volumes:
         log.warning("%s: a 2D image given to a run trained on volumes (slices along array axis %d); it is "
@@ -110,6 +114,7 @@ class Predictor:
             model = model.to(device).eval()
         self.model, self.pre, self.labels, self.mode = model, pre, labels, mode
         self.device, self.batch_size, self.volumes = device, batch_size, volumes
+        self.series: tuple[str, ...] = ()  # the DICOM series to read, where a folder holds several
         if model.encoder_is_frozen():  # decoder-only runs: the fused inference encoder is faster
             model.use_inference_encoder()
 
@@ -179,7 +184,7 @@ class Predictor:
         target = out_dir / output_name(path)
         if target.exists() and not overwrite:
             raise DataError(f"{target}: exists; use --overwrite to replace it")
-        arr, geom = read_image(path)
+        arr, geom = read_image(path, self.series)
         slices, axis = _slices(arr, geom, self.pre, path, self.volumes)
         probs = None
         if self.mode == "auto":
@@ -304,13 +309,15 @@ def read_prompts(path: str | Path) -> dict[str, list[dict[str, Any]]]:
 
 def predict(run: str | Path, inputs: list[str | Path], out: str | Path, prompts: str | Path | None = None,
             save_probabilities: bool = False, overlay: bool = False, overwrite: bool = False,
-            device: str = "auto", batch_size: int | None = None) -> list[Path]:
+            device: str = "auto", batch_size: int | None = None, series: Sequence[str] = ()) -> list[Path]:
     """Segment every input with the run's best weights; returns the written mask paths.
+    ``series``: in a DICOM folder holding several series, the UID to read (one per folder).
 
     ``batch_size`` (slices per forward, default 8) is for automated runs; prompted runs take
     one prompt at a time, and automated runs take no prompts: both are refused, not ignored.
     """
     predictor = Predictor.from_run(run, device, batch_size or 8)
+    predictor.series = tuple(series)
     if predictor.mode == "auto" and prompts:
         raise ValueError(f"{run} segments automatically (mode auto): it takes no --prompts")
     if predictor.mode != "auto" and batch_size is not None:
