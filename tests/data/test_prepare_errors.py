@@ -222,3 +222,29 @@ def test_force_through_a_link_replaces_the_dataset_it_points_to(tmp_path: Path) 
     dangling.symlink_to(tmp_path / "nowhere")
     with pytest.raises(DataError, match="is a link to .*nowhere, which does not exist"):
         prepare(src, dangling)
+
+
+@pytest.mark.parametrize("name, cut, message", [
+    ("manifest.json", 100, r"manifest.json: damaged, not valid JSON"),
+    ("index.npy", 150, r"index.npy: damaged, not a readable index"),
+    ("images.u8", 500, r"images.u8: damaged: it holds 500 bytes, the index places \d+ slices in [\d,]+"),
+    ("masks.u8", 0, r"masks.u8: damaged: it holds 0 bytes"),
+])
+def test_a_damaged_prepared_dataset_is_named_when_opened(tmp_path: Path, name: str, cut: int, message: str) -> None:
+    """A bare JSON or numpy message, and a truncated images.u8 let training start."""
+    from tunesam.data.store import PreparedData
+
+    src = tmp_path / "src"
+    png_pairs(src, patients=5)
+    out = prepare(src, tmp_path / "p").folder
+    file = out / name
+    file.write_bytes(file.read_bytes()[:cut])
+    with pytest.raises(DataError, match=message + r".*prepare the dataset again"):
+        PreparedData.open(out)
+
+
+def test_a_moved_prepared_dataset_is_said_to_be_missing(tmp_path: Path) -> None:
+    from tunesam.data.store import PreparedData
+
+    with pytest.raises(DataError, match="gone: no such folder"):
+        PreparedData.open(tmp_path / "gone")

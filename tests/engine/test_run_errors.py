@@ -108,3 +108,89 @@ def test_evaluate_says_when_weights_are_not_finite(run: Path, tmp_path: Path) ->
     save_file(tensors, str(path), metadata={"format": "tunesam-trained"})
     with pytest.raises(DataError, match="NaN or infinite values"):
         evaluate_run(broken, device="cpu")
+
+
+def test_evaluate_of_a_run_whose_data_moved_asks_for_data(run: Path, tmp_path: Path, prepared: Path) -> None:
+    """It said "run 'tunesam prepare' first" of a folder that was prepared, then moved."""
+    import yaml
+
+    from tunesam.data.readers import DataError
+    from tunesam.eval.evaluate import evaluate_run
+
+    moved = _copy(run, tmp_path)
+    config = yaml.safe_load((moved / "config.yaml").read_text())
+    config["data"] = str(tmp_path / "moved_away")
+    (moved / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(DataError, match=r"moved_away, is not there \(moved or deleted\?\); pass its folder with --data"):
+        evaluate_run(moved, device="cpu")
+    assert evaluate_run(moved, data=prepared, device="cpu")["mean"]["dsc"] >= 0
+
+
+def test_evaluate_in_another_mode_gives_advice_that_works(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An automated run asked for box: the advice is the base weights in box mode; a prompted
+    run asked for auto was told to use --checkpoint --mode auto, which evaluate refuses."""
+    assert main(["evaluate", str(run), "--mode", "box", "--device", "cpu"]) == 2
+    assert "--checkpoint ... --mode box" in capsys.readouterr().err
+    from tunesam.eval.evaluate import evaluate_run
+
+    with pytest.raises(ValueError, match="an automated model is a run trained with --mode auto") as err:
+        evaluate_run(_box_run(run), mode="auto", device="cpu")
+    assert "--checkpoint" not in str(err.value)
+
+
+def _box_run(run: Path) -> Path:
+    """The module's run, relabelled as a box run (only its config is read before the refusal)."""
+    import yaml
+
+    box = Path(shutil.copytree(run, run.parent / "box")) if not (run.parent / "box").exists() else run.parent / "box"
+    config = yaml.safe_load((box / "config.yaml").read_text())
+    config["mode"] = "box"
+    (box / "config.yaml").write_text(yaml.safe_dump(config))
+    return box
+
+
+def test_a_read_only_run_is_evaluated_into_out(run: Path, tmp_path: Path) -> None:
+    """It computed everything, then failed writing RUN/metrics.json before writing --out."""
+    import subprocess
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if subprocess.run(["mount", "--bind", "-o", "ro", str(run.parent), str(ro)], capture_output=True).returncode:
+        pytest.skip("cannot make a read-only bind mount here (needs root)")
+    try:
+        if subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], capture_output=True).returncode:
+            pytest.skip("cannot remount read-only")
+        from tunesam.eval.evaluate import evaluate_run
+
+        with pytest.raises(OSError, match="the run folder is read-only.*give --out FILE"):
+            evaluate_run(ro / run.name, device="cpu")
+        out = tmp_path / "metrics.json"
+        metrics = evaluate_run(ro / run.name, device="cpu", out=out)
+        assert out.is_file() and metrics["mean"]["dsc"] >= 0
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], check=False)
+
+
+def test_run_files_and_folders_as_checkpoint(run: Path, prepared: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A run's weights or last.pt as --checkpoint got a bare layout error; a folder "not found"
+    and the download URLs."""
+    for given in (run / "weights" / "best.safetensors", run / "last.pt", run):
+        code = main(_train_argv(prepared, tmp_path / f"x{given.name}", "--checkpoint", str(given), "--epochs", "1"))
+        err = capsys.readouterr().err
+        assert code == 2 and f"tunesam export {run} --out model.pth" in err, err
+    (tmp_path / "empty").mkdir()
+    assert main(_train_argv(prepared, tmp_path / "y", "--checkpoint", str(tmp_path / "empty"))) == 2
+    assert "a folder; --checkpoint takes a checkpoint file" in capsys.readouterr().err
+
+
+def test_a_pretrain_run_folder_is_its_checkpoint(prepared: Path, tmp_path: Path) -> None:
+    from tunesam.models.known import resolve_checkpoint
+
+    folder = tmp_path / "pt"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("objective: prompt\n")
+    with pytest.raises(ValueError, match="pre-training run without checkpoint.pth yet"):
+        resolve_checkpoint(folder)
+    (folder / "checkpoint.pth").write_bytes(b"")
+    assert resolve_checkpoint(folder) == folder / "checkpoint.pth"

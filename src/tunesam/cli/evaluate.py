@@ -89,11 +89,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         C.refuse(args, "to a RUN: its architecture, input size, normalisation and cache come from the run",
                  "arch", "image_size", "pixel_norm", "cache_embeddings", "embedding_cache")
         metrics = evaluate_run(args.run, args.data, args.split, args.mode, args.device, args.batch_size or 8,
-                               args.weights or "best", args.prompt_rules, args.prompt_seed)
-        if args.out:
-            from tunesam.io import write_json
-
-            write_json(args.out, metrics)
+                               args.weights or "best", args.prompt_rules, args.prompt_seed, out=args.out)
     else:
         raise ValueError("give a RUN folder, or --checkpoint FILE|litemedsam --data DIR --mode box|point")
     print(format_metrics(metrics))

@@ -80,6 +80,23 @@ class SliceWriter:
             f.close()
 
 
+def _read_index(path: Path, manifest: dict[str, Any], again: str) -> np.ndarray:
+    """``index.npy``, checked: readable without pickles, of the index's dtype, one row per
+    slice the manifest counts."""
+    try:
+        index = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing{again}") from None
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"{path}: damaged, not a readable index ({exc}){again}") from exc
+    if index.dtype != INDEX_DTYPE or index.ndim != 1:
+        raise DataError(f"{path}: not a prepared dataset's index (dtype {index.dtype}, shape {index.shape}){again}")
+    expected = manifest.get("num_slices")
+    if expected is not None and len(index) != expected:
+        raise DataError(f"{path}: damaged: {len(index):,} slices, the manifest counts {expected:,}{again}")
+    return index
+
+
 @dataclass
 class PreparedData:
     """A prepared dataset opened for reading (pixels mapped lazily)."""
@@ -94,14 +111,35 @@ class PreparedData:
     def open(cls, folder: str | Path) -> PreparedData:
         folder = Path(folder)
         path = folder / MANIFEST
+        if not folder.is_dir():
+            raise DataError(f"{folder}: no such folder (a prepared dataset, made by 'tunesam prepare', was expected)")
         if not path.is_file():
             raise DataError(f"{folder}: not a prepared dataset (no {MANIFEST}); run 'tunesam prepare' first")
-        manifest = json.loads(path.read_text())
-        if manifest.get("format") != FORMAT:
-            raise DataError(f"{path}: not a tunesam prepared dataset (format {manifest.get('format')!r})")
+        again = "; prepare the dataset again (tunesam prepare ... --force)"
+        try:
+            manifest = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataError(f"{path}: damaged, not valid JSON ({exc}){again}") from exc
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+            raise DataError(f"{path}: not a tunesam prepared dataset (format {found!r})")
         if manifest.get("format_version", 0) > FORMAT_VERSION:
             raise DataError(f"{path}: written by a newer tunesam (format {manifest['format_version']})")
-        return cls(folder, manifest, np.load(folder / "index.npy"))
+        data = cls(folder, manifest, _read_index(folder / "index.npy", manifest, again))
+        data._check_sizes(again)
+        return data
+
+    def _check_sizes(self, again: str) -> None:
+        """The pixel files must hold every slice the index places in them (a truncated copy
+        would let training start and fail, or read past the end, later)."""
+        rows = self.index
+        need = int((rows["offset"] + rows["h"].astype(np.int64) * rows["w"]).max()) if len(rows) else 0
+        for name in ("images.u8",) if self.unlabelled else ("images.u8", "masks.u8"):
+            file = self.folder / name
+            have = file.stat().st_size if file.is_file() else None
+            if have is None or have < need:
+                raise DataError(f"{file}: " + ("missing" if have is None else f"damaged: it holds {have:,} bytes, "
+                                               f"the index places {len(rows):,} slices in {need:,}") + again)
 
     def _maps(self) -> tuple[np.memmap, np.memmap | None]:
         if self._images is None:  # opened on first use (per worker)

@@ -9,7 +9,10 @@ pixel of the split together.
 """
 from __future__ import annotations
 
+import errno
+import logging
 import math
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,8 @@ from tunesam.engine.embedding_cache import EmbeddingCache, fill_embedding_cache
 from tunesam.engine.fit import all_finite
 from tunesam.kinds import Segmenter
 from tunesam.models.segmenter import SamSegmenter, positive_points
+
+log = logging.getLogger("tunesam.evaluate")
 
 MULTIMASK_VARIANTS = ("single", "highest_iou", "oracle")
 
@@ -276,9 +281,9 @@ def format_metrics(m: dict[str, Any]) -> str:
 def evaluate_run(run_folder: str | Path, data: str | Path | None = None, split: str = "test",
                  mode: str | None = None, device: str = "auto", batch_size: int = 8,
                  weights: str = "best", prompt_rules: str | None = None, prompt_seed: int = 0,
-                 save_as: str = "metrics.json") -> dict[str, Any]:
+                 save_as: str = "metrics.json", out: str | Path | None = None) -> dict[str, Any]:
     """Evaluate a run's ``best`` (or ``last``) weights and write ``RUN/metrics.json`` (or
-    ``RUN/save_as``).
+    ``RUN/save_as``), and ``out`` too when given (the only copy when the run is read-only).
 
     ``last`` scores the final epoch without selection on the validation set: the honest
     choice when the split to score is the validation set itself (lists with no test set).
@@ -292,15 +297,20 @@ def evaluate_run(run_folder: str | Path, data: str | Path | None = None, split: 
     from tunesam.kinds import load_run_model, open_run
 
     run = open_run(run_folder)
+    targets = _metrics_targets(Path(run_folder) / save_as, Path(out) if out else None)
+    if data is None and not Path(run.config.data).is_dir():
+        raise DataError(f"{run_folder}: the prepared dataset it was trained on, {run.config.data}, is not there (moved "
+                        "or deleted?); pass its folder with --data")
     prepared = PreparedData.open(data or run.config.data)
     prepared.require_labels("evaluation")
     if prepared.manifest["labels"] != run.labels:
         raise DataError(f"{prepared.folder} has labels {prepared.manifest['labels']}, the run was trained on "
                         f"{run.labels}: evaluate on data prepared with the same labels")
     if mode is not None and mode != run.config.mode:
+        other = ("an automated model is a run trained with --mode auto" if mode == "auto" else
+                 f"or score the base weights with --checkpoint ... --mode {mode}")
         raise ValueError(f"{run_folder} was trained in {run.config.mode} mode; --mode {mode} would score output "
-                         "heads it never trained. Evaluate it in its own mode, or score the base weights with "
-                         f"--checkpoint ... --mode {mode}")
+                         f"heads it never trained. Evaluate it in its own mode (leave out --mode); {other}")
     mode = run.config.mode
     dev = pick_device(device)
     model = load_run_model(run, weights, dev)
@@ -316,8 +326,28 @@ def evaluate_run(run_folder: str | Path, data: str | Path | None = None, split: 
     metrics["run"] = str(Path(run_folder).resolve())
     metrics["weights"] = weights
     metrics["data"] = str(prepared.folder.resolve())
-    write_json(Path(run_folder) / save_as, metrics)
+    for target in targets:
+        write_json(target, metrics)
     return metrics
+
+
+def _metrics_targets(in_run: Path, out: Path | None) -> list[Path]:
+    """Where the metrics go, checked before anything is computed: the run's own file, unless
+    the run folder is read-only and ``out`` is given (then ``out`` alone, said)."""
+    def writable(folder: Path) -> bool:
+        while not folder.exists():  # write_json makes the missing folders
+            folder = folder.parent
+        return os.access(folder, os.W_OK)
+
+    if out is not None and not writable(out.parent):
+        raise OSError(errno.EACCES, f"cannot write {out}: its folder is read-only", str(out.parent))
+    if writable(in_run.parent):
+        return [in_run] if out is None else [in_run, out]
+    if out is None:
+        raise OSError(errno.EACCES, f"the run folder is read-only, so {in_run.name} cannot be written there; give "
+                      "--out FILE to write the metrics elsewhere", str(in_run.parent))
+    log.warning("%s: read-only; the metrics are written to %s only", in_run.parent, out)
+    return [out]
 
 
 def evaluate_checkpoint(checkpoint: str | Path, arch: str | None, data: str | Path, mode: str, split: str = "test",

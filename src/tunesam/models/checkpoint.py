@@ -93,6 +93,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             "readable with weights_only=True) or a .safetensors file; the file is truncated, corrupt or of "
             "another kind"
         ) from exc
+    _refuse_run_files(path, obj)
     for key in _WRAPPER_KEYS:
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
@@ -102,6 +103,23 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
+
+
+def _refuse_run_files(path: Path, obj: object) -> None:
+    """A run's own weights file or resume state is no checkpoint: say what is."""
+    run = None
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            if (f.metadata() or {}).get("format") == "tunesam-trained":
+                run = path.parent.parent if path.parent.name == "weights" else path.parent
+    elif isinstance(obj, dict) and {"weights", "optimizer", "epoch"} <= set(obj):
+        run = path.parent
+    if run is not None:
+        raise CheckpointError(f"{path}: {'a resume state' if path.suffix != '.safetensors' else 'trained weights'} "
+                              f"of the tunesam run {run} (its own layout, the fine-tuned parts only), not a checkpoint. "
+                              f"Write the run's model as one with 'tunesam export {run} --out model.pth' and pass that")
 
 
 # -- architecture detection --------------------------------------------------------------

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from tunesam.models.checkpoint import sha256_of
+from tunesam.models.checkpoint import CheckpointError, sha256_of
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,21 @@ def _installed_file(known: KnownCheckpoint) -> Path | None:
     return path if path.is_file() else None
 
 
+def _checkpoint_in_folder(folder: Path) -> Path:
+    """A ``tunesam pretrain`` run folder stands for its ``checkpoint.pth``; any other folder
+    is refused with what to pass instead."""
+    if (folder / "checkpoint.pth").is_file():
+        return folder / "checkpoint.pth"
+    if (folder / "weights").is_dir() and (folder / "config.yaml").is_file():
+        raise CheckpointError(f"{folder}: a tunesam training run, not a checkpoint. Write its model as one with "
+                              f"'tunesam export {folder} --out model.pth' and pass that file")
+    if (folder / "config.yaml").is_file():
+        raise CheckpointError(f"{folder}: a tunesam pre-training run without checkpoint.pth yet (no epoch finished); "
+                              "resume it, or pass another checkpoint")
+    raise CheckpointError(f"{folder}: a folder; --checkpoint takes a checkpoint file (.pth or .safetensors), a "
+                          "pre-training run folder, or a known name")
+
+
 def resolve_checkpoint(checkpoint: str | Path) -> Path:
     """The file a ``--checkpoint`` value means: a known name (verified by sha256) or a path.
 
@@ -84,6 +99,8 @@ def resolve_checkpoint(checkpoint: str | Path) -> Path:
     published one.
     """
     known = KNOWN.get(str(checkpoint))
+    if Path(checkpoint).is_dir():
+        return _checkpoint_in_folder(Path(checkpoint))
     if known is None or Path(checkpoint).exists():
         return Path(checkpoint)
     path = _installed_file(known)
