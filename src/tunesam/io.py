@@ -91,6 +91,7 @@ def owned(folder: str | Path, what: str, take: bool = True) -> Iterator[None]:
     if not take:
         yield
         return
+    refuse_dangling_link(folder)
     path = lock_file(folder)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -105,3 +106,12 @@ def owned(folder: str | Path, what: str, take: bool = True) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+def refuse_dangling_link(out: str | Path) -> None:
+    """An output path that is a link to nothing would fail later in words about temporary
+    files: say what it is now."""
+    out = Path(out)
+    if out.is_symlink() and not out.exists():
+        raise FileNotFoundError(f"{out}: is a link to {os.path.realpath(out)}, which does not exist; create that "
+                                "folder, remove the link, or choose another --out")

@@ -79,6 +79,9 @@ def test_dicom_series_gives_nifti_with_its_geometry(volume_run: Path, tmp_path: 
     assert got.GetSize() == src.GetSize()
     assert np.allclose(got.GetSpacing(), src.GetSpacing()) and np.allclose(got.GetOrigin(), src.GetOrigin())
     assert np.allclose(got.GetDirection(), src.GetDirection())
+    single = next((tmp_path / "series").iterdir()).rename(tmp_path / "IM0003.dcm")
+    with pytest.raises(DataError, match="IM0003.dcm: a single DICOM file; give the folder holding the whole series"):
+        predict(volume_run, [single], tmp_path / "o2")  # it said only "unknown file type"
 
 
 def test_png_in_png_out_and_what_predict_does_with_other_shapes(volume_run: Path, tmp_path: Path,
@@ -215,7 +218,9 @@ def test_prompted_run_predicts_from_a_prompt_file(tmp_path: Path) -> None:
                          ({"points": [[60, 2]]}, "every point must lie inside"),
                          ({"box": [5, 5, 30, 30], "label": 7}, r"label must be one of the run's classes \[1\]"),
                          ({"slice": 3, "box": [5, 5, 30, 30]}, "slice must be an integer in 0..0"),
-                         ({"boxes": [5, 5, 30, 30]}, "neither 'box' nor 'points'")):
+                         ({"points": [[5, 5]], "point_label": [1]}, r"unknown keys \['point_label'\]"),
+                         ({"box": [5, 5, 30, 30], "boxx": [1, 1, 9, 9]}, r"unknown keys \['boxx'\]"),  # was ignored
+                         ({}, "neither 'box' nor 'points'")):
         (tmp_path / "bad.json").write_text(json.dumps({"patient0_s0.png": [bad]}))
         with pytest.raises(DataError, match=f"patient0_s0.png: prompt 0 .*{message}"):
             predict(run, [image], tmp_path / "o4", prompts=tmp_path / "bad.json")

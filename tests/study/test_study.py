@@ -116,6 +116,15 @@ def test_tiny_study_end_to_end_report_equals_cells(prepared: Path, tmp_path: Pat
     with pytest.raises(StudyError, match="other settings"):
         run_study(_config(tmp_path, prepared, methods="[lora]", epochs=3), out, say=lines.append)
 
+    # a damaged cell file is named, with what to do (it was a bare JSON message)
+    damaged = next((out / "cells" / "disc").glob("*/metrics.json"))
+    damaged.write_text("{\n")
+    with pytest.raises(ValueError, match=f"{damaged}: damaged, not valid JSON .*delete it and run the study again"):
+        write_report(out, overlays=False)
+    damaged.unlink()
+    run_study(_config(tmp_path, prepared, methods="[lora]"), out, say=lines.append)  # evaluated again
+    assert len(list(csv.DictReader(open(write_report(out, overlays=False) / "results.csv")))) == 3
+
 
 KILLER = """
 import os, signal, sys

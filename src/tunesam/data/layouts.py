@@ -121,6 +121,12 @@ def _labels_from_json(labels: dict[str, object], path: Path, numeric_keys: bool)
         try:
             out[int(value)] = str(name)
         except (TypeError, ValueError):
+            if str(name).lstrip("-").isdigit():  # the other format's order
+                given, want = ("name: value", "value: name, e.g. {\"0\": \"background\", \"1\": \"organ\"} (the "
+                               "Decathlon's format)") if numeric_keys else \
+                    ("value: name", "name: value, e.g. {\"background\": 0, \"organ\": 1} (nnU-Net v2's format)")
+                raise DataError(f"{path}: its labels are given as {given} ({k!r}: {v!r}); this dataset.json needs "
+                                f"{want}") from None
             raise DataError(f"{path}: label {k!r} has the non-integer value {value!r}") from None
     return out
 
@@ -251,6 +257,8 @@ def read_msd(root: Path, warnings: list[str], unlabelled: bool = False) -> Sourc
 # -- CSV lists ------------------------------------------------------------------------------
 def _resolve(entry: str, root: Path, where: str) -> Path:
     entry = entry.strip()
+    if not entry:
+        raise DataError(f"{where}: an empty path (each line names an image and its mask)")
     candidates = [root / entry.lstrip("/\\")]
     if os.path.isabs(entry):
         candidates.append(Path(entry))
@@ -406,8 +414,16 @@ def detect_layout(source: Path, unlabelled: bool = False) -> str:
             data = json.loads(meta.read_text())
         except json.JSONDecodeError as exc:
             raise DataError(f"{meta}: not valid JSON ({exc})") from exc
+        if not isinstance(data, dict):
+            raise DataError(f"{meta}: expected a JSON object (nnU-Net's or the Decathlon's dataset.json), found "
+                            f"{type(data).__name__}")
         if isinstance(data.get("training"), list):
             return "msd"
+        if "training" in data or ("modality" in data and "channel_names" not in data and "file_ending" not in data):
+            raise DataError(f"{meta}: looks like a Medical Segmentation Decathlon dataset.json ('modality' or "
+                            "'training' keys) but its 'training' is " + (f"a {type(data['training']).__name__}" if
+                                                                         "training" in data else "missing")
+                            + '; the Decathlon\'s format lists cases as "training": [{"image": ..., "label": ...}]')
         return "nnunet"
     if any(_split_of_list(p.name) for p in list_files_in(source)):
         return "csv"

@@ -581,8 +581,14 @@ def _check_not_empty(manifest: dict[str, Any], src: SourceDataset, opts: Prepare
         hint, usable = " (slices with empty masks are dropped from train and val; --keep-empty keeps them)", "nonempty"
     for s in ("train", "val"):
         if counts[s]["cases"] == 0:
-            raise DataError(f"{src.root}: the {s} set has no cases: the split ({opts.split}) gives it none; "
-                            "training needs a train and a val set (the val set chooses the best epoch)")
+            if not src.split_given:
+                origin = f"the split ({opts.split}) gives it none"
+            elif src.layout == "nnunet":
+                origin = "fold 0 of splits_final.json gives it none"
+            else:
+                origin = f"the lists give it none (a lists folder needs a {s}* list beside the others)"
+            raise DataError(f"{src.root}: the {s} set has no cases: {origin}; training needs a train and a val set "
+                            "(the val set chooses the best epoch)")
         if counts[s][usable] == 0:
             raise DataError(f"{src.root}: the {s} set has no slices after filtering{hint}")
     if counts["test"]["cases"] == 0:

@@ -89,15 +89,55 @@ class SimpleITKReader(Reader):
         non_finite = None
         if path.name.lower().endswith((".nii", ".nii.gz")):
             non_finite = check_nifti_complete(path)
+        elif path.name.lower().endswith(".mha"):
+            check_mha_complete(path)
         try:
-            image = sitk.ReadImage(str(path))
+            with _quiet_itk():
+                image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
-            raise DataError(f"{path}: cannot be read as a {path.name.split('.', 1)[-1]} image ({_first_line(exc)})") from exc
+            reason = _first_line(exc)
+            if "No such file" in reason or "ideal" in str(exc) or "Read failed" in reason:  # ITK's words for a short file
+                reason = f"the file is truncated or damaged: ITK says {reason!r}"
+            raise DataError(f"{path}: cannot be read as a {path.name.split('.', 1)[-1]} image ({reason})") from exc
         arr, geom = _from_sitk(image, path)
         if non_finite is not None and non_finite.size and arr.dtype.kind == "f" and non_finite[-1] < arr.size:
             arr = np.ascontiguousarray(arr)
             arr.reshape(-1)[non_finite] = np.nan  # file order is ITK's array order (x fastest)
         return arr, geom
+
+
+_MET_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+              "MET_LONG": 8, "MET_ULONG": 8, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8}
+
+
+def check_mha_complete(path: Path) -> None:
+    """Refuse an uncompressed MetaImage (``.mha``) whose data is shorter than its header
+    says (ITK fails with "No such file or directory" and prints its own lines)."""
+    with open(path, "rb") as f:
+        head: dict[str, str] = {}
+        for _ in range(64):  # the header is a few "Key = value" lines, the last ElementDataFile
+            line = f.readline()
+            if not line:
+                return
+            key, _, value = line.decode("latin-1").partition("=")
+            head[key.strip()] = value.strip()
+            if key.strip() == "ElementDataFile":
+                break
+        else:
+            return
+        data_at = f.tell()
+    if head.get("ElementDataFile") != "LOCAL" or head.get("CompressedData", "False").lower() == "true":
+        return
+    try:
+        dims = [int(v) for v in head["DimSize"].split()]
+        per = _MET_BYTES[head["ElementType"]] * int(head.get("ElementNumberOfChannels", "1"))
+    except (KeyError, ValueError):
+        return
+    need = int(np.prod(dims, dtype=np.int64)) * per
+    have = path.stat().st_size - data_at
+    if have < need:
+        raise DataError(f"{path}: the file is truncated: its header describes {need:,} bytes of voxels "
+                        f"({' x '.join(map(str, dims))} {head['ElementType']}), the file holds {have:,}")
 
 
 _NIFTI_FLOATS = {16: "f4", 64: "f8"}  # NIfTI datatype codes of the float types NaN can hide in

@@ -31,9 +31,17 @@ import numpy as np
 import torch
 
 from tunesam.data.preprocess import PERCENTILES, downsample_images, finite_voxels, stored_shape, to_uint8
-from tunesam.data.readers import DataError, Geometry, PillowReader, SimpleITKReader, read_image, strip_image_ext
+from tunesam.data.readers import (
+    DataError,
+    Geometry,
+    PillowReader,
+    SimpleITKReader,
+    read_image,
+    reader_for,
+    strip_image_ext,
+)
 from tunesam.device import autocast_for, pick_device
-from tunesam.io import atomic_path
+from tunesam.io import atomic_path, refuse_dangling_link
 from tunesam.kinds import Segmenter
 from tunesam.letterbox import letterbox_image, letterbox_shape, to_input, unletterbox
 
@@ -62,6 +70,8 @@ class Preprocessing:
 
 def output_name(path: Path) -> str:
     """File name of the mask written for ``path``."""
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
     if path.is_dir():
         return f"{path.name}.nii.gz"
     lower = path.name.lower()
@@ -71,6 +81,7 @@ def output_name(path: Path) -> str:
     for ext in PillowReader.suffixes:
         if lower.endswith(ext):
             return path.name[: -len(ext)] + ".png"
+    reader_for(path)  # raises what the file is and what is expected instead
     raise DataError(f"{path}: unknown file type")
 
 
@@ -304,7 +315,18 @@ def read_prompts(path: str | Path) -> dict[str, list[dict[str, Any]]]:
         raise DataError(f"{path}: not a readable JSON prompts file ({exc})") from exc
     if not isinstance(obj, dict) or not all(isinstance(v, list) for v in obj.values()):
         raise DataError(f"{path}: expected {{\"input file name\": [prompt, ...]}}")
+    for name, prompts in obj.items():
+        for i, prompt in enumerate(prompts):
+            if not isinstance(prompt, dict):
+                raise DataError(f"{path}: {name}: prompt {i} is not a prompt object ({str(prompt)[:40]!r})")
+            unknown = sorted(set(prompt) - set(PROMPT_KEYS))
+            if unknown:  # a typo ("boxx") would leave the prompt without its box
+                raise DataError(f"{path}: {name}: prompt {i} has unknown keys {unknown}; a prompt takes "
+                                f"{', '.join(PROMPT_KEYS)}")
     return obj
+
+
+PROMPT_KEYS = ("slice", "box", "points", "point_labels", "label")
 
 
 def predict(run: str | Path, inputs: list[str | Path], out: str | Path, prompts: str | Path | None = None,
@@ -342,6 +364,7 @@ def plan_outputs(inputs: list[Path], out_dir: Path, overwrite: bool) -> list[tup
     """``(input, mask path)`` for every input, refusing before anything is written: an
     ``--out`` that is a file, two inputs that would write one mask, and (without
     ``overwrite``) masks that exist."""
+    refuse_dangling_link(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"--out {out_dir} is a file; give a folder for the masks")
     plan = [(p, out_dir / output_name(p)) for p in inputs]

@@ -57,7 +57,18 @@ def load_cells(out: Path) -> list[Cell]:
     plan = out / "plan.json"
     if not plan.is_file():
         raise FileNotFoundError(f"{out}: not a study folder (no plan.json); run 'tunesam study CONFIG --out {out}'")
-    return [Cell.from_dict(d) for d in json.loads(plan.read_text())["cells"]]
+    return [Cell.from_dict(d) for d in _read_json(plan, "rerun the study command to write it again")["cells"]]
+
+
+_REEVALUATE = "delete it and run the study again: the cell is evaluated again (its training is kept)"
+
+
+def _read_json(path: Path, remedy: str) -> Any:
+    """A study file's JSON, or an error naming the damaged file and what to do."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: damaged, not valid JSON ({exc}); {remedy}") from exc
 
 
 def collect(out: Path) -> tuple[list[dict[str, Any]], dict[tuple[str, str], dict[str, Any]], list[Cell]]:
@@ -67,10 +78,10 @@ def collect(out: Path) -> tuple[list[dict[str, Any]], dict[tuple[str, str], dict
         folder = cell.folder(out)
         if not (folder / "metrics.json").is_file():
             continue
-        m = json.loads((folder / "metrics.json").read_text())
+        m = _read_json(folder / "metrics.json", _REEVALUATE)
         eff_path, tight_path = folder / "efficiency.json", folder / TIGHT_METRICS
-        eff = json.loads(eff_path.read_text()) if eff_path.is_file() else {}
-        tight = json.loads(tight_path.read_text())["mean"] if tight_path.is_file() else {}
+        eff = _read_json(eff_path, _REEVALUATE) if eff_path.is_file() else {}
+        tight = _read_json(tight_path, _REEVALUATE)["mean"] if tight_path.is_file() else {}
         metrics[(cell.dataset, cell.key)] = m
         finished.append(cell)
         rows.append({
