@@ -307,7 +307,8 @@ def fit(task: Task, run: Path, schedule: Schedule, ctx: D.Context, device: torch
     if writer is not None:
         writer.close()
     if ctx.is_main:
-        if state.rows and last_plot == -math.inf:  # resumed after its last epoch: the curves of the whole run
+        if state.rows and last_plot == -math.inf:  # resumed after its last epoch: its curves and figure again
             plot_curves(run, state.rows, task.metric)
+            task.after_epoch(run, state.epoch)
         _write_summary(run, task, state, device)
     return state

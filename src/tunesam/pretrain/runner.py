@@ -119,6 +119,13 @@ def _mae_task(cfg: PretrainConfig, device: torch.device, ctx: D.Context) -> Obje
     start.to(device)  # its pixel normalisation prepares the images
     if ctx.is_main:
         log.info("MAE variant %s (%s)", cfg.mae_variant, cfg.mae_variant_rule)
+        n_enc = sum(p.numel() for p in encoder.parameters())
+        n_dec = sum(p.numel() for n, p in net.named_parameters() if not n.startswith("encoder."))
+        if n_dec > 5 * n_enc:  # MAE's decoder is sized for ViT-B and up; last.pt holds it and its Adam moments
+            log.warning("the MAE decoder (%d wide, %d blocks: %.1fM parameters, about %.0f MB in last.pt with its "
+                        "optimiser state) is %.0fx the %s encoder (%.1fM); --decoder-dim 128 --decoder-depth 2 sizes it "
+                        "to a small encoder", cfg.decoder_dim, cfg.decoder_depth, n_dec / 1e6, n_dec * 12 / 1e6,
+                        n_dec / n_enc, cfg.arch, n_enc / 1e6)
     common = {"image_size": cfg.image_size, "interpolation": cfg.interpolation, "seed": cfg.seed}
     train_set = ImageSlices(stores, "train", augment=True, **common)
     val_all = ImageSlices(stores, "val", augment=False, **common)
