@@ -104,11 +104,13 @@ def test_a_dataset_with_one_test_case_gives_no_interval() -> None:
 def test_patients_come_from_the_manifest_for_older_metrics(tmp_path) -> None:
     import json
 
-    from tunesam.data.store import FORMAT
+    from tunesam.data.store import FORMAT, INDEX_DTYPE
 
     (tmp_path / "manifest.json").write_text(json.dumps({"format": FORMAT, "format_version": 2, "cases": [
         {"id": f"img{i}", "patient": f"p{i // 3}"} for i in range(12)]}))  # read as PreparedData reads it
-    np.save(tmp_path / "index.npy", np.zeros((12, 4), dtype=np.int64))
+    np.save(tmp_path / "index.npy", np.zeros(12, dtype=INDEX_DTYPE))
+    for pixels in ("images.u8", "masks.u8"):
+        (tmp_path / pixels).write_bytes(b"")  # the index's slices are 0 x 0
     cells = [Cell("d", str(tmp_path), "sam", "litemedsam", "litemedsam", None, "decoder", m, "auto", None, 0, {})
              for m in ("lora", "adapter")]
     metrics = {("d", c.key): {"mean": {"dsc": 50.0, "nsd": 50.0}, "per_image": [  # no "patient": an older file
