@@ -42,6 +42,7 @@ def test_a_second_process_is_refused_and_a_dead_owner_blocks_nobody(tmp_path: Pa
     try:
         with pytest.raises(ValueError, match="another tunesam process is writing this run now"), owned(folder, "run"):
             pass
+        folder.mkdir()
         link = tmp_path / "link"
         link.symlink_to(folder)  # the folder under another name is the same folder
         with pytest.raises(ValueError, match="another tunesam process"), owned(link, "run"):
@@ -52,9 +53,9 @@ def test_a_second_process_is_refused_and_a_dead_owner_blocks_nobody(tmp_path: Pa
     with owned(folder, "run"):
         with pytest.raises(ValueError, match="another tunesam process"), owned(folder, "run"):
             pass  # owned in this process too: a second owner is refused
-    with owned(folder, "run"):
+    with owned(tmp_path / "absent", "run"):
         pass
-    assert not folder.exists()  # the lock lives beside the folder: an absent folder stays absent
+    assert not (tmp_path / "absent").exists()  # the lock lives beside the folder: an absent folder stays absent
 
 
 def test_prepare_and_study_take_the_lock_before_any_check(tmp_path: Path, prepared: Path) -> None:
