@@ -20,12 +20,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tunesam.device import PeakMemory
 from tunesam.io import owned, write_json
 from tunesam.kinds import kind_of
 from tunesam.study.config import Cell, StudyConfig, StudyError, load_study
@@ -60,46 +60,6 @@ def _comparable(d: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- one cell ------------------------------------------------------------------------------
-class PeakMemory:
-    """Peak memory during a block: CUDA's max allocated, or the process's resident set
-    sampled every 0.1 s on the CPU (Linux ``/proc``)."""
-
-    def __init__(self, cuda: bool) -> None:
-        self.cuda, self.peak, self._stop = cuda, 0, threading.Event()
-
-    def __enter__(self) -> PeakMemory:
-        if self.cuda:
-            import torch
-
-            torch.cuda.reset_peak_memory_stats()
-        else:
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def _rss(self) -> int:
-        try:
-            return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, IndexError):
-            return 0
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._rss())
-            self._stop.wait(0.1)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.cuda:
-            import torch
-
-            self.peak = int(torch.cuda.max_memory_allocated())
-        else:
-            self._stop.set()
-            self._thread.join()
-
-    @property
-    def kind(self) -> str:
-        return "CUDA max allocated" if self.cuda else "process resident set (peak, sampled)"
 
 
 def _train_cell(cell: Cell, out: Path, resume: bool) -> None:
