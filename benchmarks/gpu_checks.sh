@@ -45,6 +45,6 @@ print('geometry equal:', a.GetSize() == b.GetSize() and a.GetSpacing() == b.GetS
   cp $W/demo/overlays.png "$OUT/demo_overlays_gpu.png" 2>/dev/null
 } 2>&1 | grep -v Warning | tee "$OUT/pipeline.log"
 if [ "${STEP_TABLE:-0}" = 1 ]; then
-  $PY benchmarks/train_step.py --arch vit_h vit_b vit_t --image-size $SIZE --batch-size 4 \
-    --tune decoder encoder-decoder --method vanilla adapter lora 2>&1 | tee "$OUT/train_step.jsonl"
+  $T bench --arch vit_h vit_b vit_t --image-size $SIZE --batch-size 4 --tune decoder encoder-decoder \
+    --method vanilla adapter lora --device $DEV --baseline eager-fp32 --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
 fi

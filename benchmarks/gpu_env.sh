@@ -11,3 +11,4 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH="$PWD/src:$PWD/tests:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 PY=${PY:-python3}
+T=${T:-$PY -m tunesam}

@@ -6,12 +6,10 @@ source "$(dirname "$0")/gpu_env.sh"
 if [ "${SMALL:-0}" = 1 ]; then A=vit_test; H=vit_test; SIZE=64; DEV=cpu; else A=vit_b; H=vit_h; SIZE=1024; DEV=cuda; fi
 {
   $PY -m pytest -q -p no:cacheprovider tests/models/test_forward_backward.py 2>&1 | tail -3
-  for FLAG in "" "--rel-pos-mask"; do
-    $PY benchmarks/train_step.py --arch $A --tune encoder-decoder decoder --method vanilla lora \
-      --image-size $SIZE --device $DEV --steps 5 --warmup 2 $FLAG
-    $PY benchmarks/train_step.py --arch $H --tune encoder-decoder --method lora \
-      --image-size $SIZE --device $DEV --steps 5 --warmup 2 $FLAG
-  done
+  $T bench --arch $A --tune encoder-decoder decoder --method vanilla lora --image-size $SIZE --device $DEV \
+    --repeats 5 --warmup 2 --baseline rel-pos-mask --json "$OUT/rel_pos_$A.json"
+  $T bench --arch $H --tune encoder-decoder --method lora --image-size $SIZE --device $DEV \
+    --repeats 5 --warmup 2 --baseline rel-pos-mask --json "$OUT/rel_pos_$H.json"
   $PY - $A $SIZE $DEV <<'PYEOF'
 import sys, torch
 from tunesam.models import image_encoder

@@ -73,6 +73,7 @@ class Result:
     output: str
     seconds: float
     shown_rc: str = ""  # when one status does not say it (two processes)
+    found: str = ""  # what the campaign saw besides the output (files left on a full disk), for the note
     pair: tuple = ()  # the two results of a two-process case
 
 
@@ -303,8 +304,9 @@ class Case:
 
 
 def has_all(text: str, fragments: list[str]) -> list[str]:
+    """The fragments missing from ``text`` (case-insensitive; ``a|b``: either will do)."""
     low = text.lower()
-    return [f for f in fragments if f.lower() not in low]
+    return [f for f in fragments if not any(alt.lower() in low for alt in f.split("|"))]
 
 
 def payload_markers(ctx: Context) -> list[str]:
@@ -1197,7 +1199,11 @@ def on_full_disk(keep_kib: Optional[int] = None) -> Callable[[Context, Case], Re
                 st = os.statvfs(mnt)
                 free = st.f_bavail * st.f_frsize
                 write(mnt / "filler.bin", b"\0" * max(0, free - keep_kib * 1024))
-            return ctx.tunesam(*case.argv)
+            res = ctx.tunesam(*case.argv)
+            left = [f"{p.relative_to(ctx.work)} ({p.stat().st_size} bytes)" for p in sorted(mnt.rglob("*"))
+                    if p.is_file() and p.name != "filler.bin" and not p.name.startswith(".")]
+            res.found = "left on the full disk: " + (", ".join(left[:4]) if left else "nothing")
+            return res
         finally:
             subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
             ctx.mounts.remove(mnt)
@@ -1240,21 +1246,21 @@ def disk_cases() -> list[Case]:
     c = "disk"
     nn, run = ("CTL_prep_nn",), ("CTL_train_lora",)
     img = "data/nn/imagesTr/case_000_0000.nii.gz"
-    full = ["the disk is full"]
+    full = ["the disk is full|no space left"]
     return [
-        Case(c, "DF_train", "train to a full tmpfs", train("prep/nn", "full/run"), run=on_full_disk(), refuse=full, needs=nn, root=True),
+        Case(c, "DF_train", "train to a full tmpfs", train("prep/nn", "full/run"), run=on_full_disk(), refuse=[*full, "full/run"], needs=nn, root=True),
         Case(c, "DF_pretrain", "pretrain to a full tmpfs", ["pretrain", "prompt", "--data", "prep/nn", "--out", "full/pt", *PRETRAIN],
-             run=on_full_disk(), refuse=full, needs=nn, root=True),
+             run=on_full_disk(), refuse=[*full, "full/pt"], needs=nn, root=True),
         Case(c, "DF_export", "export to a full tmpfs", ["export", "runs/good", "--out", "full/model.pth"], run=on_full_disk(),
-             refuse=full, needs=run, root=True),
+             refuse=[*full, "model.pth"], needs=run, root=True),
         Case(c, "DF_prepare", "prepare to a nearly full tmpfs (8 KiB left)", ["prepare", "data/nn", "--out", "full/prep", "--size", "64"],
-             run=on_full_disk(8), refuse=full, root=True),
+             run=on_full_disk(8), refuse=[*full, "full/prep"], root=True),
         Case(c, "DF_predict", "predict to a full tmpfs", ["predict", "runs/good", img, "--out", "full/pred"], run=on_full_disk(0),
-             refuse=full, needs=run, root=True),
+             refuse=[*full, "full/pred"], needs=run, root=True),
         Case(c, "DF_evaluate", "evaluate --out a full tmpfs", ["evaluate", "runs/good", "--out", "full/metrics.json"],
-             run=on_full_disk(0), refuse=full, needs=run, root=True),
+             run=on_full_disk(0), refuse=[*full, "metrics.json"], needs=run, root=True),
         Case(c, "DF_study", "study to a full tmpfs", ["study", "st/good.yaml", "--out", "full/study"], run=on_full_disk(),
-             refuse=full, needs=("CTL_study",), root=True),
+             refuse=[*full, "full/study"], needs=("CTL_study",), root=True),
         Case(c, "UM_022", "weights file modes under umask 022", train("prep/nn", "runs/umask022"), run=with_umask(0o022),
              check=modes_check("runs/umask022/weights/*.safetensors", 0o644), needs=nn),
         Case(c, "UM_002", "weights file modes under umask 002", train("prep/nn", "runs/umask002"), run=with_umask(0o002),
@@ -1329,6 +1335,16 @@ def one_refused(what: str) -> Check:
     return check
 
 
+def big_dataset(ctx: Context) -> None:
+    """An nnU-Net folder large enough that prepare holds its lock for seconds."""
+    root = ctx.path("data/nnbig")
+    for i in range(12):
+        image, mask = block_case(i, (40, 128, 128))
+        write_image(root / "imagesTr" / f"case_{i:03d}_0000.nii.gz", image)
+        write_image(root / "labelsTr" / f"case_{i:03d}.nii.gz", mask)
+    (root / "dataset.json").write_text(json.dumps({**NN_META, "numTraining": 12}))
+
+
 def concurrency_cases() -> list[Case]:
     c = "concurrency"
     base = ["train", "--data", "prep/nn16", *ED, "--image-size", "32", "--epochs", "1", "--device", "cpu", "--num-workers", "0",
@@ -1344,9 +1360,10 @@ def concurrency_cases() -> list[Case]:
         Case(c, "CONC", "two identical studies into one --out at once", ["study", "st/good.yaml", "--out", "studies/conc"],
              run=two_at_once(delay=0.0), check=one_refused("study"), shown="two at once: tunesam study st/good.yaml --out studies/conc",
              needs=("CTL_study",)),
-        Case(c, "CONC_prep", "two prepares into one --out at once", ["prepare", "data/nn16", "--out", "prep/conc", "--size", "64"],
+        Case(c, "CONC_prep", "two prepares into one --out at once (12 volumes of 40 x 128 x 128)",
+             ["prepare", "data/nnbig", "--out", "prep/conc", "--size", "128"], setup=big_dataset,
              run=two_at_once(delay=0.0), check=one_refused("prepared dataset"),
-             shown="two at once: tunesam prepare data/nn16 --out prep/conc --size 64", needs=("CTL_prep_nn16",)),
+             shown="two at once: tunesam prepare data/nnbig --out prep/conc --size 128"),
         Case(c, "CONC_pretrain", "two pretrains into one --out at once",
              ["pretrain", "prompt", "--data", "prep/nn16", "--out", "runs/conc_pt", *PRETRAIN], run=two_at_once(delay=0.0),
              check=one_refused("run"), shown="two at once: tunesam pretrain prompt --data prep/nn16 --out runs/conc_pt ...",
@@ -1434,12 +1451,12 @@ def security_cases() -> list[Case]:
         Case(c, "P_meta", "case ids with $(touch pwned), ;, backticks, quotes", prep("meta", "--split", "4:1:1"), setup=meta_names,
              accept=[]),
         Case(c, "PR_meta", "predict inputs and --out with $(touch), ;, backticks",
-             ["predict", "runs/good", "data/meta/imagesTr/a$(touch pwned_pred)b_0000.nii.gz", "data/meta/imagesTr/c;touch pwned_semi;d_0000.nii.gz",
+             ["predict", "runs/good", "data/meta/imagesTr/a$(touch pwned_meta)b_0000.nii.gz", "data/meta/imagesTr/c;touch pwned_semi;d_0000.nii.gz",
               "--out", "pred/$(touch pwned_out)`touch pwned_out2`"], accept=[], needs=("P_meta", "CTL_train_lora")),
         Case(c, "PP_trav", "prompts key ../../../../etc/passwd",
              ["predict", "runs/box", "data/nn/imagesTr/case_000_0000.nii.gz", "--out", "pred/pp_trav", "--prompts", "prompts/trav.json"],
              setup=lambda ctx: write(ctx.path("prompts/trav.json"), json.dumps({"../../../../etc/passwd": [{"slice": 1, "box": [1, 1, 5, 5]}]})).touch(),
-             refuse=["passwd"], needs=("CTL_train_box",)),
+             refuse=["trav.json", "no entry"], needs=("CTL_train_box",)),
         Case(c, "SC_trav_name", "study dataset name ../../../escaped", dry("trav_name"),
              setup=study_file("trav_name", study_text(datasets="{'../../../escaped': prep/nn}")), refuse=["escaped"], needs=nn),
     ]
@@ -1466,6 +1483,8 @@ def run_case(ctx: Context, case: Case) -> tuple[Optional[Result], str, str]:
         return Result(case.argv, -1, f"[campaign error] {type(exc).__name__}: {exc}", 0.0), "SKIPPED", \
             f"campaign error: {exc}"
     verdict, note = judge(ctx, case, res)
+    if res.found and verdict != "OK":
+        note = f"{note}; {res.found}" if note else res.found
     return res, verdict, note
 
 

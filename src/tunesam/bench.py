@@ -12,8 +12,9 @@ inference, and one prompted decode (a box per image on given embeddings):
 Speed settings are explicit (:class:`Speed`): ``tunesam`` is what training and inference
 use (bf16 autocast, fused AdamW and SDPA's fused kernels on CUDA; the fused TinyViT copy
 for a frozen encoder), ``eager-fp32`` turns each off (float32, SDPA's math kernel, the
-relative-position bias as an attention mask, the encoder as trained). ``baseline`` measures
-both in one process, so that every row carries its own ratio.
+relative-position bias as an attention mask, the encoder as trained); ``rel-pos-mask`` only
+passes that bias as a mask. ``baseline`` measures a row both ways in one process, so that
+every row carries its own ratio.
 
 Random weights and random data: time and memory do not depend on them.
 """
@@ -46,12 +47,14 @@ class Speed:
     name: str
     autocast: bool  # bf16 autocast on CUDA (the CPU trains in float32 either way)
     fused_optimizer: bool  # AdamW's fused CUDA kernel
-    fused_attention: bool  # SDPA's flash / memory-efficient kernels, the bias folded into q and k
+    fused_attention: bool  # SDPA's flash / memory-efficient kernels (else its math kernel)
+    rel_pos_in_qk: bool  # ViT's relative-position bias folded into q and k (else an attention mask)
     inference_encoder: bool  # a frozen TinyViT through its fused copy (BN folded, channels-last)
 
 
-SPEEDS = {"tunesam": Speed("tunesam", True, True, True, True),
-          "eager-fp32": Speed("eager-fp32", False, False, False, False)}
+SPEEDS = {"tunesam": Speed("tunesam", True, True, True, True, True),
+          "eager-fp32": Speed("eager-fp32", False, False, False, False, False),
+          "rel-pos-mask": Speed("rel-pos-mask", True, True, True, False, True)}
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ def _settings(speed: Speed, device: torch.device) -> Iterator[None]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     was = image_encoder.REL_POS_IN_QK
-    image_encoder.REL_POS_IN_QK = speed.fused_attention
+    image_encoder.REL_POS_IN_QK = speed.rel_pos_in_qk
     kernels = contextlib.nullcontext() if speed.fused_attention else sdpa_kernel(SDPBackend.MATH)
     cast = (torch.autocast("cuda", dtype=torch.bfloat16) if speed.autocast and device.type == "cuda"
             else contextlib.nullcontext())

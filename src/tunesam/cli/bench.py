@@ -25,7 +25,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls first (default 2)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls; the median is kept (default 5)")
-    p.add_argument("--baseline", choices=["eager-fp32"], help="also measure with every speed-up off")
+    p.add_argument("--baseline", choices=["eager-fp32", "rel-pos-mask"],
+                   help="also measure each row with every speed-up off (eager-fp32), or with ViT's relative-position "
+                        "bias passed as an attention mask (rel-pos-mask)")
     p.add_argument("--threads", type=int, help="torch's CPU threads (default: torch's choice)")
     p.add_argument("--json", metavar="FILE", help="write the results here (one object per row)")
     p.set_defaults(func=run)

@@ -47,7 +47,7 @@ def resize_pos_embed(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 
 
 # Fold the relative-position bias into q and k (see Attention._attend_rel_pos); False passes
-# it as an attention mask instead (for comparison: benchmarks/train_step.py --rel-pos-mask).
+# it as an attention mask instead (for comparison: tunesam bench --baseline rel-pos-mask).
 REL_POS_IN_QK = True
 
 
