@@ -88,3 +88,38 @@ def test_a_full_disk_is_named_as_such(full_disk: Path, prepared: Path) -> None:
                          env=env, capture_output=True, text=True)
     assert res.returncode == 2 and "the disk is full" in res.stderr and str(full_disk) in res.stderr, res.stderr
     assert not list(full_disk.glob("*m.pth*"))  # nothing half-written left
+
+
+def test_predict_and_prepare_on_a_full_disk(full_disk: Path, prepared: Path, tmp_path: Path) -> None:
+    """predict reported success and left an empty mask (ITK does not fail its write);
+    prepare named no folder and left its temporary folder."""
+    import subprocess
+    import sys
+
+    from data_factory import nnunet_dataset
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nnunet_dataset(tmp_path / "ds", n_cases=6)
+    tunesam = [sys.executable, "-m", "tunesam"]
+    run = tmp_path / "run"
+    subprocess.run([*tunesam, "prepare", str(tmp_path / "ds"), "--out", str(tmp_path / "prep"), "--split", "4:1:1"],
+                   env=env, check=True, capture_output=True)
+    subprocess.run([*tunesam, "train", "--data", str(tmp_path / "prep"), "--out", str(run), "--arch", "vit_test",
+                    "--tune", "decoder", "--method", "vanilla", "--image-size", "32", "--epochs", "1", "--device",
+                    "cpu", "--num-workers", "0"], env=env, check=True, capture_output=True)
+    fd = os.open(full_disk / "filler", os.O_WRONLY | os.O_CREAT)  # fill the disk to its last byte
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    res = subprocess.run([*tunesam, "predict", str(run), str(tmp_path / "ds" / "imagesTr" / "case_000_0000.nii.gz"),
+                          "--out", str(full_disk / "pred")], env=env, capture_output=True, text=True)
+    assert res.returncode == 2 and "the disk is full" in res.stderr, res.stderr
+    assert not list((full_disk / "pred").glob("*.nii.gz")) if (full_disk / "pred").exists() else True
+    res = subprocess.run([*tunesam, "prepare", str(tmp_path / "ds"), "--out", str(full_disk / "prep"), "--split",
+                          "4:1:1"], env=env, capture_output=True, text=True)
+    assert res.returncode == 2 and "the disk is full" in res.stderr and str(full_disk) in res.stderr, res.stderr
+    assert not list(full_disk.glob(".prep.tmp-*"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tunesam.io import refuse_dangling_link
 from tunesam.kinds import kind_of, open_run
 
 
@@ -16,6 +17,7 @@ def export_run(run_folder: str | Path, out: str | Path, weights: str = "best", o
     plain SAM weights (their run folder is what to keep). Returns notes on what was adapted."""
     out = Path(out)
     run = open_run(run_folder)
+    refuse_dangling_link(out)
     target = out.resolve()
     if target.is_relative_to(run.folder.resolve()):
         raise ValueError(f"{out}: inside the run folder {run.folder}, whose own files it could replace (its trained "
@@ -26,4 +28,5 @@ def export_run(run_folder: str | Path, out: str | Path, weights: str = "best", o
                          "export somewhere else")
     if out.exists() and not overwrite:
         raise ValueError(f"{out}: exists; choose another --out or pass --overwrite")
-    return kind_of(run.config.arch).export(run, out, weights)
+    # through a link, the file it points to is replaced (the link stays), as prepare --force does
+    return kind_of(run.config.arch).export(run, target if out.is_symlink() else out, weights)

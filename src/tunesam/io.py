@@ -43,12 +43,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if _disk_full(exc, path.parent):
+        if disk_full(exc, path.parent):
             raise OSError(errno.ENOSPC, f"the disk is full: {path.name} could not be written", str(path.parent)) from exc
         raise
 
 
-def _disk_full(exc: BaseException, folder: Path) -> bool:
+def disk_full(exc: BaseException, folder: Path) -> bool:
     """Whether ``exc`` (an ``OSError``, or PyTorch's and safetensors' own wording of a failed
     write) came from a full disk under ``folder``."""
     if isinstance(exc, OSError):

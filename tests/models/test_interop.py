@@ -142,3 +142,12 @@ def test_export_verb_writes_lora_runs_and_refuses_adapter_runs(prepared: Path, t
     base = (tmp_path / "base.pth").read_bytes()
     assert main(["export", str(tmp_path / "on_base"), "--out", str(tmp_path / "base.pth"), "--overwrite"]) == 2
     assert "the base checkpoint" in capsys.readouterr().err and (tmp_path / "base.pth").read_bytes() == base
+    # through a link: the linked file is replaced and the link stays; a link to nothing is refused
+    (tmp_path / "real.pth").write_bytes(b"old")
+    (tmp_path / "link.pth").symlink_to(tmp_path / "real.pth")
+    assert main(["export", str(tmp_path / "lora"), "--out", str(tmp_path / "link.pth"), "--overwrite"]) == 0
+    assert (tmp_path / "link.pth").is_symlink() and (tmp_path / "real.pth").read_bytes() == \
+        (tmp_path / "lora.pth").read_bytes()
+    (tmp_path / "dangling.pth").symlink_to(tmp_path / "nowhere" / "m.pth")
+    assert main(["export", str(tmp_path / "lora"), "--out", str(tmp_path / "dangling.pth")]) == 2
+    assert "is a link to" in capsys.readouterr().err and (tmp_path / "dangling.pth").is_symlink()

@@ -14,6 +14,7 @@ non-blank slice of every split and no masks.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import hashlib
 import json
 import logging
@@ -42,7 +43,7 @@ from tunesam.data.preprocess import (
 from tunesam.data.readers import COLOUR, DataError, Geometry, colour_name, read_image, read_mask
 from tunesam.data.split import SPLITS, parse_ratios, patient_split, patients_in_several_sets
 from tunesam.data.store import FORMAT, FORMAT_VERSION, MANIFEST, PreparedData, SliceWriter
-from tunesam.io import owned, write_json
+from tunesam.io import disk_full, owned, write_json
 
 log = logging.getLogger("tunesam.prepare")
 
@@ -423,9 +424,14 @@ def _prepare_source(src: SourceDataset, source_desc: dict[str, Any], out: Path, 
                                           warnings))
             log.info("%s: %d/%d %s", split, n + 1, len(order), case.case_id)
         n_slices = writer.close()
-    except BaseException:
-        writer.abort()
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as exc:
+        try:
+            writer.abort()
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if disk_full(exc, out.parent):
+            raise OSError(errno.ENOSPC, f"the disk is full: the prepared dataset {out.name} could not be written "
+                          "(nothing of it is left)", str(out.parent)) from exc
         raise
     try:
         manifest = _manifest(src, source_desc, opts, modality, names, value_map, cases_meta, split_source,
@@ -433,8 +439,11 @@ def _prepare_source(src: SourceDataset, source_desc: dict[str, Any], out: Path, 
         _check_not_empty(manifest, src, opts)
         write_json(tmp / MANIFEST, manifest)
         _move_into_place(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if disk_full(exc, out.parent):
+            raise OSError(errno.ENOSPC, f"the disk is full: the prepared dataset {out.name} could not be written",
+                          str(out.parent)) from exc
         raise
     return PrepareResult(out, False, PreparedData.open(out).manifest)
 

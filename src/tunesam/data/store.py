@@ -12,6 +12,7 @@ MAE; the manifest says ``empty_slices_stored``); fine-tuning trains on them only
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,7 +78,8 @@ class SliceWriter:
 
     def abort(self) -> None:
         for f in self._files():
-            f.close()
+            with contextlib.suppress(OSError):  # a full disk fails the last flush too
+                f.close()
 
 
 def _read_index(path: Path, manifest: dict[str, Any], again: str) -> np.ndarray:

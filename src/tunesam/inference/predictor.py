@@ -248,10 +248,25 @@ def _write_mask(target: Path, labels: np.ndarray, geom: Geometry) -> None:
                 image.SetOrigin(geom.origin)
                 image.SetDirection(geom.direction)
                 sitk.WriteImage(image, str(staged), useCompression=True)
+                _check_written(staged, labels)
             os.replace(staged, tmp)
         finally:
             if staged.exists():
                 staged.unlink()
+
+
+def _check_written(path: Path, labels: np.ndarray) -> None:
+    """ITK reports no error when a write fails (a full disk leaves an empty file): read the
+    mask back."""
+    import SimpleITK as sitk
+
+    try:
+        back = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+        whole = np.array_equal(back, labels.astype(np.uint8))
+    except RuntimeError:
+        whole = False
+    if not whole:  # "file write failed": tunesam.io.atomic_path names a full disk as such
+        raise RuntimeError(f"file write failed: {path.name} does not read back as the mask written")
 
 
 def _write_overlay(path: Path, slices: np.ndarray, labels: np.ndarray) -> None:

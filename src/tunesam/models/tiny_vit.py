@@ -392,13 +392,43 @@ class TinyViT(nn.Module):
         image modelling puts its mask token)."""
         return self.patch_embed(x)
 
-    def trunk(self, x: torch.Tensor) -> torch.Tensor:
-        """Everything after :meth:`embed`: the four stages and the neck."""
-        for layer in self.layers:
+    def trunk(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Everything after :meth:`embed` (from stage ``start``): the stages and the neck."""
+        for layer in self.layers[start:]:
             x = layer(x)
         b, _, c = x.shape
         x = x.view(b, self.out_grid, self.out_grid, c).permute(0, 3, 1, 2)
         return self.neck(x)
 
+    def frozen_stages(self) -> int:
+        """How many leading stages have nothing to train, with the stem (0 if the stem trains)."""
+        if any(p.requires_grad for p in self.patch_embed.parameters()):
+            return 0
+        n = 0
+        for layer in self.layers[:-1]:
+            if any(p.requires_grad for p in layer.parameters()):
+                break
+            n += 1
+        return n
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """In training, the frozen stem and leading stages (LoRA and adapters train attention
+        blocks only, so the convolutional first stage has nothing to train) run through a
+        fused copy without autograd: batch norms folded, channels-last. Their batch norms are
+        in eval mode in training too (:meth:`SamSegmenter.train`), so the result is the same
+        to float rounding; the copy is made again at each ``train()``."""
+        if self.training and torch.is_grad_enabled():
+            prefix = self.__dict__.get("_frozen_prefix")
+            if prefix is None:
+                n = self.frozen_stages()
+                prefix = (fuse_for_inference(nn.Sequential(self.patch_embed, *self.layers[:n])), n) if n else (None, 0)
+                object.__setattr__(self, "_frozen_prefix", prefix)
+            if prefix[0] is not None:
+                with torch.no_grad():
+                    y = prefix[0](x.contiguous(memory_format=torch.channels_last))
+                return self.trunk(y.contiguous(), start=prefix[1])
         return self.trunk(self.embed(x))
+
+    def train(self, mode: bool = True) -> TinyViT:
+        self.__dict__.pop("_frozen_prefix", None)  # what is frozen may have changed
+        return super().train(mode)

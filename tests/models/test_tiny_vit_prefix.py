@@ -1,0 +1,33 @@
+"""Training LoRA or adapters on TinyViT runs the frozen stem and first stage through a fused
+copy without autograd (issue 19): the same outputs and gradients, to float rounding."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tunesam.models.registry import build_sam
+from tunesam.peft.strategy import Strategy, apply_strategy
+
+
+@pytest.mark.parametrize("arch", ["litemedsam_test", "vit_t_test"])
+@pytest.mark.parametrize("method", ["lora", "adapter"])
+def test_the_fused_frozen_prefix_changes_nothing(arch: str, method: str) -> None:
+    torch.manual_seed(0)
+    model = build_sam(arch, image_size=64)
+    apply_strategy(model, Strategy("encoder-decoder", method))
+    model.train()
+    enc = model.image_encoder
+    assert enc.frozen_stages() == 1  # the stem and the convolutional stage have nothing to train
+    x = torch.randn(2, 3, 64, 64)
+    fast, plain = enc(x), enc.trunk(enc.embed(x))
+    assert "_frozen_prefix" in enc.__dict__ and enc.__dict__["_frozen_prefix"][1] == 1
+    torch.testing.assert_close(fast, plain, atol=1e-4, rtol=1e-4)
+    trained = [p for p in enc.parameters() if p.requires_grad]
+    for a, b in zip(torch.autograd.grad(fast.square().mean(), trained),
+                    torch.autograd.grad(plain.square().mean(), trained)):
+        torch.testing.assert_close(a, b, atol=5e-5, rtol=1e-3)
+    everything = build_sam(arch, image_size=64)
+    apply_strategy(everything, Strategy("encoder-decoder", "vanilla"))
+    assert everything.image_encoder.frozen_stages() == 0  # vanilla trains the stem: no prefix
+    model.train()
+    assert "_frozen_prefix" not in enc.__dict__  # made again after train(), where freezing may change
