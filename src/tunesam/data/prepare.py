@@ -430,8 +430,8 @@ def _prepare_source(src: SourceDataset, source_desc: dict[str, Any], out: Path, 
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         if disk_full(exc, out.parent):
-            raise OSError(errno.ENOSPC, f"the disk is full: the prepared dataset {out.name} could not be written "
-                          "(nothing of it is left)", str(out.parent)) from exc
+            raise OSError(errno.ENOSPC, f"the disk is full: the prepared dataset {out} could not be written; "
+                          "nothing of it was left", str(out.parent)) from exc
         raise
     try:
         manifest = _manifest(src, source_desc, opts, modality, names, value_map, cases_meta, split_source,
@@ -442,7 +442,7 @@ def _prepare_source(src: SourceDataset, source_desc: dict[str, Any], out: Path, 
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if disk_full(exc, out.parent):
-            raise OSError(errno.ENOSPC, f"the disk is full: the prepared dataset {out.name} could not be written",
+            raise OSError(errno.ENOSPC, f"the disk is full: the prepared dataset {out} could not be written",
                           str(out.parent)) from exc
         raise
     return PrepareResult(out, False, PreparedData.open(out).manifest)
