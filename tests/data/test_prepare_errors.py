@@ -119,7 +119,7 @@ def test_interrupted_prepare_leaves_the_old_result_intact(tmp_path: Path, monkey
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(prep.SliceWriter, "add", failing_add)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OSError, match="the disk is full: the prepared dataset .*p could not be written"):
         prepare(src, out, PrepareOptions(seed=2), force=True)
     assert (out / "manifest.json").read_text() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [".p.lock"]  # no temporary left
