@@ -2,6 +2,8 @@
 copy without autograd (issue 19): the same outputs and gradients, to float rounding."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -23,9 +25,19 @@ def test_the_fused_frozen_prefix_changes_nothing(arch: str, method: str) -> None
     assert "_frozen_prefix" in enc.__dict__ and enc.__dict__["_frozen_prefix"][1] == 1
     torch.testing.assert_close(fast, plain, atol=1e-4, rtol=1e-4)
     trained = [p for p in enc.parameters() if p.requires_grad]
-    for a, b in zip(torch.autograd.grad(fast.square().mean(), trained),
-                    torch.autograd.grad(plain.square().mean(), trained)):
-        torch.testing.assert_close(a, b, atol=5e-5, rtol=1e-3)
+    g_fast = torch.autograd.grad(fast.square().mean(), trained)
+    g_plain = torch.autograd.grad(plain.square().mean(), trained)
+    # The tiny random models' gradients are ill-conditioned (float32 is ~1% off float64 either
+    # way): the fused path must be as close to a float64 reference as the plain one.
+    ref_model = copy.deepcopy(model).double().train()
+    ref = ref_model.image_encoder
+    ref_out = ref.trunk(ref.embed(x.double()))
+    g_ref = torch.autograd.grad(ref_out.square().mean(), [p for p in ref.parameters() if p.requires_grad])
+
+    def error(grads: tuple[torch.Tensor, ...]) -> float:
+        return max(((g.double() - r).norm() / r.norm().clamp(min=1e-30)).item() for g, r in zip(grads, g_ref))
+
+    assert error(g_fast) <= 2 * error(g_plain) + 1e-6, (error(g_fast), error(g_plain))
     everything = build_sam(arch, image_size=64)
     apply_strategy(everything, Strategy("encoder-decoder", "vanilla"))
     assert everything.image_encoder.frozen_stages() == 0  # vanilla trains the stem: no prefix
