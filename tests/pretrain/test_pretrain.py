@@ -493,3 +493,20 @@ def test_visible_token_attention_equals_a_global_block_on_the_whole_grid() -> No
         y = x + attn.proj(out.transpose(1, 2).reshape(2, 16, 32))
         want = (y + blk.mlp(blk.norm2(y)))[:, keep]
         assert torch.allclose(sub, want, atol=1e-5)
+
+
+def test_mae_says_when_its_decoder_dwarfs_the_encoder(prepared: Path, tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """MAE's 512 x 8 decoder with a tiny encoder made a 295 MB last.pt without a word."""
+    import logging
+
+    cfg = PretrainConfig(objective="mae", data=(str(prepared),), out=str(tmp_path / "ssl"), arch="vit_test",
+                         image_size=32, epochs=1, batch_size=8, accumulate=1, warmup=1, device="cpu", num_workers=0,
+                         mask_patch=16)
+    with caplog.at_level(logging.WARNING):
+        run = pretrain(cfg)
+    (note,) = [r.getMessage() for r in caplog.records if "MAE decoder" in r.getMessage()]
+    assert "512 wide, 8 blocks" in note and "--decoder-dim 128 --decoder-depth 2" in note
+    megabytes = (run / "last.pt").stat().st_size / 1e6
+    said = float(note.split("about ")[1].split(" MB")[0])
+    assert 0.5 * said < megabytes < 2 * said  # the size it announces is the size written
