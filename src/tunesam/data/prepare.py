@@ -382,8 +382,9 @@ def prepare_source(
     """Prepare a read ``src`` (its cases loaded by ``load``) into ``out``: shared by files and
     in-memory sources; ``normalized``: ``load`` gives 0-255 uint8 images already normalised per
     whole volume (the example's slabs)."""
-    with owned(_followed(Path(out)), "prepared dataset"):
-        return _prepare_source(src, source_desc, _followed(Path(out)), opts, force, load, scan, normalized)
+    target = _followed(Path(out))
+    with owned(target, "prepared dataset"):
+        return _prepare_source(src, source_desc, target, opts, force, load, scan, normalized)
 
 
 def _followed(out: Path) -> Path:
