@@ -10,11 +10,12 @@ inference, and one prompted decode (a box per image on given embeddings):
   samples/s, achieved TFLOP/s and, on a GPU whose peak is known, the fraction of it.
 
 Speed settings are explicit (:class:`Speed`): ``tunesam`` is what training and inference
-use (bf16 autocast, fused AdamW and SDPA's fused kernels on CUDA; the fused TinyViT copy
-for a frozen encoder), ``eager-fp32`` turns each off (float32, SDPA's math kernel, the
-relative-position bias as an attention mask, the encoder as trained); ``rel-pos-mask`` only
-passes that bias as a mask. ``baseline`` measures a row both ways in one process, so that
-every row carries its own ratio.
+use (bf16 autocast on CUDA and on a CPU with native bf16, fused AdamW and SDPA's fused
+kernels on CUDA; TinyViT's frozen stem and first stage through a fused copy), ``eager-fp32``
+turns each off (float32, SDPA's math kernel, the relative-position bias as an attention mask,
+the encoder as trained); ``rel-pos-mask`` only passes that bias as a mask. ``baseline``
+measures a row both ways in one process, so that every row carries its own ratio; on the CPU
+the two alternate call by call.
 
 Random weights and random data: time and memory do not depend on them.
 """
@@ -29,9 +30,9 @@ from typing import Any
 
 import torch
 
-from tunesam.device import PeakMemory, pick_device
+from tunesam.device import PeakMemory, autocast_for, pick_device, precision_for
 from tunesam.engine.losses import dice_ce_loss
-from tunesam.models import image_encoder
+from tunesam.models import image_encoder, tiny_vit
 from tunesam.models.registry import build_sam, get_spec
 from tunesam.peft.strategy import Strategy, apply_strategy
 
@@ -45,7 +46,7 @@ class Speed:
     """Which speed-ups a measurement uses."""
 
     name: str
-    autocast: bool  # bf16 autocast on CUDA (the CPU trains in float32 either way)
+    autocast: bool  # bf16 autocast where training uses it (CUDA; a CPU with native bf16)
     fused_optimizer: bool  # AdamW's fused CUDA kernel
     fused_attention: bool  # SDPA's flash / memory-efficient kernels (else its math kernel)
     rel_pos_in_qk: bool  # ViT's relative-position bias folded into q and k (else an attention mask)
@@ -70,16 +71,16 @@ class Row:
 def _settings(speed: Speed, device: torch.device) -> Iterator[None]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    was = image_encoder.REL_POS_IN_QK
+    was = image_encoder.REL_POS_IN_QK, tiny_vit.FUSED_FROZEN_PREFIX
     image_encoder.REL_POS_IN_QK = speed.rel_pos_in_qk
+    tiny_vit.FUSED_FROZEN_PREFIX = speed.inference_encoder
     kernels = contextlib.nullcontext() if speed.fused_attention else sdpa_kernel(SDPBackend.MATH)
-    cast = (torch.autocast("cuda", dtype=torch.bfloat16) if speed.autocast and device.type == "cuda"
-            else contextlib.nullcontext())
+    cast = autocast_for(device) if speed.autocast else contextlib.nullcontext()
     try:
         with kernels, cast:
             yield
     finally:
-        image_encoder.REL_POS_IN_QK = was
+        image_encoder.REL_POS_IN_QK, tiny_vit.FUSED_FROZEN_PREFIX = was
 
 
 def _sync(device: torch.device) -> None:
@@ -87,19 +88,26 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(call: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> tuple[float, int]:
-    """(median seconds of ``repeats`` calls after ``warmup``, peak memory growth over them)."""
-    for _ in range(warmup):
-        call()
-    _sync(device)
-    times = []
-    with PeakMemory(device.type == "cuda", every=0.005) as peak:
-        for _ in range(repeats):
-            t0 = time.perf_counter()
+def _timed(calls: list[Callable[[], object]], device: torch.device, warmup: int, repeats: int
+           ) -> list[tuple[float, int]]:
+    """(median seconds of ``repeats`` calls after ``warmup``, peak memory) of each call. The
+    calls alternate within each repeat, so that load on a shared machine hits them alike.
+    Memory: CUDA's max allocated during the call, or the resident set's growth during it."""
+    for call in calls:
+        for _ in range(warmup):
             call()
-            _sync(device)
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times), peak.peak if device.type == "cuda" else peak.growth
+    _sync(device)
+    times: list[list[float]] = [[] for _ in calls]
+    memory = [0] * len(calls)
+    for _ in range(repeats):
+        for i, call in enumerate(calls):
+            with PeakMemory(device.type == "cuda", every=0.005) as peak:
+                t0 = time.perf_counter()
+                call()
+                _sync(device)
+                times[i].append(time.perf_counter() - t0)
+            memory[i] = max(memory[i], peak.peak if device.type == "cuda" else peak.growth)
+    return [(statistics.median(t), m) for t, m in zip(times, memory)]
 
 
 def _flops(call: Callable[[], object]) -> int:
@@ -113,29 +121,19 @@ def _flops(call: Callable[[], object]) -> int:
 
 def _rates(seconds: float, flops: int, batch: int, device: torch.device, speed: Speed) -> dict[str, Any]:
     tflops = flops / seconds / 1e12 if seconds > 0 else None
-    precision = "bf16" if speed.autocast and device.type == "cuda" else "fp32"
+    precision = precision_for(device) if speed.autocast else "fp32"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
     peak = next((p[precision] for k, p in PEAK_TFLOPS.items() if k in name), None)
-    return {"samples_per_s": round(batch / seconds, 3), "flops": flops,
+    return {"samples_per_s": round(batch / seconds, 3), "flops": flops, "precision": precision,
             "tflops": None if tflops is None else round(tflops, 4),
             "peak_fraction": None if peak is None or tflops is None else round(tflops / peak, 4)}
 
 
-def measure(row: Row, speed: Speed, device: torch.device, warmup: int = 2, repeats: int = 5) -> dict[str, Any]:
-    """One row at one speed: the training step, the encoder forward and a prompted decode."""
-    torch.manual_seed(0)
-    x = torch.rand(row.batch_size, 3, row.image_size, row.image_size, device=device) * 255
-    out: dict[str, Any] = {**asdict(row), "device": _device_name(device), "speed": speed.name,
-                           **_training(row, speed, device, x, warmup, repeats)}
-    out["encoder"], out["decode"] = _inference(row, speed, device, x, warmup, repeats)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return out
+PARTS = ("step", "encoder", "decode")
 
 
-def _training(row: Row, speed: Speed, device: torch.device, x: torch.Tensor, warmup: int,
-              repeats: int) -> dict[str, Any]:
-    """A training step: forward, Dice + cross-entropy, backward, AdamW."""
+def _step_call(row: Row, speed: Speed, device: torch.device, x: torch.Tensor) -> tuple[dict[str, Callable[[], None]], dict]:
+    """A training step (forward, Dice + cross-entropy, backward, AdamW), and the model's sizes."""
     y = (torch.rand(row.batch_size, row.image_size, row.image_size, device=device) > 0.5).long()
     model = build_sam(row.arch, num_classes=1, image_size=row.image_size)
     apply_strategy(model, Strategy(row.tune, row.method))
@@ -151,26 +149,22 @@ def _training(row: Row, speed: Speed, device: torch.device, x: torch.Tensor, war
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    seconds, memory = _timed(step, device, warmup, repeats)
-    return {"trainable_params": sum(p.numel() for p in params),
-            "total_params": sum(p.numel() for p in model.parameters()),
-            "seconds_per_step": round(seconds, 5), "peak_memory_bytes": memory,
-            "peak_memory_kind": "CUDA max allocated" if device.type == "cuda" else "resident set growth",
-            **_rates(seconds, _flops(step), row.batch_size, device, speed)}
+    return {"step": step}, {"trainable_params": sum(p.numel() for p in params),
+                            "total_params": sum(p.numel() for p in model.parameters())}
 
 
-def _inference(row: Row, speed: Speed, device: torch.device, x: torch.Tensor, warmup: int,
-               repeats: int) -> tuple[dict[str, Any], dict[str, Any]]:
+def _inference_calls(row: Row, speed: Speed, device: torch.device, x: torch.Tensor
+                     ) -> tuple[dict[str, Callable[[], object]], dict]:
     """The frozen encoder's forward and one box-prompted decode on its embeddings."""
-    model = build_sam(row.arch, num_classes=1, image_size=row.image_size).to(device).eval()
-    for p in model.parameters():
+    frozen = build_sam(row.arch, num_classes=1, image_size=row.image_size).to(device).eval()
+    for p in frozen.parameters():
         p.requires_grad_(False)
     if speed.inference_encoder:
-        model.use_inference_encoder()
+        frozen.use_inference_encoder()
 
     def encode() -> torch.Tensor:
         with torch.inference_mode(), _settings(speed, device):
-            return model.encode(x)
+            return frozen.encode(x)
 
     embeddings = encode()
     s = row.image_size
@@ -178,14 +172,45 @@ def _inference(row: Row, speed: Speed, device: torch.device, x: torch.Tensor, wa
 
     def decode() -> None:
         with torch.inference_mode(), _settings(speed, device):
-            model(None, boxes=boxes, embeddings=embeddings)
+            frozen(None, boxes=boxes, embeddings=embeddings)
 
-    results = []
-    for call in (encode, decode):
-        seconds, memory = _timed(call, device, warmup, repeats)
-        results.append({"seconds": round(seconds, 5), "peak_memory_bytes": memory,
-                        **_rates(seconds, _flops(call), row.batch_size, device, speed)})
-    return results[0], results[1]
+    return {"encoder": encode, "decode": decode}, {}
+
+
+def measure_speeds(row: Row, speeds: list[Speed], device: torch.device, warmup: int = 2, repeats: int = 5
+                   ) -> list[dict[str, Any]]:
+    """One row at each speed. On the CPU every speed's calls are built together and alternate
+    within each repeat (a shared CPU's load changes by tens of percent within a minute). On
+    CUDA, where timings are steady and max allocated counts everything resident, the training
+    step and the inference calls of one speed are each measured alone on the card."""
+    torch.manual_seed(0)
+    x = torch.rand(row.batch_size, 3, row.image_size, row.image_size, device=device) * 255
+    jobs = [(k, build) for k in range(len(speeds)) for build in (_step_call, _inference_calls)]
+    groups = [jobs] if device.type == "cpu" else [[job] for job in jobs]
+    results: list[dict[str, Any]] = [{**asdict(row), "device": _device_name(device), "speed": s.name} for s in speeds]
+    for group in groups:
+        built = [(k, *build(row, speeds[k], device, x)) for k, build in group]
+        calls = [(k, part, call) for k, named, _ in built for part, call in named.items()]
+        timed = _timed([call for _, _, call in calls], device, warmup, repeats)
+        for (k, part, call), (seconds, memory) in zip(calls, timed):
+            figures = {"seconds": round(seconds, 5), "peak_memory_bytes": memory,
+                       **_rates(seconds, _flops(call), row.batch_size, device, speeds[k])}
+            if part == "step":
+                results[k].update(seconds_per_step=figures.pop("seconds"), **figures,
+                                  peak_memory_kind="CUDA max allocated" if device.type == "cuda" else "resident set growth")
+            else:
+                results[k][part] = figures
+        for k, _, sizes in built:
+            results[k].update(sizes)
+        del built, calls
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return results
+
+
+def measure(row: Row, speed: Speed, device: torch.device, warmup: int = 2, repeats: int = 5) -> dict[str, Any]:
+    """One row at one speed: the training step, the encoder forward and a prompted decode."""
+    return measure_speeds(row, [speed], device, warmup, repeats)[0]
 
 
 def _device_name(device: torch.device) -> str:
@@ -208,9 +233,10 @@ def bench(rows: list[Row], device: str = "auto", baseline: str | None = None, wa
         get_spec(row.arch)
     results = []
     for row in rows:
-        fast = measure(row, SPEEDS["tunesam"], dev, warmup, repeats)
-        if baseline is not None:
-            slow = measure(row, SPEEDS[baseline], dev, warmup, repeats)
+        speeds = [SPEEDS["tunesam"]] + ([SPEEDS[baseline]] if baseline is not None else [])
+        fast, *others = measure_speeds(row, speeds, dev, warmup, repeats)
+        if others:
+            (slow,) = others
             fast["baseline"] = {"speed": baseline, "seconds_per_step": slow["seconds_per_step"],
                                 "peak_memory_bytes": slow["peak_memory_bytes"],
                                 "encoder_seconds": slow["encoder"]["seconds"],

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 from pathlib import Path
@@ -16,9 +17,46 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+CPU_BF16_ENV = "TUNESAM_CPU_BF16"
+_NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AMX or AVX512-BF16: Intel since Sapphire
+    Rapids / Cooper Lake, AMD since Zen 4), from Linux's ``/proc/cpuinfo``; False elsewhere."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return any(f in flags for f in _NATIVE_BF16_FLAGS)
+
+
+def cpu_bf16() -> bool:
+    """bf16 autocast on the CPU: where it is native, unless ``TUNESAM_CPU_BF16=0`` (``=1``
+    forces it; without native support bf16 is several times slower than float32)."""
+    value = os.environ.get(CPU_BF16_ENV, "").strip()
+    if value in ("0", "1"):
+        return value == "1"
+    if value:
+        raise ValueError(f"{CPU_BF16_ENV} must be 0 (float32), 1 (bf16) or unset (bf16 where the CPU has it), "
+                         f"got {value!r}")
+    return cpu_has_native_bf16()
+
+
+def precision_for(device: torch.device) -> str:
+    """``bf16`` (autocast) or ``fp32``: what :func:`autocast_for` uses on ``device``."""
+    return "bf16" if device.type == "cuda" or (device.type == "cpu" and cpu_bf16()) else "fp32"
+
+
 def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; nothing on the CPU (fp32 there)."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    """bf16 autocast on CUDA, and on a CPU with native bf16 (see :func:`cpu_bf16`); else float32.
+
+    Under it, attention on the CPU still runs in float32 (:func:`tunesam.models.common.attention`)."""
+    if precision_for(device) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 class PeakMemory:

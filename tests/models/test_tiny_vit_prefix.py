@@ -43,3 +43,28 @@ def test_the_fused_frozen_prefix_changes_nothing(arch: str, method: str) -> None
     assert everything.image_encoder.frozen_stages() == 0  # vanilla trains the stem: no prefix
     model.train()
     assert "_frozen_prefix" not in enc.__dict__  # made again after train(), where freezing may change
+
+
+def test_the_prefix_follows_loaded_weights_and_freezing_in_eval_too() -> None:
+    """The fused copy is cached: weights loaded after a forward, or a stage unfrozen without
+    ``train()``, must not leave it stale."""
+    torch.manual_seed(0)
+    model = build_sam("litemedsam_test", image_size=64)
+    apply_strategy(model, Strategy("encoder-decoder", "lora"))
+    model.eval()
+    enc = model.image_encoder
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        enc(x)
+        assert enc.__dict__["_frozen_prefix"][1] == 1  # validation and evaluation use it too
+        other = build_sam("litemedsam_test", image_size=64)
+        apply_strategy(other, Strategy("encoder-decoder", "lora"))
+        for p in other.parameters():
+            p.data.normal_(0, 0.05)
+        model.load_state_dict(other.state_dict())
+        other.eval()
+        torch.testing.assert_close(enc(x), other.image_encoder.trunk(other.image_encoder.embed(x)), atol=1e-4, rtol=1e-4)
+        for p in enc.patch_embed.parameters():
+            p.requires_grad_(True)
+        enc(x)
+        assert enc.__dict__["_frozen_prefix"][0] is None  # the stem trains now: no prefix

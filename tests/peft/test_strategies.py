@@ -216,3 +216,31 @@ def test_mlp_adapters_see_the_normalised_input_the_mlp_sees(arch: str) -> None:
     with torch.no_grad():
         model.eval()(images(1, SIZE))
     assert torch.equal(seen["adapter"], seen["mlp"])
+
+
+@pytest.mark.parametrize("arch", ["vit_test", "vit_t_test"])
+def test_lora_forward_and_gradients_equal_its_merged_layer(arch: str) -> None:
+    """The forward stacks the targets' updates into one dense low-rank pair: it must equal the
+    layer with the updates merged into its weight, values and gradients of A and B."""
+    _, model = _adapted(arch, Strategy("encoder-decoder", "lora"))
+    lora = next(m for m in model.image_encoder.modules() if isinstance(m, LoRALinear))
+    perturb_(list(lora.lora_B.values()))
+    x = torch.randn(3, 7, lora.base_layer.in_features, dtype=torch.float64)
+    lora.double()
+    out = lora(x)
+    merged = torch.nn.functional.linear(x, lora.merged_weight(), lora.base_layer.bias)
+    torch.testing.assert_close(out, merged)
+    params = [*lora.lora_A.values(), *lora.lora_B.values()]
+    grads = torch.autograd.grad((out * torch.cos(out)).sum(), params)
+
+    def by_rows(x: torch.Tensor) -> torch.Tensor:  # the update added row by row, as the definition says
+        y = lora.base_layer(x)
+        for name in lora._targets:
+            rows = lora._rows(name)
+            delta = lora.scaling * (x @ lora.lora_A[name].t()) @ lora.lora_B[name].t()
+            y = y + delta if rows is None else y.index_add(-1, rows, delta)
+        return y
+
+    ref = by_rows(x)
+    for g, r in zip(grads, torch.autograd.grad((ref * torch.cos(ref)).sum(), params)):
+        torch.testing.assert_close(g, r)

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from tunesam.data.augment import augment as augment_slice
+from tunesam.device import precision_for
 from tunesam.letterbox import letterbox_image, letterbox_shape
 from tunesam.data.store import PreparedData
 from tunesam.io import write_json
@@ -152,7 +153,9 @@ def fill_embedding_cache(model: SamSegmenter, data: PreparedData, folder: str | 
     ``view`` (0, 1, ...) embeds that augmented view of each slice instead of the plain image
     (:func:`view_of`). ``batch_size`` defaults to 1 on the CPU (larger batches were slower per
     slice there) and 8 on a GPU."""
-    tag = data.manifest["fingerprint"] + ("" if view is None else f"/view{view}")
+    # bf16 and float32 embeddings differ in their last bits: never mixed in one cache
+    precision = precision_for(device) if autocast is not None else "fp32"
+    tag = data.manifest["fingerprint"] + ("" if view is None else f"/view{view}") + ("" if precision == "fp32" else "/bf16")
     cache = EmbeddingCache.for_model(folder, model, tag, len(data.index))
     todo = cache.missing(rows)
     if not todo:

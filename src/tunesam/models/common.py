@@ -1,9 +1,25 @@
-"""Small layers shared by the SAM family: channel LayerNorm, transformer MLPs."""
+"""Small layers shared by the SAM family: channel LayerNorm, transformer MLPs, attention."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Scaled dot-product attention, ``B x heads x N x d``; ``bias`` is added to the scores
+    (``1 x heads x N x N`` or full: a 3-D mask sends SDPA to its math kernel on the CPU).
+
+    On the CPU it runs in float32 even under bf16 autocast: there the fused kernel's backward
+    is several times slower in bf16 than in float32 (torch 2.13), while the projections
+    around it gain from bf16. The result has the inputs' dtype."""
+    dtype = q.dtype
+    if q.device.type == "cpu":
+        with torch.autocast("cpu", enabled=False):
+            out = F.scaled_dot_product_attention(
+                q.float(), k.float(), v.float(), attn_mask=None if bias is None else bias.float())
+        return out.to(dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias.to(dtype))
 
 
 class LayerNorm2d(nn.Module):

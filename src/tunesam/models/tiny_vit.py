@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from tunesam.models.common import make_neck
+from tunesam.models.common import attention, make_neck
 
 
 class Conv2d_BN(nn.Sequential):  # noqa: N801 - official module name, part of the key path
@@ -80,6 +80,11 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.seq(x)
+
+
+# Frozen leading stages through a fused copy (TinyViT.forward); off only to measure it
+# (``tunesam bench --baseline eager-fp32``).
+FUSED_FROZEN_PREFIX = True
 
 
 def fuse_for_inference(module: nn.Module) -> nn.Module:
@@ -196,8 +201,10 @@ class Attention(nn.Module):
         qkv = self.qkv(self.norm(x)).view(b, n, self.num_heads, -1)
         q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], dim=3)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        # 1 x heads x N x N: a 3-D mask sends SDPA to its math kernel on the CPU, 3x slower
+        # than the fused one in training
+        bias = self.attention_biases[:, self.attention_bias_idxs].unsqueeze(0)
+        out = attention(q, k, v, bias)
         return self.proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
@@ -412,22 +419,32 @@ class TinyViT(nn.Module):
         return n
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """In training, the frozen stem and leading stages (LoRA and adapters train attention
-        blocks only, so the convolutional first stage has nothing to train) run through a
-        fused copy without autograd: batch norms folded, channels-last. Their batch norms are
-        in eval mode in training too (:meth:`SamSegmenter.train`), so the result is the same
-        to float rounding; the copy is made again at each ``train()``."""
-        if self.training and torch.is_grad_enabled():
-            prefix = self.__dict__.get("_frozen_prefix")
-            if prefix is None:
-                n = self.frozen_stages()
-                prefix = (fuse_for_inference(nn.Sequential(self.patch_embed, *self.layers[:n])), n) if n else (None, 0)
-                object.__setattr__(self, "_frozen_prefix", prefix)
-            if prefix[0] is not None:
-                with torch.no_grad():
-                    y = prefix[0](x.contiguous(memory_format=torch.channels_last))
-                return self.trunk(y.contiguous(), start=prefix[1])
+        """The frozen stem and leading stages (LoRA and adapters train attention blocks only,
+        so the convolutional first stage has nothing to train) run through a fused copy
+        without autograd: batch norms folded, channels-last. Their batch norms are in eval mode
+        in training too (:meth:`SamSegmenter.train`), so the result is the same to float
+        rounding, in training and validation alike. The copy is made again at each ``train()``
+        or ``eval()``, and when a weight or buffer changed or was frozen or unfrozen since
+        (loaded weights, a new strategy)."""
+        if not FUSED_FROZEN_PREFIX:
+            return self.trunk(self.embed(x))
+        state = self._weights_state()
+        prefix = self.__dict__.get("_frozen_prefix")
+        if prefix is None or prefix[2] != state:
+            n = self.frozen_stages()
+            copy = fuse_for_inference(nn.Sequential(self.patch_embed, *self.layers[:n])) if n else None
+            prefix = (copy, n, state)
+            object.__setattr__(self, "_frozen_prefix", prefix)
+        if prefix[0] is not None:
+            with torch.no_grad():
+                y = prefix[0](x.contiguous(memory_format=torch.channels_last))
+            return self.trunk(y.contiguous(), start=prefix[1])
         return self.trunk(self.embed(x))
+
+    def _weights_state(self) -> tuple:
+        """What the fused prefix depends on: every tensor's storage, in-place version and
+        whether it trains (``_version`` counts in-place writes, ``load_state_dict`` included)."""
+        return tuple((t.data_ptr(), t._version, t.requires_grad) for t in (*self.parameters(), *self.buffers()))
 
     def train(self, mode: bool = True) -> TinyViT:
         self.__dict__.pop("_frozen_prefix", None)  # what is frozen may have changed

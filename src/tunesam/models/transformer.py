@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from tunesam.models.common import MLPBlock
+from tunesam.models.common import MLPBlock, attention
 
 
 class Attention(nn.Module):
@@ -31,7 +30,7 @@ class Attention(nn.Module):
         q = self._heads(self.q_proj(q))
         k = self._heads(self.k_proj(k))
         v = self._heads(self.v_proj(v))
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = attention(q, k, v)
         b, _, n, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, self.internal_dim))
 

@@ -11,6 +11,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 class LoRALinear(nn.Module):
@@ -53,14 +54,26 @@ class LoRALinear(nn.Module):
         """The update ``scaling * B A`` for one target, ``rows x in_features``."""
         return self.scaling * self.lora_B[name] @ self.lora_A[name]
 
+    def _stacked(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every target's update as one pair: A ``(targets * rank) x in`` and B
+        ``out x (targets * rank)``, each target's B in its own rows and columns, zeros elsewhere.
+        The update is then two small dense products on the activations, with no scatter
+        into the output's columns (an ``index_add`` along the last dimension, and its
+        gather in backward, cost more than the rest of the layer on a CPU)."""
+        a = torch.cat([self.lora_A[name] for name in self._targets])
+        blocks = []
+        for name in self._targets:
+            b, rows = self.lora_B[name], self._rows(name)
+            if rows is not None:
+                b = b.new_zeros(self.base_layer.out_features, self.rank).index_copy(0, rows, b)
+            blocks.append(b)
+        return a, torch.cat(blocks, dim=1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)
-        for name in self._targets:
-            delta = (x @ self.lora_A[name].t().to(x.dtype)) @ self.lora_B[name].t().to(x.dtype)
-            delta = (self.scaling * delta).to(out.dtype)
-            rows = self._rows(name)
-            out = out + delta if rows is None else out.index_add(-1, rows, delta)
-        return out
+        a, b = self._stacked()
+        delta = F.linear(F.linear(x, a.to(x.dtype)), (self.scaling * b).to(x.dtype))
+        return out + delta.to(out.dtype)
 
     def merged_weight(self) -> torch.Tensor:
         """``base_layer.weight`` with every update folded in."""
