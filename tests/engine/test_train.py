@@ -378,3 +378,33 @@ def test_cpu_time_warning_once_per_process_and_table3_measurements(prepared: Pat
     assert summary["epochs_run"] == 2
     assert 0 < summary["trainable_params"] < summary["total_params"]
     assert summary["seconds_per_step"] > 0 and summary["device"] == "cpu"
+
+
+def test_bf16_on_the_cpu_trains_under_autocast_and_learns_as_float32(prepared: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the CPU has native bf16 training uses autocast (forced here, so that the test means
+    the same on every CPU): its losses and validation DSC follow the float32 run's."""
+    from tunesam.models.segmenter import SamSegmenter
+
+    seen: list[bool] = []
+    forward = SamSegmenter.forward
+
+    def spy(self: SamSegmenter, *args: object, **kwargs: object) -> torch.Tensor:
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(SamSegmenter, "forward", spy)
+    rows = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv("TUNESAM_CPU_BF16", flag)
+        seen.clear()
+        cfg = TrainConfig(data=str(prepared), out=str(tmp_path / flag), arch="litemedsam_test",
+                          tune="encoder-decoder", method="lora", image_size=64, epochs=6, batch_size=4, lr=2e-3,
+                          warmup=5, device="cpu", num_workers=0, patience=0)
+        rows[flag] = _rows(train(cfg))
+        assert seen and all(seen) == (flag == "1") and any(seen) == (flag == "1")
+    for a, b in zip(rows["0"], rows["1"], strict=True):
+        assert float(b["train_loss"]) == pytest.approx(float(a["train_loss"]), rel=0.05)
+    assert float(rows["1"][-1]["val_dsc"]) == pytest.approx(float(rows["0"][-1]["val_dsc"]), abs=5)
+    # it learned (the loss fell by 14%), so that following it means something
+    assert float(rows["0"][-1]["train_loss"]) < 0.9 * float(rows["0"][0]["train_loss"])
