@@ -1,7 +1,8 @@
 """Real ``tunesam train`` epochs of LiteMedSAM encoder+decoder LoRA and adapters on the CPU:
 the code at ``--before`` (a git revision, checked out into a temporary worktree) against the
-working tree, in float32 and with bf16 autocast, interleaved so that load on the machine hits
-every variant alike.
+working tree, in float32 and with bf16 autocast, one after the other for each method (a real
+epoch is minutes long: each variant runs once, back to back, so that the machine's load drifts
+little between them).
 
     python benchmarks/cpu_epoch.py --data work/mni152 --before 69bc64f --epochs 1
 

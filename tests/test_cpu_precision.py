@@ -30,10 +30,16 @@ def test_a_bad_override_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
         D.precision_for(torch.device("cpu"))
 
 
-def test_native_bf16_is_read_from_the_cpu_flags() -> None:
-    D.cpu_has_native_bf16.cache_clear()
-    flags = open("/proc/cpuinfo").read() if __import__("os").path.exists("/proc/cpuinfo") else ""
-    assert D.cpu_has_native_bf16() == any(f in flags.split() for f in ("amx_bf16", "avx512_bf16"))
+SAPPHIRE = "processor\t: 0\nflags\t\t: fpu sse2 avx512f amx_bf16 amx_tile avx512_bf16\nbugs\t\t: spectre_v1\n"
+ZEN3 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 sha_ni\nbugs\t\t: sysret_ss_attrs\n"
+COOPER = "flags : fpu avx512f avx512_bf16\n"
+ARM = "processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\nCPU implementer\t: 0x41\n"
+
+
+@pytest.mark.parametrize(("text", "native"), [(SAPPHIRE, True), (ZEN3, False), (COOPER, True), (ARM, False),
+                                              ("", False), ("flags\t: avx512f\nbugs : amx_bf16\n", False)])
+def test_native_bf16_is_read_from_the_flags_line(text: str, native: bool) -> None:
+    assert D.native_bf16_in(text) is native
 
 
 @pytest.mark.parametrize("cast", [True, False])

@@ -202,7 +202,7 @@ def measure_speeds(row: Row, speeds: list[Speed], device: torch.device, warmup: 
                 results[k][part] = figures
         for k, _, sizes in built:
             results[k].update(sizes)
-        del built, calls
+        del built, calls, call  # the loop's last closure holds a model too
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return results

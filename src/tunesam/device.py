@@ -21,16 +21,23 @@ CPU_BF16_ENV = "TUNESAM_CPU_BF16"
 _NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
+def native_bf16_in(cpuinfo: str) -> bool:
+    """Whether a Linux ``/proc/cpuinfo`` text lists AMX or AVX512-BF16 among its x86 ``flags``
+    (Intel since Sapphire Rapids / Cooper Lake, AMD since Zen 4). ARM CPUs list ``Features``
+    instead: their bf16 is left out (float32 there)."""
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines()
+                  if line.split(":", 1)[0].strip() == "flags" and ":" in line), [])
+    return any(f in flags for f in _NATIVE_BF16_FLAGS)
+
+
 @functools.cache
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AMX or AVX512-BF16: Intel since Sapphire
-    Rapids / Cooper Lake, AMD since Zen 4), from Linux's ``/proc/cpuinfo``; False elsewhere."""
+    """Whether this CPU computes bf16 natively, from Linux's ``/proc/cpuinfo``; False where
+    there is none (macOS, Windows)."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        return native_bf16_in(Path("/proc/cpuinfo").read_text())
     except OSError:
         return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return any(f in flags for f in _NATIVE_BF16_FLAGS)
 
 
 def cpu_bf16() -> bool:

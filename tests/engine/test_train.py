@@ -408,3 +408,23 @@ def test_bf16_on_the_cpu_trains_under_autocast_and_learns_as_float32(prepared: P
     assert float(rows["1"][-1]["val_dsc"]) == pytest.approx(float(rows["0"][-1]["val_dsc"]), abs=5)
     # it learned (the loss fell by 14%), so that following it means something
     assert float(rows["0"][-1]["train_loss"]) < 0.9 * float(rows["0"][0]["train_loss"])
+
+
+def test_a_paused_run_goes_on_to_the_same_weights_as_an_unpaused_one(prepared: Path, tmp_path: Path) -> None:
+    """``until`` (what tunesam auto's rungs use): training stops after that many epochs of the
+    run's own schedule, without summary.json, and a resume continues the same schedule."""
+    common = dict(data=str(prepared), arch="vit_t_test", tune="encoder-decoder", method="vanilla", image_size=64,
+                  epochs=4, batch_size=4, lr=2e-3, warmup=5, device="cpu", num_workers=0, patience=0)
+    full = train(TrainConfig(out=str(tmp_path / "full"), **common))
+    paused = TrainConfig(out=str(tmp_path / "paused"), **common)
+    run = train(paused, until=1)
+    assert len(_rows(run)) == 1 and not (run / "summary.json").exists() and (run / "last.pt").is_file()
+    train(paused, resume=True, until=3)
+    assert len(_rows(run)) == 3 and not (run / "summary.json").exists()
+    train(paused, resume=True)
+    assert len(_rows(run)) == 4 and (run / "summary.json").is_file()
+    a, b = load_file(str(full / "weights" / "last.safetensors")), load_file(str(run / "weights" / "last.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["lr"] for r in _rows(full)] == [r["lr"] for r in _rows(run)]  # one schedule, 4 epochs long
+    with pytest.raises(ValueError, match="until must be at least 1"):
+        train(TrainConfig(out=str(tmp_path / "bad"), **common), until=0)

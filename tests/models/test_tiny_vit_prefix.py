@@ -68,3 +68,43 @@ def test_the_prefix_follows_loaded_weights_and_freezing_in_eval_too() -> None:
             p.requires_grad_(True)
         enc(x)
         assert enc.__dict__["_frozen_prefix"][0] is None  # the stem trains now: no prefix
+
+
+def test_the_prefix_is_built_once_while_the_trained_stages_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LoRA's weights change every optimiser step; the frozen stages it copies do not."""
+    from tunesam.models import tiny_vit
+
+    built = []
+    real = tiny_vit.fuse_for_inference
+    monkeypatch.setattr(tiny_vit, "fuse_for_inference", lambda m: built.append(1) or real(m))
+    torch.manual_seed(0)
+    model = build_sam("litemedsam_test", image_size=64)
+    apply_strategy(model, Strategy("encoder-decoder", "lora"))
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    x = torch.rand(2, 3, 64, 64) * 255
+    for _ in range(4):
+        model(x).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+    assert len(built) == 1
+    model.eval()
+    with torch.no_grad():
+        model(x)
+        model(x)
+    assert len(built) == 2  # once more after eval(), then reused
+
+
+def test_no_prefix_in_a_whole_fused_copy_nor_for_inputs_that_need_gradients() -> None:
+    torch.manual_seed(0)
+    model = build_sam("litemedsam_test", image_size=64)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval().use_inference_encoder()
+    with torch.no_grad():
+        model.encode(torch.rand(1, 3, 64, 64) * 255)
+    fused = model.__dict__["_inference_encoder"]
+    assert "_frozen_prefix" not in fused.__dict__  # the copy is fused as a whole already
+    x = torch.randn(1, 3, 64, 64, requires_grad=True)
+    model.image_encoder(x).sum().backward()  # e.g. a saliency map: the input's gradient must flow
+    assert x.grad is not None and x.grad.abs().sum() > 0

@@ -386,7 +386,10 @@ class NnUNetKind(RunKind):
             dataclasses.replace(cfg, epochs=cfg.epochs or 1000).with_recipe(iterations=True), pixel_norm="nnunet",
             pixel_norm_rule="nnU-Net's own (planned)", interpolation=cfg.interpolation or "bilinear")
 
-    def train(self, cfg: TrainConfig, resume: bool = False, progress: bool | None = None) -> Path:
+    def train(self, cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
+              until: int | None = None) -> Path:
+        if until is not None:
+            raise ValueError("an nnU-Net run cannot pause after a number of epochs (nnU-Net keeps its own loop)")
         return train_nnunet(cfg, resume)
 
     def resumable(self, folder: Path) -> bool:  # nnU-Net keeps its own state from the start

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from tunesam.cli import bench, data, evaluate, info, pretrain, study, train
+from tunesam.device import cpu_bf16
 
 VERBS = (info.add_info, data.add, train.add_train, train.add_baseline, study.add, evaluate.add_evaluate,
          evaluate.add_predict, evaluate.add_export, pretrain.add, bench.add, info.add_demo)  # `tunesam --help`'s order
@@ -31,6 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(study.shorthand(list(sys.argv[1:] if argv is None else argv)))
     try:
+        cpu_bf16()  # a bad TUNESAM_CPU_BF16 is named before anything is written
         return int(args.func(args))
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"tunesam {args.command}: error: {exc}", file=sys.stderr)

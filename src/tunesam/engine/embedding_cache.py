@@ -153,7 +153,7 @@ def fill_embedding_cache(model: SamSegmenter, data: PreparedData, folder: str | 
     ``view`` (0, 1, ...) embeds that augmented view of each slice instead of the plain image
     (:func:`view_of`). ``batch_size`` defaults to 1 on the CPU (larger batches were slower per
     slice there) and 8 on a GPU."""
-    # bf16 and float32 embeddings differ in their last bits: never mixed in one cache
+    # bf16 embeddings differ from float32 ones at bf16's rounding (~1e-2 relative): never mixed in one cache
     precision = precision_for(device) if autocast is not None else "fp32"
     tag = data.manifest["fingerprint"] + ("" if view is None else f"/view{view}") + ("" if precision == "fp32" else "/bf16")
     cache = EmbeddingCache.for_model(folder, model, tag, len(data.index))

@@ -3,7 +3,7 @@
 A :class:`Task` says what differs between objectives (fine-tuning in each mode, the MONAI
 baselines, SupSAM, MAE): the module trained, its optimiser, data, loss, validation and what
 the run keeps after an epoch. The loop owns the rest: epochs, gradient accumulation, bf16
-autocast on CUDA, DDP, early stopping on the validation metric, ``log.csv``, progress,
+autocast (on CUDA, and on a CPU with native bf16: :func:`tunesam.device.autocast_for`), DDP, early stopping on the validation metric, ``log.csv``, progress,
 ``curves.png``, ``last.pt`` and resume, and ``summary.json``. On the CPU a resumed run
 reproduces the uninterrupted one exactly: every random choice is a function of (seed, epoch,
 item), and ``last.pt`` restores the RNG.
@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from tunesam.device import autocast_for
+from tunesam.device import autocast_for, precision_for
 from tunesam.engine import distributed as D
 from tunesam.engine.run_folder import State, load_state, plot_curves, save_state, started, write_log
 from tunesam.io import write_json
@@ -234,15 +234,20 @@ def _write_summary(run: Path, task: Task, state: State, device: torch.device) ->
         "trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
         "seconds_per_step": state.seconds_per_step,  # over every session of a resumed run
         "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
-        "device": str(device), **task.summary(state),
+        "device": str(device), "precision": "bf16 autocast" if precision_for(device) == "bf16" else "fp32",
+        **task.summary(state),
     })
 
 
 def fit(task: Task, run: Path, schedule: Schedule, ctx: D.Context, device: torch.device, resume: bool = False,
-        progress: bool | None = None, describe: str = "") -> State:
+        progress: bool | None = None, describe: str = "", until: int | None = None) -> State:
     """Train ``task`` into ``run`` (whose files rank 0 writes; the folder is prepared by the
     caller); ``resume`` continues from ``last.pt``. ``describe``: the opening log line's
-    account of the data."""
+    account of the data. ``until``: pause after that many epochs of the schedule: the run
+    keeps ``last.pt`` and its log but gets no ``summary.json`` (it has not finished), and a
+    later call with ``resume`` goes on with the same schedule."""
+    if until is not None and until < 1:
+        raise ValueError(f"until must be at least 1 epoch, got {until}")
     train_loader = loader(task.train_set, schedule, ctx, device, True, task.collate)
     val_loader = loader(task.val_set, schedule, ctx, device, False, task.collate)
     if resume and not started(run):
@@ -271,7 +276,9 @@ def fit(task: Task, run: Path, schedule: Schedule, ctx: D.Context, device: torch
     first_epoch = state.epoch  # of this process (a resumed run starts later)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    for epoch in range(first_epoch, epochs):
+    last = epochs if until is None else min(epochs, until)
+    stopped = False
+    for epoch in range(first_epoch, last):
         t0 = time.perf_counter()
         bar.set_description(f"epoch {epoch + 1}/{epochs}")
         losses, lr = _train_epoch(task, net, train_loader, state, epoch, epoch == first_epoch, total, ctx, device,
@@ -302,10 +309,16 @@ def fit(task: Task, run: Path, schedule: Schedule, ctx: D.Context, device: torch
         if stop:
             if ctx.is_main:
                 say(state.stop_message(int(schedule.patience or 0), task.metric))
+            stopped = True
             break
     bar.close()
     if writer is not None:
         writer.close()
+    if not stopped and state.epoch < epochs:  # paused (until): not finished, no summary
+        if ctx.is_main:
+            plot_curves(run, state.rows, task.metric)
+            log.info("%s: paused after epoch %d of %d (resume goes on)", run, state.epoch, epochs)
+        return state
     if ctx.is_main:
         if state.rows and last_plot == -math.inf:  # resumed after its last epoch: its curves and figure again
             plot_curves(run, state.rows, task.metric)

@@ -140,10 +140,10 @@ def finetune_task(cfg: TrainConfig, model: torch.nn.Module, data: PreparedData, 
 
 
 def finetune(cfg: TrainConfig, build: Callable[[TrainConfig, int], torch.nn.Module], resume: bool = False,
-             progress: bool | None = None) -> Path:
+             progress: bool | None = None, until: int | None = None) -> Path:
     """Fine-tune the model ``build(cfg, num_classes)`` makes, as the resolved ``cfg`` says;
     returns the run folder. ``progress``: the tqdm bar (``None``: when stderr is a terminal;
-    ``False``: never, ``--quiet``)."""
+    ``False``: never, ``--quiet``). ``until``: pause after that many epochs (see :func:`fit`)."""
     with D.session(cfg.device) as (ctx, device), owned(cfg.out, "run", take=ctx.is_main):
         run = prepare_training(cfg, resume)
         if ctx.distributed:  # every rank checks the folder before rank 0 writes into it
@@ -174,5 +174,5 @@ def finetune(cfg: TrainConfig, build: Callable[[TrainConfig, int], torch.nn.Modu
                 cache = fill(False)
         task = finetune_task(cfg, model, data, ctx, device, cache, sets)
         fit(task, run, schedule_of(cfg), ctx, device, resume, progress,
-            describe=f"{len(sets[0])} train / {len(sets[1])} val slices")
+            describe=f"{len(sets[0])} train / {len(sets[1])} val slices", until=until)
         return run

@@ -95,11 +95,13 @@ class RunKind:
         """The model to fine-tune (for kinds trained by tunesam's own loop)."""
         raise NotImplementedError(f"{self.name} does not build a model for tunesam's loop")
 
-    def train(self, cfg: TrainConfig, resume: bool = False, progress: bool | None = None) -> Path:
-        """Train the resolved ``cfg`` into ``cfg.out``: by default tunesam's fine-tuning loop."""
+    def train(self, cfg: TrainConfig, resume: bool = False, progress: bool | None = None,
+              until: int | None = None) -> Path:
+        """Train the resolved ``cfg`` into ``cfg.out``: by default tunesam's fine-tuning loop.
+        ``until``: pause after that many epochs of the run's schedule (``resume`` goes on)."""
         from tunesam.engine.trainer import finetune
 
-        return finetune(cfg, self.build, resume, progress)
+        return finetune(cfg, self.build, resume, progress, until)
 
     def resumable(self, folder: Path) -> bool:
         """Whether the run in ``folder`` (its training interrupted) can continue with
@@ -190,11 +192,13 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     return kind_of(cfg.arch).resolve(cfg)
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None) -> Path:
+def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None, until: int | None = None) -> Path:
     """``tunesam train`` (and ``baseline``): train ``cfg`` by its kind; returns the run folder.
-    ``progress``: the tqdm bar (``None``: when stderr is a terminal; ``False``: never)."""
+    ``progress``: the tqdm bar (``None``: when stderr is a terminal; ``False``: never).
+    ``until``: pause after that many epochs of the run's schedule, without its summary; a
+    later ``resume`` continues the same schedule (``tunesam auto`` trains its trials so)."""
     kind = kind_of(cfg.arch)
-    return kind.train(kind.resolve(cfg), resume, progress)
+    return kind.train(kind.resolve(cfg), resume, progress, until)
 
 
 def load_run_model(run: Run, which: str = "best", device: str | torch.device = "cpu") -> Any:

@@ -6,20 +6,22 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None,
+              scale: float | None = None) -> torch.Tensor:
     """Scaled dot-product attention, ``B x heads x N x d``; ``bias`` is added to the scores
     (``1 x heads x N x N`` or full: a 3-D mask sends SDPA to its math kernel on the CPU).
 
-    On the CPU it runs in float32 even under bf16 autocast: there the fused kernel's backward
-    is several times slower in bf16 than in float32 (torch 2.13), while the projections
-    around it gain from bf16. The result has the inputs' dtype."""
+    On the CPU half-precision inputs (bf16 autocast) are attended in float32, with autocast
+    off: there the fused kernel's backward is several times slower in bf16 than in float32
+    (torch 2.13), while the projections around it gain from bf16. The result has the inputs'
+    dtype. Elsewhere, and for float32 or float64 inputs, SDPA as it is."""
     dtype = q.dtype
-    if q.device.type == "cpu":
+    if q.device.type == "cpu" and dtype in (torch.bfloat16, torch.float16):
         with torch.autocast("cpu", enabled=False):
-            out = F.scaled_dot_product_attention(
-                q.float(), k.float(), v.float(), attn_mask=None if bias is None else bias.float())
+            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(),
+                                                 attn_mask=None if bias is None else bias.float(), scale=scale)
         return out.to(dtype)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias.to(dtype))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias.to(dtype), scale=scale)
 
 
 class LayerNorm2d(nn.Module):

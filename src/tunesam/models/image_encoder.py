@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from tunesam.models.common import MLPBlock, make_neck
+from tunesam.models.common import MLPBlock, attention, make_neck
 
 
 class PatchEmbed(nn.Module):
@@ -121,7 +121,7 @@ class Attention(nn.Module):
         bias_h, bias_w = self._rel_pos_terms(q, h, w)
         if not REL_POS_IN_QK:
             bias = (bias_h.unflatten(2, (h, w))[..., :, None] + bias_w.unflatten(2, (h, w))[..., None, :])
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.reshape(*q.shape[:2], h * w, h * w))
+            return attention(q, k, v, bias.reshape(*q.shape[:2], h * w, h * w))
         rows = torch.arange(h, device=q.device).repeat_interleave(w)
         cols = torch.arange(w, device=q.device).repeat(h)
         keys = torch.cat([F.one_hot(rows, h), F.one_hot(cols, w)], 1).to(k.dtype)
@@ -130,7 +130,7 @@ class Attention(nn.Module):
         pad = -qa.shape[-1] % 8  # fused kernels want head sizes in multiples of 8
         if pad:
             qa, ka = F.pad(qa, (0, pad)), F.pad(ka, (0, pad))
-        return F.scaled_dot_product_attention(qa, ka, v, scale=1.0)
+        return attention(qa, ka, v, scale=1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, c = x.shape
@@ -139,7 +139,7 @@ class Attention(nn.Module):
         if self.use_rel_pos:
             out = self._attend_rel_pos(q, k, v, h, w)
         else:
-            out = F.scaled_dot_product_attention(q, k, v)
+            out = attention(q, k, v)
         out = out.transpose(1, 2).reshape(b, h, w, c)
         return self.proj(out)
 

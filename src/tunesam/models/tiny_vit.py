@@ -105,6 +105,9 @@ def fuse_for_inference(module: nn.Module) -> nn.Module:
     fold(out)
     for p in out.parameters():
         p.requires_grad_(False)
+    for m in out.modules():  # a fused copy is frozen as a whole: no fused prefix of its own
+        if isinstance(m, TinyViT):
+            object.__setattr__(m, "_fused_copy", True)
     return out.to(memory_format=torch.channels_last)
 
 
@@ -423,15 +426,19 @@ class TinyViT(nn.Module):
         so the convolutional first stage has nothing to train) run through a fused copy
         without autograd: batch norms folded, channels-last. Their batch norms are in eval mode
         in training too (:meth:`SamSegmenter.train`), so the result is the same to float
-        rounding, in training and validation alike. The copy is made again at each ``train()``
-        or ``eval()``, and when a weight or buffer changed or was frozen or unfrozen since
-        (loaded weights, a new strategy)."""
-        if not FUSED_FROZEN_PREFIX:
+        rounding (under autocast, to its rounding), in training and validation alike. The copy
+        is made again at each ``train()`` or ``eval()``, and when a weight or buffer it copies
+        changed, or a stage was frozen or unfrozen, since (loaded weights, a new strategy): not
+        when the trained stages step. Not for inputs that need their own gradient, nor in a copy
+        that is fused as a whole (:meth:`SamSegmenter.use_inference_encoder`)."""
+        if not FUSED_FROZEN_PREFIX or self.__dict__.get("_fused_copy") or x.requires_grad:
             return self.trunk(self.embed(x))
-        state = self._weights_state()
+        try:
+            n, state = self._prefix_state()
+        except RuntimeError:  # inference tensors have no version to tell a change by
+            return self.trunk(self.embed(x))
         prefix = self.__dict__.get("_frozen_prefix")
         if prefix is None or prefix[2] != state:
-            n = self.frozen_stages()
             copy = fuse_for_inference(nn.Sequential(self.patch_embed, *self.layers[:n])) if n else None
             prefix = (copy, n, state)
             object.__setattr__(self, "_frozen_prefix", prefix)
@@ -441,10 +448,15 @@ class TinyViT(nn.Module):
             return self.trunk(y.contiguous(), start=prefix[1])
         return self.trunk(self.embed(x))
 
-    def _weights_state(self) -> tuple:
-        """What the fused prefix depends on: every tensor's storage, in-place version and
-        whether it trains (``_version`` counts in-place writes, ``load_state_dict`` included)."""
-        return tuple((t.data_ptr(), t._version, t.requires_grad) for t in (*self.parameters(), *self.buffers()))
+    def _prefix_state(self) -> tuple[int, tuple]:
+        """How many leading stages are frozen, and what their fused copy depends on: which
+        parameters train (of the stem and every stage but the last, as :meth:`frozen_stages`
+        reads), and the storage and in-place version (``_version`` counts in-place writes,
+        ``load_state_dict`` included) of each tensor the copy is made of."""
+        n = self.frozen_stages()
+        flags = tuple(p.requires_grad for m in (self.patch_embed, *self.layers[:-1]) for p in m.parameters())
+        copied = [t for m in (self.patch_embed, *self.layers[:n]) for t in (*m.parameters(), *m.buffers())]
+        return n, (flags, tuple((t.data_ptr(), t._version) for t in copied))
 
     def train(self, mode: bool = True) -> TinyViT:
         self.__dict__.pop("_frozen_prefix", None)  # what is frozen may have changed

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from tunesam.models.common import attention
 from tunesam.models.image_encoder import Block, ImageEncoderViT
 from tunesam.models.segmenter import SamSegmenter
 
@@ -128,7 +129,7 @@ def _global_block(blk: Block, x: torch.Tensor, rows: torch.Tensor, cols: torch.T
             scores = q @ table.to(q.dtype).t()  # B x heads x N x T
             index = _clamped_index(pos, table.shape[0])[:, None].expand(-1, attn.num_heads, -1, -1)
             bias = bias + scores.gather(-1, index)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    out = attention(q, k, v, bias)
     x = x + attn.proj(out.transpose(1, 2).reshape(b, n, c))
     return x + blk.mlp(blk.norm2(x))
 

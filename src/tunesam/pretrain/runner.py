@@ -236,7 +236,7 @@ def _pretrain(cfg: PretrainConfig, resume: bool, ctx: D.Context, device: torch.d
         return {"objective": cfg.objective, "checkpoint": CHECKPOINT,
                 "checkpoint_epoch": state.best_epoch if obj.keep == "best" else state.epoch,
                 "effective_batch": cfg.effective_batch(ctx.world),
-                "precision": "bf16 autocast" if device.type == "cuda" else "fp32", **obj.notes}
+                **obj.notes}
 
     task = F.Task(net=obj.net, optimizer=opt, train_set=obj.train_set, val_set=obj.val_set, loss=obj.loss,
                   validate=validate, lr=obj.lr, save=save, weights=obj.net.state_dict, metric=obj.metric,

@@ -82,11 +82,15 @@ def _measure(cell: Cell, out: Path) -> dict[str, Any]:
     step_s = (time.perf_counter() - t) / TIMED
     model.eval()
     with torch.no_grad(), autocast_for(device):
+        def forward() -> None:
+            if emb is not None:
+                model(None, embeddings=emb)
+            else:
+                model(batch["image"].to(device), valid=batch["valid"].to(device))
+
+        forward()  # a warm-up (and the fused copy of frozen stages, made once after eval())
         t = time.perf_counter()
-        if emb is not None:
-            model(None, embeddings=emb)
-        else:
-            model(batch["image"].to(device), valid=batch["valid"].to(device))
+        forward()
         fwd_s = (time.perf_counter() - t) / len(batch["image"])
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
