@@ -1,0 +1,47 @@
+"""A search trial is an ordinary run folder: trained in segments by ``tunesam train``'s own
+loop, paused at each rung, resumed for the next (the same schedule throughout)."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+from pathlib import Path
+
+from tunesam.auto.search import Candidate
+from tunesam.config import TrainConfig
+from tunesam.kinds import train
+
+
+def trial_config(candidate: Candidate, base: TrainConfig, folder: Path) -> TrainConfig:
+    """The candidate's run: ``base`` (data, schedule, device) with the candidate's options,
+    in ``folder / candidate.key``."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)} - {"data", "out"}
+    unexpected = sorted(set(candidate.options) - known)
+    if unexpected:
+        raise ValueError(f"candidate {candidate.key}: unexpected training options {', '.join(unexpected)}")
+    return dataclasses.replace(base, out=str(folder / candidate.key), **candidate.options)
+
+
+def validation_curve(run: Path) -> list[float]:
+    """Validation DSC per epoch, from the run's ``log.csv``."""
+    log = run / "log.csv"
+    if not log.is_file():
+        return []
+    with log.open() as f:
+        return [float(r["val_dsc"]) for r in csv.DictReader(f)]
+
+
+def make_trainer(base: TrainConfig, folder: Path, progress: bool | None = False):  # noqa: ANN201 - a closure
+    """``train_to(candidate, epochs)`` for :func:`tunesam.auto.search.search`: the candidate's
+    run trained (or resumed) to ``epochs`` epochs of its schedule; its validation curve."""
+
+    def train_to(candidate: Candidate, epochs: int) -> list[float]:
+        cfg = trial_config(candidate, base, folder)
+        run = Path(cfg.out)
+        done = validation_curve(run)
+        if len(done) < epochs:
+            train(cfg, resume=(run / "last.pt").is_file(), progress=progress,
+                  until=None if epochs >= int(cfg.epochs or 0) else epochs)
+            done = validation_curve(run)
+        return done[:epochs]
+
+    return train_to
