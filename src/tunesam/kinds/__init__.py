@@ -198,7 +198,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool | None = None, 
     ``until``: pause after that many epochs of the run's schedule, without its summary; a
     later ``resume`` continues the same schedule (``tunesam auto`` trains its trials so)."""
     kind = kind_of(cfg.arch)
-    return kind.train(kind.resolve(cfg), resume, progress, until)
+    if until is None:  # a kind registered from outside may not know ``until``
+        return kind.train(kind.resolve(cfg), resume, progress)
+    return kind.train(kind.resolve(cfg), resume, progress, until=until)
 
 
 def load_run_model(run: Run, which: str = "best", device: str | torch.device = "cpu") -> Any:
