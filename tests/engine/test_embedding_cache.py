@@ -130,3 +130,20 @@ def test_a_run_trains_on_cached_views(prepared: Path, tmp_path: Path) -> None:
     assert open_run(run).config.cache_views == 2
     with pytest.raises(ValueError, match="cache-views"):
         TrainConfig(data="d", out="o", arch="vit_test", tune="decoder", method="lora", cache_views=2)
+
+
+def test_bf16_embeddings_have_their_own_cache_which_every_caller_shares(prepared: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The precision comes from the device (as training's and evaluation's autocast), so a
+    caller cannot fill a float32 cache that the others then miss."""
+    data = PreparedData.open(prepared)
+    model = _frozen()
+    rows = data.rows("train", include_empty=False)[:2]
+    fp32 = fill_embedding_cache(model, data, tmp_path, rows, torch.device("cpu"))
+    monkeypatch.setenv("TUNESAM_CPU_BF16", "1")
+    bf16 = fill_embedding_cache(model, data, tmp_path, rows, torch.device("cpu"))
+    assert bf16.folder != fp32.folder
+    assert not torch.equal(bf16.get([int(rows[0])]), fp32.get([int(rows[0])]))  # computed under bf16
+    torch.testing.assert_close(bf16.get([int(rows[0])]), fp32.get([int(rows[0])]), atol=0.1, rtol=0.05)
+    again = fill_embedding_cache(model, data, tmp_path, rows, torch.device("cpu"))
+    assert again.folder == bf16.folder and again.missing(rows) == []

@@ -22,7 +22,6 @@ passes per training slice once, and N times the disk.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -35,7 +34,7 @@ import numpy as np
 import torch
 
 from tunesam.data.augment import augment as augment_slice
-from tunesam.device import precision_for
+from tunesam.device import autocast_for, precision_for
 from tunesam.letterbox import letterbox_image, letterbox_shape
 from tunesam.data.store import PreparedData
 from tunesam.io import write_json
@@ -145,17 +144,17 @@ class CachedEmbeddings:
 
 
 def fill_embedding_cache(model: SamSegmenter, data: PreparedData, folder: str | Path, rows: Any,
-                         device: torch.device, autocast: contextlib.AbstractContextManager | None = None,
-                         verbose: bool = True, batch_size: int | None = None, view: int | None = None
+                         device: torch.device, verbose: bool = True, batch_size: int | None = None, view: int | None = None
                          ) -> EmbeddingCache:
     """``model``'s (frozen) encoder embeddings of store ``rows``: the missing ones are computed
     (letterboxed as the model sees its input) and written to the cache under ``folder``;
     ``view`` (0, 1, ...) embeds that augmented view of each slice instead of the plain image
     (:func:`view_of`). ``batch_size`` defaults to 1 on the CPU (larger batches were slower per
     slice there) and 8 on a GPU."""
-    # bf16 embeddings differ from float32 ones at bf16's rounding (~1e-2 relative): never mixed in one cache
-    precision = precision_for(device) if autocast is not None else "fp32"
-    tag = data.manifest["fingerprint"] + ("" if view is None else f"/view{view}") + ("" if precision == "fp32" else "/bf16")
+    # computed in the precision training and evaluation use on ``device`` (autocast_for); bf16
+    # embeddings differ from float32 ones at bf16's rounding (~1e-2 relative): never one cache
+    bf16 = precision_for(device) == "bf16"
+    tag = data.manifest["fingerprint"] + ("" if view is None else f"/view{view}") + ("/bf16" if bf16 else "")
     cache = EmbeddingCache.for_model(folder, model, tag, len(data.index))
     todo = cache.missing(rows)
     if not todo:
@@ -167,7 +166,7 @@ def fill_embedding_cache(model: SamSegmenter, data: PreparedData, folder: str | 
         slices = [data.slice(r)[0] if view is None else view_of(np.asarray(data.slice(r)[0]), r, view) for r in chunk]
         images = torch.stack([letterbox_image(s, size, model.interpolation) for s in slices]).to(device)
         valid = torch.tensor([letterbox_shape(*s.shape, size) for s in slices], device=device)
-        with torch.no_grad(), (autocast or contextlib.nullcontext()):
+        with torch.no_grad(), autocast_for(device):
             return model.encode(images, valid)
 
     from tqdm.auto import tqdm
@@ -188,12 +187,11 @@ def fill_embedding_cache(model: SamSegmenter, data: PreparedData, folder: str | 
 
 
 def fill_training_caches(model: SamSegmenter, data: PreparedData, folder: str | Path, train_rows: Any,
-                         val_rows: Any, views: int, device: torch.device,
-                         autocast: contextlib.AbstractContextManager | None = None, verbose: bool = True
+                         val_rows: Any, views: int, device: torch.device, verbose: bool = True
                          ) -> CachedEmbeddings:
     """What a decoder-only run trains on: plain embeddings of the validation slices (and of the
     training slices without ``views``), and ``views`` augmented views of each training slice."""
     plain_rows = val_rows if views else np.union1d(train_rows, val_rows)
-    plain = fill_embedding_cache(model, data, folder, plain_rows, device, autocast, verbose)
-    return CachedEmbeddings(plain, [fill_embedding_cache(model, data, folder, train_rows, device, autocast, verbose,
+    plain = fill_embedding_cache(model, data, folder, plain_rows, device, verbose)
+    return CachedEmbeddings(plain, [fill_embedding_cache(model, data, folder, train_rows, device, verbose,
                                                          view=v) for v in range(views)])

@@ -164,7 +164,7 @@ def finetune(cfg: TrainConfig, build: Callable[[TrainConfig, int], torch.nn.Modu
 
             def fill(verbose: bool) -> CachedEmbeddings:
                 return fill_training_caches(model, data, cfg.embedding_cache, sets[0].rows, sets[1].rows,  # type: ignore[arg-type]
-                                            cfg.cache_views, device, autocast_for(device), verbose)
+                                            cfg.cache_views, device, verbose)
 
             if ctx.is_main:  # one process computes, the others read
                 cache = fill(True)

@@ -171,7 +171,7 @@ def evaluate_model(
     cache = None
     if embedding_cache is not None:
         need = rows if mode == "auto" else rows[data.index["nonempty"][rows]]
-        cache = fill_embedding_cache(model, data, embedding_cache, need, dev, autocast_for(dev))
+        cache = fill_embedding_cache(model, data, embedding_cache, need, dev)
     known = all(c["geometry"].get("spacing_known", True) for c in data.manifest["cases"])
     result: dict[str, Any] = {
         "split": split, "mode": mode, "nsd_tolerance": tolerance, "nsd_unit": "mm" if known else "pixels",
