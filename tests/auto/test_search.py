@@ -105,3 +105,6 @@ def test_a_killed_search_resumes_where_it_stopped(tmp_path: Path) -> None:
     assert {k for k, _ in calls} == {"slow", "weak"}  # prior and steady were not trained again
     assert ("prior", 8) in done_before
     assert {t.key for t in result.trials} == {"prior", "steady", "slow", "weak"} and result.winner == "prior"
+    prior = next(t for t in result.trials if t.key == "prior")  # read back from the first session's storage
+    assert prior.state == "complete" and prior.rungs == {1: 40, 2: 50, 4: 58, 8: 62.5}
+    assert prior.curve == CURVES["prior"]

@@ -18,7 +18,3 @@ def parse_budget(text: str) -> float:
         raise ValueError(f"--budget must be more than 0, got {text!r}")
     return seconds
 
-
-def format_seconds(s: float) -> str:
-    return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.1f} min" if s >= 60 else f"{s:.0f} s"
-

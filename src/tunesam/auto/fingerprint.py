@@ -21,10 +21,14 @@ def _spread(values: list[float]) -> dict[str, float] | None:
     return {"median": float(statistics.median(values)), "min": float(min(values)), "max": float(max(values))}
 
 
+def foreground_classes(data: PreparedData) -> dict[int, str]:
+    return {int(k): v for k, v in data.manifest["labels"].items() if int(k) > 0}
+
+
 def object_sizes(data: PreparedData, rows: np.ndarray) -> dict[str, dict[str, Any]]:
     """Per foreground class, over the given slices: in how many it appears, and the fraction of
     the slice it covers where it does (median, min, max)."""
-    labels = {int(k): v for k, v in data.manifest["labels"].items() if int(k) > 0}
+    labels = foreground_classes(data)
     fractions: dict[int, list[float]] = {c: [] for c in labels}
     for r in rows:
         mask = np.asarray(data.slice(int(r))[1])
@@ -63,7 +67,7 @@ def fingerprint(folder: str | Path) -> dict[str, Any]:
     }
     if not data.unlabelled:
         train = data.rows("train", include_empty=data.trains_on_empty)
-        out["classes"] = {int(k): v for k, v in m["labels"].items() if int(k) > 0}
+        out["classes"] = foreground_classes(data)
         out["labelled_train_slices"] = int(len(train))
         out["object_size"] = object_sizes(data, train)
     return out

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from tunesam.auto.budget import format_seconds
+from tunesam.study.estimate import format_time
 
 # Per scenario: (tune, method) in order, the paper's optimum first (Table 4 names the
 # strategy; "prompt" keeps the user's prompt mode).
@@ -61,7 +61,7 @@ def plan_length(epoch_s: list[float], budget_s: float, reserve_s: float = 0.0, m
         if epochs >= min(shortest, max_epochs) or (n == 1 and epochs >= min_epochs):
             return Length(epochs, n, epochs * epoch_s[0] + rivals + reserve_s)
     need = min_epochs * epoch_s[0] + reserve_s
-    raise ValueError(f"the budget ({format_seconds(budget_s)}) cannot fit one short run of the paper's strategy: "
-                     f"{min_epochs} epoch(s) of it take about {format_seconds(min_epochs * epoch_s[0])} here, and the "
-                     f"test evaluation and export about {format_seconds(reserve_s)}; give at least "
+    raise ValueError(f"the budget ({format_time(budget_s)}) cannot fit one short run of the paper's strategy: "
+                     f"{min_epochs} epoch(s) of it take about {format_time(min_epochs * epoch_s[0])} here, and the "
+                     f"test evaluation and export about {format_time(reserve_s)}; give at least "
                      f"--budget {math.ceil(need / 60)}m")

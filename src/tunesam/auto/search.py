@@ -100,7 +100,6 @@ def search(candidates: list[Candidate], train_to: Callable[[Candidate, int], lis
     finished = {t.params["candidate"] for t in study.get_trials(deepcopy=False)
                 if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)}
     rungs = rung_epochs(min_epochs, eta, epochs)
-    records: dict[str, TrialRecord] = {}
 
     def objective(trial: optuna.Trial) -> float:
         cand = by_key[trial.suggest_categorical("candidate", list(by_key))]
@@ -110,7 +109,7 @@ def search(candidates: list[Candidate], train_to: Callable[[Candidate, int], lis
             if seconds_left is not None and seconds_left() - segment < reserve_s:
                 reason = (f"stopped by the budget before epochs {len(curve) + 1}-{target} "
                           f"(about {segment:.0f} s, {max(0.0, seconds_left() - reserve_s):.0f} s left)")
-                return _end(trial, cand, curve, reached, "budget", reason, t0, records)
+                return _end(trial, curve, reached, "budget", reason, t0)
             reported = len(curve)
             curve = list(train_to(cand, target))
             for epoch in range(reported + 1, len(curve) + 1):
@@ -120,27 +119,24 @@ def search(candidates: list[Candidate], train_to: Callable[[Candidate, int], lis
                 better = _better_at(study, trial.number, target, curve[-1])
                 reason = (f"pruned at epoch {target}: validation DSC {curve[-1]:.2f}, below the best 1/{eta} of the "
                           f"{better[1]} trial(s) that reached it (best {better[0]:.2f})")
-                _end(trial, cand, curve, reached, "pruned", reason, t0, records)
+                _end(trial, curve, reached, "pruned", reason, t0)
                 raise optuna.TrialPruned(reason)
-        return _end(trial, cand, curve, reached, "complete", f"trained to its full length ({epochs} epochs)", t0,
-                    records)
+        return _end(trial, curve, reached, "complete", f"trained to its full length ({epochs} epochs)", t0)
 
-    for c in candidates:
-        if c.key not in finished:
-            study.enqueue_trial({"candidate": c.key})
-    todo = sum(c.key not in finished for c in candidates)
+    todo = [c for c in candidates if c.key not in finished]
+    for c in todo:
+        study.enqueue_trial({"candidate": c.key})
     if todo:
-        study.optimize(objective, n_trials=todo, catch=())
-    return _result(study, by_key, records)
+        study.optimize(objective, n_trials=len(todo), catch=())
+    return _result(study, by_key)
 
 
-def _end(trial: Any, cand: Candidate, curve: list[float], reached: dict[int, float], state: str, reason: str,
-         t0: float, records: dict[str, TrialRecord]) -> float:
-    trial.set_user_attr("state", state)
-    trial.set_user_attr("reason", reason)
-    trial.set_user_attr("curve", curve)
-    trial.set_user_attr("seconds", time.perf_counter() - t0)
-    records[cand.key] = TrialRecord(cand.key, curve, reached, state, reason, time.perf_counter() - t0)
+def _end(trial: Any, curve: list[float], reached: dict[int, float], state: str, reason: str, t0: float) -> float:
+    """Record the trial's outcome in the storage (what :func:`_result` reads, in this
+    session or a later one); its value, the best validation DSC."""
+    for key, value in (("state", state), ("reason", reason), ("curve", curve),
+                       ("rungs", {str(e): v for e, v in reached.items()}), ("seconds", time.perf_counter() - t0)):
+        trial.set_user_attr(key, value)
     return max(curve) if curve else -math.inf
 
 
@@ -151,23 +147,13 @@ def _better_at(study: Any, number: int, epoch: int, value: float) -> tuple[float
     return (max(values) if values else value), len(values) + 1
 
 
-def _result(study: Any, by_key: dict[str, Candidate], records: dict[str, TrialRecord]) -> SearchResult:
-    import optuna
-
-    trials = []
-    for t in study.get_trials(deepcopy=False):
-        if t.state == optuna.trial.TrialState.FAIL:
-            continue
-        key = t.params.get("candidate")
-        if key not in by_key:
-            continue
-        rec = records.get(key)
-        if rec is None:  # from an earlier session: read back from the storage
-            curve = list(t.user_attrs.get("curve", []))
-            rec = TrialRecord(key, curve, {e: v for e, v in t.intermediate_values.items()},
-                              str(t.user_attrs.get("state", t.state.name.lower())), str(t.user_attrs.get("reason", "")),
-                              float(t.user_attrs.get("seconds", 0.0)))
-        trials.append(rec)
+def _result(study: Any, by_key: dict[str, Candidate]) -> SearchResult:
+    trials = [TrialRecord(t.params["candidate"], list(t.user_attrs.get("curve", [])),
+                          {int(e): v for e, v in t.user_attrs.get("rungs", {}).items()},
+                          str(t.user_attrs.get("state", "")), str(t.user_attrs.get("reason", "")),
+                          float(t.user_attrs.get("seconds", 0.0)))
+              for t in study.get_trials(deepcopy=False)
+              if "state" in t.user_attrs and t.params.get("candidate") in by_key]  # a failed trial ended nowhere
     complete = [r for r in trials if r.state == "complete" and r.curve]
     if not complete:
         return SearchResult(trials, None, "no candidate reached its full length within the budget")

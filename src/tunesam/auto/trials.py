@@ -2,12 +2,12 @@
 loop, paused at each rung, resumed for the next (the same schedule throughout)."""
 from __future__ import annotations
 
-import csv
 import dataclasses
 from pathlib import Path
 
 from tunesam.auto.search import Candidate
 from tunesam.config import TrainConfig
+from tunesam.engine.run_folder import read_log
 from tunesam.kinds import train
 
 
@@ -23,11 +23,7 @@ def trial_config(candidate: Candidate, base: TrainConfig, folder: Path) -> Train
 
 def validation_curve(run: Path) -> list[float]:
     """Validation DSC per epoch, from the run's ``log.csv``."""
-    log = run / "log.csv"
-    if not log.is_file():
-        return []
-    with log.open() as f:
-        return [float(r["val_dsc"]) for r in csv.DictReader(f)]
+    return [float(r["val_dsc"]) for r in read_log(run)]
 
 
 def make_trainer(base: TrainConfig, folder: Path, progress: bool | None = False):  # noqa: ANN201 - a closure

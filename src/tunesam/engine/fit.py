@@ -3,10 +3,11 @@
 A :class:`Task` says what differs between objectives (fine-tuning in each mode, the MONAI
 baselines, SupSAM, MAE): the module trained, its optimiser, data, loss, validation and what
 the run keeps after an epoch. The loop owns the rest: epochs, gradient accumulation, bf16
-autocast (on CUDA, and on a CPU with native bf16: :func:`tunesam.device.autocast_for`), DDP, early stopping on the validation metric, ``log.csv``, progress,
-``curves.png``, ``last.pt`` and resume, and ``summary.json``. On the CPU a resumed run
-reproduces the uninterrupted one exactly: every random choice is a function of (seed, epoch,
-item), and ``last.pt`` restores the RNG.
+autocast (on CUDA, and on a CPU with native bf16: :func:`tunesam.device.autocast_for`), DDP,
+early stopping on the validation metric, ``log.csv``, progress, ``curves.png``, ``last.pt``
+and resume, and ``summary.json``. On the CPU a resumed run reproduces the uninterrupted one
+exactly: every random choice is a function of (seed, epoch, item), and ``last.pt`` restores
+the RNG.
 """
 from __future__ import annotations
 

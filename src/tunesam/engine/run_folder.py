@@ -153,6 +153,15 @@ def write_preprocessing(run: Path, data: PreparedData) -> None:
     })
 
 
+def read_log(run: Path) -> list[dict[str, str]]:
+    """``log.csv``'s rows (strings, as written); none before the first epoch ends."""
+    log = Path(run) / "log.csv"
+    if not log.is_file():
+        return []
+    with log.open() as f:
+        return list(csv.DictReader(f))
+
+
 def write_log(run: Path, rows: list[dict[str, Any]], fields: list[str] = LOG_FIELDS) -> None:
     """``log.csv``: one row per epoch."""
     buf = io.StringIO()

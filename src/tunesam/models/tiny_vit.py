@@ -449,14 +449,14 @@ class TinyViT(nn.Module):
         return self.trunk(self.embed(x))
 
     def _prefix_state(self) -> tuple[int, tuple]:
-        """How many leading stages are frozen, and what their fused copy depends on: which
-        parameters train (of the stem and every stage but the last, as :meth:`frozen_stages`
-        reads), and the storage and in-place version (``_version`` counts in-place writes,
-        ``load_state_dict`` included) of each tensor the copy is made of."""
+        """How many leading stages are frozen, and what their fused copy depends on: that count
+        (freezing or unfreezing the stem or a stage up to the first trained one changes it;
+        what trains beyond does not matter here) and the storage and in-place version
+        (``_version`` counts in-place writes, ``load_state_dict`` included) of each tensor the
+        copy is made of. Cheap enough for every forward (stage 0's tensors only)."""
         n = self.frozen_stages()
-        flags = tuple(p.requires_grad for m in (self.patch_embed, *self.layers[:-1]) for p in m.parameters())
         copied = [t for m in (self.patch_embed, *self.layers[:n]) for t in (*m.parameters(), *m.buffers())]
-        return n, (flags, tuple((t.data_ptr(), t._version) for t in copied))
+        return n, tuple((t.data_ptr(), t._version) for t in copied)
 
     def train(self, mode: bool = True) -> TinyViT:
         self.__dict__.pop("_frozen_prefix", None)  # what is frozen may have changed

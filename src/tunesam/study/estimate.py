@@ -22,7 +22,8 @@ from tunesam.study.config import Cell
 WARM, TIMED = 1, 3
 
 
-def _fmt_time(s: float) -> str:
+def format_time(s: float) -> str:
+    """Seconds as a reader says them: ``45 s``, ``12.5 min``, ``2.1 h``."""
     return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.1f} min" if s >= 60 else f"{s:.0f} s"
 
 
@@ -150,14 +151,14 @@ def describe_plan(cells: list[Cell], status: dict[str, str], out: Path) -> str:
         total_s += secs
         total_b += disk
         lines.append(f"{cell.dataset + '/' + cell.key:<64}{st:>9}{steps:>8}{m['step_s']:>9.3f}"
-                     f"{_fmt_time(secs):>10}{_fmt_bytes(disk):>11}")
+                     f"{format_time(secs):>10}{_fmt_bytes(disk):>11}")
     for (dataset, arch, ckpt, _, views), (secs, size) in caches.items():
         name = f"embedding cache {dataset}/{arch}/{ckpt or 'random'}" + (f" +{views} views" if views else "")
         lines.append(f"{name:<64}"
-                     f"{'':>9}{'':>8}{'':>9}{_fmt_time(secs):>10}{_fmt_bytes(size):>11}")
+                     f"{'':>9}{'':>8}{'':>9}{format_time(secs):>10}{_fmt_bytes(size):>11}")
         total_s += secs
         total_b += size
-    lines.append(f"{len(cells)} cells; estimated {_fmt_time(total_s)} and {_fmt_bytes(total_b)} "
+    lines.append(f"{len(cells)} cells; estimated {format_time(total_s)} and {_fmt_bytes(total_b)} "
                  "(steps timed here after a warm-up; cells already done are not counted; a cache already "
                  "filled costs less)" + (f"; the {', '.join(sorted(untimed))} cells are not included: they train outside "
                                          "tunesam's loop (nnU-Net plans its own network and batch), so they are not "

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from tunesam.engine.run_folder import read_log
 from tunesam.io import atomic_write, write_json
 from tunesam.study.config import AUGMENTATION, WEIGHT_CLASSES, Cell
 from tunesam.study.recommend import missing_cells, recommend, scenario_name
@@ -326,11 +327,9 @@ def _curves(cells: list[Cell], out: Path, path: Path) -> None:
     fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.2), squeeze=False)
     for ax, d in zip(axes[0], datasets):
         for c in [c for c in cells if c.dataset == d]:
-            log = c.folder(out) / "log.csv"
-            if not log.is_file():
+            rs = read_log(c.folder(out))
+            if not rs:
                 continue
-            with open(log) as f:
-                rs = list(csv.DictReader(f))
             ax.plot([int(r["epoch"]) for r in rs], [float(r["val_dsc"]) for r in rs], marker=".", label=c.key)
         ax.set_title(f"{d}: validation DSC per epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
