@@ -19,15 +19,34 @@ CURVES = {
 }
 
 
-def _trainer(calls: list[tuple[str, int]]):  # noqa: ANN202
-    def train_to(c: Candidate, epochs: int) -> list[float]:
-        calls.append((c.key, epochs))
+class Runs:
+    """Stands in for the run folders: what each candidate has trained, kept across sessions,
+    and every epoch actually trained."""
+
+    def __init__(self) -> None:
+        self.done: dict[str, int] = {}
+        self.trained: list[tuple[str, int]] = []  # (candidate, epoch) for every epoch trained
+        self.kill_at: tuple[str, int] | None = None
+
+    def train_to(self, c: Candidate, epochs: int) -> list[float]:
+        for e in range(self.done.get(c.key, 0) + 1, epochs + 1):
+            if self.kill_at == (c.key, e):
+                raise Killed  # the process dies mid-segment (BaseException: nothing catches it)
+            self.trained.append((c.key, e))
+            self.done[c.key] = e
         return CURVES[c.key][:epochs]
-    return train_to
+
+
+class Killed(BaseException):
+    pass
 
 
 def _cands(order: list[str], epoch_s: float = 1.0) -> list[Candidate]:
     return [Candidate(k, k, epoch_s) for k in order]
+
+
+def _by_key(result):  # noqa: ANN001, ANN202
+    return {t.key: t for t in result.trials}
 
 
 def test_rungs_double_up_to_the_full_length() -> None:
@@ -36,75 +55,100 @@ def test_rungs_double_up_to_the_full_length() -> None:
     assert rung_epochs(3, 3, 3) == [3]
 
 
-def test_halving_keeps_the_prior_and_prunes_the_slow_starter(tmp_path: Path) -> None:
-    """The prior runs to its full length; each rival goes on only while it is in the best half
-    of the trials that reached the rung. The slow starter, best at epoch 8 (72), is pruned at
-    epoch 1 (10 against 40 and 45): that is what halving does to it."""
-    calls: list[tuple[str, int]] = []
-    result = search(_cands(["prior", "steady", "slow", "weak"]), _trainer(calls), epochs=8,
+def test_halving_breadth_first_prunes_the_slow_starter_and_the_prior(tmp_path: Path) -> None:
+    """Every candidate runs to epoch 1, then the best half goes on. Epoch 1, in the plan's
+    order: prior 40 (alone: in), steady 45 (best of 2: in), slow 10 (not best of 3: out),
+    weak 30 (not in the best 2 of 4: out). Epoch 2, best first: steady 52 (in), prior 50
+    (not best of 2: out). The slow starter, best at epoch 8 (72), is gone at epoch 1; the prior
+    (62.5 at the end) at epoch 2: halving ranks by the start."""
+    runs = Runs()
+    result = search(_cands(["prior", "steady", "slow", "weak"]), runs.train_to, epochs=8, storage=tmp_path / "s.db")
+    t = _by_key(result)
+    assert {k: r.state for k, r in t.items()} == {"prior": "pruned", "steady": "complete", "slow": "pruned",
+                                                  "weak": "pruned"}
+    assert t["slow"].rungs == {1: 10} and "pruned at epoch 1" in t["slow"].reason
+    assert t["weak"].rungs == {1: 30}
+    assert t["prior"].rungs == {1: 40, 2: 50} and "pruned at epoch 2" in t["prior"].reason
+    assert t["steady"].rungs == {1: 45, 2: 52, 4: 57, 8: 60}
+    assert result.winner == "steady"
+    # breadth first: every candidate's first epoch before anyone's second; nothing past a pruning rung
+    assert runs.trained[:4] == [("prior", 1), ("steady", 1), ("slow", 1), ("weak", 1)]
+    assert ("slow", 2) not in runs.trained and ("prior", 3) not in runs.trained
+    assert sum(1 for k, _ in runs.trained if k == "steady") == 8
+    assert [k for k, _ in result.to_dict()["trials"][0].items()][:2] == ["candidate", "state"]
+
+
+def test_a_longer_first_rung_keeps_the_slow_starter(tmp_path: Path) -> None:
+    """Judged first at epoch 5 of 8 (prior 60, steady 59, slow 60, weak 41), the slow starter
+    ties the prior and stays; at epoch 8 it wins (72 against 62.5). What halving costs a slow
+    starter is the length of its first rung."""
+    result = search(_cands(["prior", "steady", "slow", "weak"]), Runs().train_to, epochs=8, min_epochs=5,
                     storage=tmp_path / "s.db")
-    states = {t.key: t.state for t in result.trials}
-    assert states == {"prior": "complete", "steady": "pruned", "slow": "pruned", "weak": "pruned"}
-    slow = next(t for t in result.trials if t.key == "slow")
-    assert slow.rungs == {1: 10} and "pruned at epoch 1" in slow.reason
-    steady = next(t for t in result.trials if t.key == "steady")
-    # ahead of the prior at epochs 1 (45 > 40) and 2 (52 > 50), behind it at 4 (57 < 58)
-    assert steady.rungs == {1: 45, 2: 52, 4: 57} and "pruned at epoch 4" in steady.reason
-    weak = next(t for t in result.trials if t.key == "weak")
-    assert weak.rungs == {1: 30}  # the 4th at epoch 1 must be in the best 2 of 4: 30 < 40
-    assert result.winner == "prior"
-    # what ran: nothing past a pruning rung
-    assert ("slow", 2) not in calls and ("prior", 8) in calls
-
-
-def test_the_slow_starter_wins_when_it_goes_first(tmp_path: Path) -> None:
-    """Asynchronous halving judges a trial against those before it: first in line, the slow
-    starter is the incumbent, runs to its end and wins; the others must match it rung by rung."""
-    result = search(_cands(["slow", "prior", "steady", "weak"]), _trainer([]), epochs=8, storage=tmp_path / "s.db")
+    t = _by_key(result)
     assert result.winner == "slow"
-    assert {t.key: t.state for t in result.trials}["slow"] == "complete"
+    assert t["slow"].state == "complete" and t["prior"].state == "complete"
+    assert t["steady"].state == "pruned" and t["weak"].state == "pruned"
 
 
 def test_the_budget_stops_a_trial_before_a_segment_that_does_not_fit(tmp_path: Path) -> None:
-    clock = {"left": 10.0}  # seconds; every epoch costs 1 s
-    spent: dict[str, int] = {}
+    clock = {"left": 8.0}  # seconds; every epoch costs 1 s
+    runs = Runs()
 
     def charged(c: Candidate, epochs: int) -> list[float]:
-        clock["left"] -= epochs - spent.get(c.key, 0)
-        spent[c.key] = epochs
-        return CURVES[c.key][:epochs]
+        clock["left"] -= epochs - runs.done.get(c.key, 0)
+        return runs.train_to(c, epochs)
 
     result = search(_cands(["prior", "steady"]), charged, epochs=8, storage=tmp_path / "s.db",
                     seconds_left=lambda: clock["left"], reserve_s=1.0)
-    prior = next(t for t in result.trials if t.key == "prior")
-    assert prior.state == "complete"  # 8 epochs of the 10 s
-    steady = next(t for t in result.trials if t.key == "steady")
-    # its first epoch fits (2 s left, 1 reserved); the second would eat into the reserve
-    assert steady.state == "budget" and "stopped by the budget" in steady.reason and steady.curve == CURVES["steady"][:1]
-    assert clock["left"] == 1.0  # the reserve is kept
+    t = _by_key(result)
+    # epoch 1: both (8 -> 6); epoch 2: steady (5), prior (4, pruned); epochs 3-4: steady (2);
+    # epochs 5-8 would cost 4 s and leave less than the 1 s reserve
+    assert t["prior"].state == "pruned"
+    assert t["steady"].state == "budget" and "stopped by the budget before epochs 5-8" in t["steady"].reason
+    assert t["steady"].curve == CURVES["steady"][:4]
+    assert clock["left"] == 2.0
+    # nothing reached its full length: the best so far, and the report says so
+    assert result.winner == "steady" and "no candidate reached its full length" in result.reason
 
 
-def test_a_killed_search_resumes_where_it_stopped(tmp_path: Path) -> None:
-    calls: list[tuple[str, int]] = []
+def test_the_estimate_follows_what_epochs_really_take(tmp_path: Path) -> None:
+    """A candidate estimated at 0.01 s an epoch that really takes 0.2 s: after its first
+    segment the budget check uses what it took, and stops it before a segment that would
+    overrun."""
+    import time
 
-    class Killed(BaseException):
-        pass
+    runs = Runs()
+    t0 = time.perf_counter()
 
-    def dies_in_slow(c: Candidate, epochs: int) -> list[float]:
-        if c.key == "slow":
-            raise Killed  # the process dies mid-trial (BaseException: Optuna does not catch it)
-        calls.append((c.key, epochs))
-        return CURVES[c.key][:epochs]
+    def slow_epochs(c: Candidate, epochs: int) -> list[float]:
+        time.sleep(0.2 * (epochs - runs.done.get(c.key, 0)))
+        return runs.train_to(c, epochs)
 
+    result = search(_cands(["prior"], epoch_s=0.01), slow_epochs, epochs=8, storage=tmp_path / "s.db",
+                    seconds_left=lambda: 1.0 - (time.perf_counter() - t0))
+    t = _by_key(result)
+    assert t["prior"].state == "budget"
+    assert len(t["prior"].curve) == 2  # epochs 1 and 2 (0.4 s); 3-4 would have needed 0.4 of the 0.6 left,
+    assert time.perf_counter() - t0 < 1.0  # ... 5-8 0.8 s: stopped in time
+
+
+def _uninterrupted(tmp_path: Path) -> dict:
+    result = search(_cands(["prior", "steady", "slow", "weak"]), Runs().train_to, epochs=8,
+                    storage=tmp_path / "whole.db")
+    return {t.key: (t.state, t.rungs, t.curve) for t in result.trials}
+
+
+@pytest.mark.parametrize("kill_at", [("slow", 1), ("steady", 3), ("steady", 8)])
+def test_a_killed_search_resumes_where_it_stopped(tmp_path: Path, kill_at: tuple[str, int]) -> None:
+    """Killed mid-segment, the search reruns with the same storage and run folders: no epoch
+    is trained twice, and every decision is the one an uninterrupted search makes."""
     cands = _cands(["prior", "steady", "slow", "weak"])
+    runs = Runs()
+    runs.kill_at = kill_at
     with pytest.raises(Killed):
-        search(cands, dies_in_slow, epochs=8, storage=tmp_path / "s.db")
-    done_before = list(calls)
-    calls.clear()
-    result = search(cands, _trainer(calls), epochs=8, storage=tmp_path / "s.db")
-    assert {k for k, _ in calls} == {"slow", "weak"}  # prior and steady were not trained again
-    assert ("prior", 8) in done_before
-    assert {t.key for t in result.trials} == {"prior", "steady", "slow", "weak"} and result.winner == "prior"
-    prior = next(t for t in result.trials if t.key == "prior")  # read back from the first session's storage
-    assert prior.state == "complete" and prior.rungs == {1: 40, 2: 50, 4: 58, 8: 62.5}
-    assert prior.curve == CURVES["prior"]
+        search(cands, runs.train_to, epochs=8, storage=tmp_path / "s.db")
+    runs.kill_at = None
+    result = search(cands, runs.train_to, epochs=8, storage=tmp_path / "s.db")
+    assert len(runs.trained) == len(set(runs.trained))  # no epoch trained twice
+    assert {t.key: (t.state, t.rungs, t.curve) for t in result.trials} == _uninterrupted(tmp_path)
+    assert result.winner == "steady"

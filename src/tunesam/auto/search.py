@@ -2,14 +2,15 @@
 DSC only, by Optuna.
 
 Every candidate is one Optuna trial whose resource is the epoch. Each trial's run has the
-full schedule (``epochs``: its learning rate decays over them), and is trained in segments:
-to the first rung (``min_epochs``), then to each next rung (``eta`` times longer), and so on to
-its full length. At each rung Optuna's :class:`~optuna.pruners.SuccessiveHalvingPruner`
-decides whether it goes on: it does while its validation DSC there is in the best ``1/eta``
-of the trials that reached that rung before it (the asynchronous form of successive halving,
-the one that also runs one trial per GPU or machine). Trials run in the order given, the
-paper's optimum for the scenario first: it is the incumbent that every rival must match rung
-by rung, and the search always holds one full-length run.
+full schedule (``epochs``: its learning rate decays over them) and is trained in segments,
+breadth first: every candidate to the first rung (``min_epochs``), then the ones still in to
+the next rung (``eta`` times longer), and so on to the full length. After each segment
+Optuna's :class:`~optuna.pruners.SuccessiveHalvingPruner` decides whether the trial goes on:
+it does while its validation DSC at the rung is in the best ``1/eta`` of the trials judged
+there before it (the asynchronous form of successive halving, the one that also spreads
+trials over GPUs or machines). At the first rung the candidates go in the plan's order, the
+paper's optimum for the scenario first (it is the incumbent the others must match); at each
+later rung, best first, so that the leaders are trained before the budget runs short.
 
 Why Optuna and not Ray Tune: the search state is one SQLite file beside the runs (a database
 URL shares it across machines) that survives a kill and needs no cluster, and its pruners
@@ -33,13 +34,15 @@ STUDY_NAME = "tunesam-auto"
 
 @dataclass(frozen=True)
 class Candidate:
-    """A strategy to try: ``key`` names its run folder; ``epoch_s`` is its measured (or
-    estimated) seconds per epoch, training and validation."""
+    """A strategy to try: ``key`` names its run folder; ``epoch_s`` is its measured seconds
+    per epoch (training and validation) and ``setup_s`` what its first segment costs once
+    (filling an embedding cache)."""
 
     key: str
     label: str
     epoch_s: float
     options: dict[str, Any] = field(default_factory=dict, compare=False)
+    setup_s: float = 0.0
 
 
 @dataclass
@@ -50,6 +53,10 @@ class TrialRecord:
     state: str  # complete | pruned | budget
     reason: str
     seconds: float
+
+    @property
+    def best(self) -> float:
+        return max(self.curve) if self.curve else -math.inf
 
 
 @dataclass
@@ -75,90 +82,158 @@ def rung_epochs(min_epochs: int, eta: int, epochs: int) -> list[int]:
     return out + [epochs]
 
 
+class _LiveTrials:
+    """The study as the pruner sees it: without failed trials. A trial fails when a kill
+    interrupted it; it is then replayed from its run folder as a new trial, whose values at
+    each rung would otherwise compete with the failed copy's."""
+
+    def __init__(self, study: Any) -> None:
+        self._study = study
+
+    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[Any]:
+        import optuna
+
+        return [t for t in self._study.get_trials(deepcopy=deepcopy, states=states)
+                if t.state != optuna.trial.TrialState.FAIL]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+
+def _pruner(min_epochs: int, eta: int) -> Any:
+    import optuna
+
+    class Halving(optuna.pruners.BasePruner):
+        """Optuna's successive halving, blind to failed trials (see :class:`_LiveTrials`)."""
+
+        def __init__(self) -> None:
+            self.inner = optuna.pruners.SuccessiveHalvingPruner(min_resource=min_epochs, reduction_factor=eta,
+                                                                min_early_stopping_rate=0)
+
+        def prune(self, study: Any, trial: Any) -> bool:
+            return self.inner.prune(_LiveTrials(study), trial)
+
+    return Halving()
+
+
+@dataclass
+class _Live:
+    cand: Candidate
+    trial: Any
+    curve: list[float] = field(default_factory=list)
+    reached: dict[int, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    epoch_s: float = 0.0  # what an epoch took so far (the candidate's estimate until one ran)
+
+
 def search(candidates: list[Candidate], train_to: Callable[[Candidate, int], list[float]], epochs: int,
            storage: str | Path, min_epochs: int = 1, eta: int = 2, seconds_left: Callable[[], float] | None = None,
            reserve_s: float = 0.0) -> SearchResult:
     """Successive halving over ``candidates`` (the first is the prior), each to at most
     ``epochs``, the state in ``storage`` (a SQLite file or a database URL). With
-    ``seconds_left``, a trial stops before a segment whose estimate would leave less than
-    ``reserve_s`` (what the end needs: test evaluation, export), and is recorded as stopped by
-    the budget. A rerun with the same storage continues: finished trials are kept, and a
-    trial a kill interrupted runs again from its run folder."""
+    ``seconds_left``, a trial stops before a segment whose estimate (from the epochs it has
+    run, else the candidate's own) would leave less than ``reserve_s`` (what the end needs:
+    test evaluation, export), and is recorded as stopped by the budget. A rerun with the same
+    storage continues: finished trials are kept, and the trials a kill interrupted run again
+    from their run folders (what they trained is not trained again)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = storage if "://" in str(storage) else f"sqlite:///{Path(storage).resolve()}"
-    pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=min_epochs, reduction_factor=eta,
-                                                    min_early_stopping_rate=0)
-    study = optuna.create_study(storage=url, study_name=STUDY_NAME, direction="maximize", pruner=pruner,
-                                load_if_exists=True)
+    study = optuna.create_study(storage=url, study_name=STUDY_NAME, direction="maximize",
+                                pruner=_pruner(min_epochs, eta), load_if_exists=True)
     by_key = {c.key: c for c in candidates}
-    # A trial still RUNNING was interrupted (this process holds the output folder's lock): it
-    # fails, and its candidate is tried again (its run folder resumes).
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)  # interrupted: replayed below
     finished = {t.params["candidate"] for t in study.get_trials(deepcopy=False)
                 if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)}
-    rungs = rung_epochs(min_epochs, eta, epochs)
-
-    def objective(trial: optuna.Trial) -> float:
-        cand = by_key[trial.suggest_categorical("candidate", list(by_key))]
-        t0, curve, reached = time.perf_counter(), [], {}
-        for target in rungs:
-            segment = (target - len(curve)) * cand.epoch_s
-            if seconds_left is not None and seconds_left() - segment < reserve_s:
-                reason = (f"stopped by the budget before epochs {len(curve) + 1}-{target} "
-                          f"(about {segment:.0f} s, {max(0.0, seconds_left() - reserve_s):.0f} s left)")
-                return _end(trial, curve, reached, "budget", reason, t0)
-            reported = len(curve)
-            curve = list(train_to(cand, target))
-            for epoch in range(reported + 1, len(curve) + 1):
-                trial.report(curve[epoch - 1], epoch)
-            reached[target] = curve[-1]
-            if target < epochs and trial.should_prune():
-                better = _better_at(study, trial.number, target, curve[-1])
-                reason = (f"pruned at epoch {target}: validation DSC {curve[-1]:.2f}, below the best 1/{eta} of the "
-                          f"{better[1]} trial(s) that reached it (best {better[0]:.2f})")
-                _end(trial, curve, reached, "pruned", reason, t0)
-                raise optuna.TrialPruned(reason)
-        return _end(trial, curve, reached, "complete", f"trained to its full length ({epochs} epochs)", t0)
-
-    todo = [c for c in candidates if c.key not in finished]
-    for c in todo:
+    live = []
+    for c in candidates:
+        if c.key in finished:
+            continue
         study.enqueue_trial({"candidate": c.key})
-    if todo:
-        study.optimize(objective, n_trials=len(todo), catch=())
+        trial = study.ask()
+        trial.suggest_categorical("candidate", list(by_key))
+        live.append(_Live(c, trial, epoch_s=c.epoch_s))
+
+    for rung, target in enumerate(rung_epochs(min_epochs, eta, epochs)):
+        if rung:  # best first at the rung before
+            live.sort(key=lambda x: -x.curve[-1] if x.curve else math.inf)
+        still = []
+        for x in live:
+            segment = (target - len(x.curve)) * x.epoch_s + (0.0 if x.curve else x.cand.setup_s)
+            if seconds_left is not None and seconds_left() - segment < reserve_s:
+                left = max(0.0, seconds_left() - reserve_s)
+                _end(study, x, "budget", f"stopped by the budget before epochs {len(x.curve) + 1}-{target} "
+                     f"(about {segment:.0f} s; {left:.0f} s left before the end's reserve)")
+                continue
+            t0, before = time.perf_counter(), len(x.curve)
+            x.curve = list(train_to(x.cand, target))
+            took = time.perf_counter() - t0
+            x.seconds += took
+            if len(x.curve) > before and took > 0.5 * (len(x.curve) - before) * x.epoch_s:
+                x.epoch_s = took / (len(x.curve) - before)  # measured (a resumed segment that ran little says nothing)
+            for epoch in range(before + 1, len(x.curve) + 1):
+                x.trial.report(x.curve[epoch - 1], epoch)
+            x.reached[target] = x.curve[-1]
+            if target == epochs:
+                _end(study, x, "complete", f"trained to its full length ({epochs} epochs)")
+            elif x.trial.should_prune():
+                best, n = _best_at(study, x.trial.number, target, x.curve[-1])
+                _end(study, x, "pruned", f"pruned at epoch {target}: validation DSC {x.curve[-1]:.2f}, not in the "
+                     f"best 1/{eta} of the {n} trial(s) judged there so far (best {best:.2f})")
+            else:
+                still.append(x)
+        live = still
     return _result(study, by_key)
 
 
-def _end(trial: Any, curve: list[float], reached: dict[int, float], state: str, reason: str, t0: float) -> float:
-    """Record the trial's outcome in the storage (what :func:`_result` reads, in this
-    session or a later one); its value, the best validation DSC."""
-    for key, value in (("state", state), ("reason", reason), ("curve", curve),
-                       ("rungs", {str(e): v for e, v in reached.items()}), ("seconds", time.perf_counter() - t0)):
-        trial.set_user_attr(key, value)
-    return max(curve) if curve else -math.inf
+def _end(study: Any, x: _Live, state: str, reason: str) -> None:
+    """Record the trial's outcome in the storage (what :func:`_result` reads, in this session
+    or a later one) and finish it: complete with its best validation DSC, else pruned."""
+    import optuna
+
+    for key, value in (("state", state), ("reason", reason), ("curve", x.curve),
+                       ("rungs", {str(e): v for e, v in x.reached.items()}), ("seconds", x.seconds)):
+        x.trial.set_user_attr(key, value)
+    if state == "complete":
+        study.tell(x.trial, max(x.curve))
+    else:
+        study.tell(x.trial, state=optuna.trial.TrialState.PRUNED)
 
 
-def _better_at(study: Any, number: int, epoch: int, value: float) -> tuple[float, int]:
-    """(the best validation DSC at ``epoch`` among the other trials that reached it, how many did)."""
+def _best_at(study: Any, number: int, epoch: int, value: float) -> tuple[float, int]:
+    """(the best validation DSC at ``epoch`` among the live trials judged there, how many)."""
+    import optuna
+
     values = [t.intermediate_values[epoch] for t in study.get_trials(deepcopy=False)
-              if t.number != number and epoch in t.intermediate_values]
-    return (max(values) if values else value), len(values) + 1
+              if t.state != optuna.trial.TrialState.FAIL and t.number != number and epoch in t.intermediate_values]
+    return max([value, *values]), len(values) + 1
 
 
 def _result(study: Any, by_key: dict[str, Candidate]) -> SearchResult:
+    import optuna
+
     trials = [TrialRecord(t.params["candidate"], list(t.user_attrs.get("curve", [])),
                           {int(e): v for e, v in t.user_attrs.get("rungs", {}).items()},
                           str(t.user_attrs.get("state", "")), str(t.user_attrs.get("reason", "")),
                           float(t.user_attrs.get("seconds", 0.0)))
               for t in study.get_trials(deepcopy=False)
-              if "state" in t.user_attrs and t.params.get("candidate") in by_key]  # a failed trial ended nowhere
+              if t.state != optuna.trial.TrialState.FAIL and "state" in t.user_attrs
+              and t.params.get("candidate") in by_key]
+    order = list(by_key)
+    trials.sort(key=lambda r: order.index(r.key))
     complete = [r for r in trials if r.state == "complete" and r.curve]
-    if not complete:
-        return SearchResult(trials, None, "no candidate reached its full length within the budget")
-    best = max(complete, key=lambda r: max(r.curve))
-    rivals = [r for r in complete if r is not best]
-    why = (f"the best validation DSC ({max(best.curve):.2f}) of the {len(complete)} candidate(s) trained to their full "
-           "length" + (f"; runner-up {max(rivals, key=lambda r: max(r.curve)).key}" if rivals else ""))
-    return SearchResult(trials, best.key, why)
+    if complete:
+        best = max(complete, key=lambda r: r.best)
+        rivals = [r for r in complete if r is not best]
+        why = (f"the best validation DSC ({best.best:.2f}) of the {len(complete)} candidate(s) trained to their full "
+               "length" + (f"; runner-up {max(rivals, key=lambda r: r.best).key} ({max(r.best for r in rivals):.2f})"
+                           if rivals else ""))
+        return SearchResult(trials, best.key, why)
+    started = [r for r in trials if r.curve]
+    if not started:
+        return SearchResult(trials, None, "no candidate trained an epoch within the budget")
+    best = max(started, key=lambda r: r.best)
+    return SearchResult(trials, best.key, f"no candidate reached its full length within the budget: the best "
+                        f"validation DSC so far ({best.best:.2f}, {len(best.curve)} epochs of its schedule)")
