@@ -4,13 +4,16 @@ DSC only, by Optuna.
 Every candidate is one Optuna trial whose resource is the epoch. Each trial's run has the
 full schedule (``epochs``: its learning rate decays over them) and is trained in segments,
 breadth first: every candidate to the first rung (``min_epochs``), then the ones still in to
-the next rung (``eta`` times longer), and so on to the full length. After each segment
-Optuna's :class:`~optuna.pruners.SuccessiveHalvingPruner` decides whether the trial goes on:
-it does while its validation DSC at the rung is in the best ``1/eta`` of the trials judged
-there before it (the asynchronous form of successive halving, the one that also spreads
-trials over GPUs or machines). At the first rung the candidates go in the plan's order, the
-paper's optimum for the scenario first (it is the incumbent the others must match); at each
-later rung, best first, so that the leaders are trained before the budget runs short.
+the next rung (``eta`` times longer), and so on to the full length. At each rung, once all
+have trained to it, Optuna's :class:`~optuna.pruners.SuccessiveHalvingPruner` judges them
+one by one: a trial goes on while its validation DSC is in the best ``1/eta`` of the trials
+judged at that rung so far (itself included; the asynchronous form of successive halving,
+the one that also spreads trials over GPUs or machines). The order decides what that keeps:
+the incumbent is judged first and always goes on (at the first rung the paper's optimum for
+the scenario, after that the leader of the rung before), then the others from the best
+down, so with ``eta = 2`` a rival goes on when it beats the incumbent, and the best rival
+when it does. Candidates are trained in the same order, so that when the budget runs short
+it is the last in line that it stops.
 
 Why Optuna and not Ray Tune: the search state is one SQLite file beside the runs (a database
 URL shares it across machines) that survives a kill and needs no cluster, and its pruners
@@ -157,9 +160,9 @@ def search(candidates: list[Candidate], train_to: Callable[[Candidate, int], lis
         live.append(_Live(c, trial, epoch_s=c.epoch_s))
 
     for rung, target in enumerate(rung_epochs(min_epochs, eta, epochs)):
-        if rung:  # best first at the rung before
+        if rung:  # the leader of the rung before first, so that the budget goes to the leaders
             live.sort(key=lambda x: -x.curve[-1] if x.curve else math.inf)
-        still = []
+        trained = []
         for x in live:
             segment = (target - len(x.curve)) * x.epoch_s + (0.0 if x.curve else x.cand.setup_s)
             if seconds_left is not None and seconds_left() - segment < reserve_s:
@@ -176,15 +179,21 @@ def search(candidates: list[Candidate], train_to: Callable[[Candidate, int], lis
             for epoch in range(before + 1, len(x.curve) + 1):
                 x.trial.report(x.curve[epoch - 1], epoch)
             x.reached[target] = x.curve[-1]
-            if target == epochs:
+            trained.append(x)
+        if target == epochs:
+            for x in trained:
                 _end(study, x, "complete", f"trained to its full length ({epochs} epochs)")
-            elif x.trial.should_prune():
+            break
+        # Judged in this order: the incumbent (the first in line), then the others best first.
+        judged = trained[:1] + sorted(trained[1:], key=lambda x: -x.curve[-1])
+        live = []
+        for x in judged:
+            if x.trial.should_prune():
                 best, n = _best_at(study, x.trial.number, target, x.curve[-1])
                 _end(study, x, "pruned", f"pruned at epoch {target}: validation DSC {x.curve[-1]:.2f}, not in the "
                      f"best 1/{eta} of the {n} trial(s) judged there so far (best {best:.2f})")
             else:
-                still.append(x)
-        live = still
+                live.append(x)
     return _result(study, by_key)
 
 

@@ -10,11 +10,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from tunesam.cli import bench, data, evaluate, info, pretrain, study, train
+from tunesam.cli import auto, bench, data, evaluate, info, pretrain, study, train
 from tunesam.device import cpu_bf16
 
 VERBS = (info.add_info, data.add, train.add_train, train.add_baseline, study.add, evaluate.add_evaluate,
-         evaluate.add_predict, evaluate.add_export, pretrain.add, bench.add, info.add_demo)  # `tunesam --help`'s order
+         evaluate.add_predict, evaluate.add_export, pretrain.add, auto.add, bench.add, info.add_demo)  # `tunesam --help`'s order
 
 
 def build_parser() -> argparse.ArgumentParser:

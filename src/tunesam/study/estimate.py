@@ -31,7 +31,7 @@ def _fmt_bytes(b: float) -> str:
     return f"{b / 2**30:.2f} GiB" if b >= 2**30 else f"{b / 2**20:.0f} MiB"
 
 
-def _measure(cell: Cell, out: Path) -> dict[str, Any]:
+def measure(cell: Cell, out: Path) -> dict[str, Any]:
     """Seconds per training step and per evaluated slice, parameters, embedding size: the
     training loop's own step (:func:`tunesam.engine.fit.backward` and ``optimizer_step``) on
     the fine-tuning task's own loss."""
@@ -135,7 +135,7 @@ def describe_plan(cells: list[Cell], status: dict[str, str], out: Path) -> str:
             continue
         key = _setup_key(cell)
         if key not in measured:
-            measured[key] = _measure(cell, out)
+            measured[key] = measure(cell, out)
         m = measured[key]
         n_train = cell.shots if cell.shots is not None else m["n_train"]
         steps = m["epochs"] * math.ceil(n_train / m["batch"])
