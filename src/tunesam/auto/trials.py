@@ -35,7 +35,8 @@ def make_trainer(base: TrainConfig, folder: Path, progress: bool | None = False)
         run = Path(cfg.out)
         done = validation_curve(run)
         if len(done) < epochs:
-            train(cfg, resume=(run / "last.pt").is_file(), progress=progress,
+            # a folder a kill left (even one that never finished an epoch) is resumed, never refused
+            train(cfg, resume=run.exists(), progress=progress,
                   until=None if epochs >= int(cfg.epochs or 0) else epochs)
             done = validation_curve(run)
         return done[:epochs]
