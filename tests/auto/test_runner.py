@@ -101,6 +101,22 @@ def test_a_budget_too_small_is_said_before_anything_trains(prepared: Path, tmp_p
     assert not (out / "trials").exists()
 
 
+@pytest.mark.parametrize(("kw", "match"), [
+    ({"baselines": ["nnunet"]}, "plans its own network"),
+    ({"baselines": ["no_such_net"]}, "not a baseline"),
+    ({"weights": ["random:no_such_arch"]}, "unknown architecture"),
+    ({"weights": ["random:unet_test"]}, "is a baseline"),
+    ({"weights": ["/no/such/weights.pth"]}, "no such file"),
+    ({"mode": "boxes"}, "--mode must be"),
+])
+def test_a_bad_request_is_refused_before_anything_is_written(prepared: Path, tmp_path: Path, kw: dict,
+                                                             match: str) -> None:
+    out = tmp_path / "auto"
+    with pytest.raises(ValueError, match=match):
+        _auto(prepared, out, **kw)
+    assert not out.exists()
+
+
 def _wait_for(predicate, timeout: float) -> bool:  # noqa: ANN001
     end = time.monotonic() + timeout
     while time.monotonic() < end:

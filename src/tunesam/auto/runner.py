@@ -124,7 +124,16 @@ def _weights(entry: str) -> tuple[str, str | None, str]:
     from tunesam.models.known import KNOWN, resolve_checkpoint
 
     if entry.startswith("random:"):
-        return entry.split(":", 1)[1], None, f"{entry.split(':', 1)[1]}-random"
+        from tunesam.kinds import kind_of
+
+        arch = entry.split(":", 1)[1]
+        try:
+            kind = kind_of(arch)
+        except ValueError as exc:
+            raise AutoError(f"--weights {entry}: {exc}") from None
+        if kind.baseline:
+            raise AutoError(f"--weights {entry}: {arch} is a baseline; name it in --baselines")
+        return arch, None, f"{arch}-random"
     if entry in KNOWN:
         return KNOWN[entry].arch, str(resolve_checkpoint(entry)), entry
     path = Path(entry)
@@ -162,14 +171,17 @@ def _epoch_s(m: dict[str, Any]) -> float:
     return EPOCH_OVERHEAD * (math.ceil(m["n_train"] / m["batch"]) * m["step_s"] + m["n_val"] * m["fwd_s"])
 
 
-def _measure_candidates(cells: list[Any], out: Path, say: Callable[[str], None]) -> list[dict[str, Any]]:
+def _measure_candidates(cells: list[Any], out: Path, say: Callable[[str], None],
+                        check: Callable[[dict[str, Any]], None] = lambda row: None) -> list[dict[str, Any]]:
     """Each candidate timed here (the study's dry-run measurement): its epoch, its one-off
     cost (the first decoder candidate on a weights entry fills the embedding cache), its test
-    pass."""
+    pass. ``check`` sees the prior's row before the others are timed."""
     from tunesam.study.estimate import measure
 
     rows, cached = [], set()
-    for cell in cells:
+    for i, cell in enumerate(cells):
+        if i == 1:
+            check(rows[0])
         m = measure(cell, out)
         setup = 0.0
         if cell.options.get("cache_embeddings") and cell.dataset not in cached:
@@ -203,6 +215,25 @@ def _baseline_cells(request: Request, data: str) -> list[Any]:
     return cells
 
 
+def _check(request: Request) -> None:
+    """What can be refused at once: the datasets, the weights, the baselines, the mode."""
+    from tunesam.data.store import PreparedData
+
+    if request.mode not in ("auto", "box", "point"):
+        raise AutoError(f"--mode must be auto, box or point, got {request.mode!r}")
+    if request.max_epochs < 1:
+        raise AutoError(f"--max-epochs must be at least 1, got {request.max_epochs}")
+    if not request.data:
+        raise AutoError("no dataset given")
+    for i, folder in enumerate(request.data):
+        data = PreparedData.open(folder)
+        if i == 0:
+            data.require_labels("tunesam auto's target dataset (the first)")
+    for entry in request.weights:
+        _weights(entry)
+    _baseline_cells(request, request.data[0])
+
+
 # -- planning ----------------------------------------------------------------------------------
 def make_plan(request: Request, out: Path, clock: Clock, say: Callable[[str], None]) -> dict[str, Any]:
     """Fingerprints, scenario, candidates timed here, the schedule, the budget's shares."""
@@ -220,7 +251,18 @@ def make_plan(request: Request, out: Path, clock: Clock, say: Callable[[str], No
         say("  the pre-training route (SSLSAM, SupSAM on the extra data) is not searched yet: the candidates "
             "fine-tune the given weights on the target")
     say("Timing the candidates here (a warm-up step, then 3 timed steps each):")
-    cands = _measure_candidates(_cells(request, scenario.name, target), out, say)
+
+    def prior_fits(row: dict[str, Any]) -> None:  # said as soon as the prior is timed
+        need = clock.spent() + row["epoch_s"] + row["setup_s"] + row["test_s"] + END_MARGIN_S
+        if need > request.budget_s:
+            raise AutoError(f"the budget ({format_time(request.budget_s)}) cannot fit one short run of the paper's "
+                            f"strategy ({row['label']}): one epoch of it takes about "
+                            f"{format_time(row['epoch_s'] + row['setup_s'])} here, the test evaluation and the end "
+                            f"about {format_time(row['test_s'] + END_MARGIN_S)}, after "
+                            f"{format_time(clock.spent())} of fingerprinting and timing; give at least "
+                            f"--budget {math.ceil((need + row['epoch_s']) / 60)}m")
+
+    cands = _measure_candidates(_cells(request, scenario.name, target), out, say, prior_fits)
     bases = []
     for cell in _baseline_cells(request, target):
         from tunesam.study.estimate import measure
@@ -295,6 +337,8 @@ def run_auto(request: Request, out: str | Path, resume: bool = False, storage: s
     """Run (or resume) ``tunesam auto`` in ``out``; returns ``out/winner``, the winner's run."""
     out = Path(out)
     plan = _open(request, out, resume)
+    if plan is None:
+        _check(request)  # before anything is written or timed
     out.mkdir(parents=True, exist_ok=True)
     with Clock(out / "clock.json") as clock:
         if plan is None:
@@ -343,7 +387,8 @@ def _search(plan: dict[str, Any], out: Path, clock: Clock, storage: str | None, 
     reserve = plan["reserve_s"] + plan["search_share_s"] * len(plan["baselines"])
     say(f"Searching ({plan['epochs']}-epoch schedules, the best 1/{plan['eta']} go on at each rung):")
     result = search(cands, train_to, plan["epochs"], storage or out / "search.db", plan["min_epochs"], plan["eta"],
-                    seconds_left=lambda: plan["request"]["budget_s"] - clock.spent(), reserve_s=reserve)
+                    seconds_left=lambda: plan["request"]["budget_s"] - clock.spent(), reserve_s=reserve,
+                    done=lambda c: len(validation_curve(out / "trials" / c.key)))
     for t in result.trials:
         say(f"  {by_key[t.key]['label']:<40} {t.state:<9} {t.reason}")
     say(f"Winner: {result.winner}: {result.reason}")

@@ -85,38 +85,11 @@ def rung_epochs(min_epochs: int, eta: int, epochs: int) -> list[int]:
     return out + [epochs]
 
 
-class _LiveTrials:
-    """The study as the pruner sees it: without failed trials. A trial fails when a kill
-    interrupted it; it is then replayed from its run folder as a new trial, whose values at
-    each rung would otherwise compete with the failed copy's."""
-
-    def __init__(self, study: Any) -> None:
-        self._study = study
-
-    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[Any]:
-        import optuna
-
-        return [t for t in self._study.get_trials(deepcopy=deepcopy, states=states)
-                if t.state != optuna.trial.TrialState.FAIL]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._study, name)
-
-
 def _pruner(min_epochs: int, eta: int) -> Any:
     import optuna
 
-    class Halving(optuna.pruners.BasePruner):
-        """Optuna's successive halving, blind to failed trials (see :class:`_LiveTrials`)."""
-
-        def __init__(self) -> None:
-            self.inner = optuna.pruners.SuccessiveHalvingPruner(min_resource=min_epochs, reduction_factor=eta,
-                                                                min_early_stopping_rate=0)
-
-        def prune(self, study: Any, trial: Any) -> bool:
-            return self.inner.prune(_LiveTrials(study), trial)
-
-    return Halving()
+    return optuna.pruners.SuccessiveHalvingPruner(min_resource=min_epochs, reduction_factor=eta,
+                                                  min_early_stopping_rate=0)
 
 
 @dataclass
@@ -131,29 +104,28 @@ class _Live:
 
 def search(candidates: list[Candidate], train_to: Callable[[Candidate, int], list[float]], epochs: int,
            storage: str | Path, min_epochs: int = 1, eta: int = 2, seconds_left: Callable[[], float] | None = None,
-           reserve_s: float = 0.0) -> SearchResult:
+           reserve_s: float = 0.0, done: Callable[[Candidate], int] = lambda c: 0) -> SearchResult:
     """Successive halving over ``candidates`` (the first is the prior), each to at most
-    ``epochs``, the state in ``storage`` (a SQLite file or a database URL). With
-    ``seconds_left``, a trial stops before a segment whose estimate (from the epochs it has
-    run, else the candidate's own) would leave less than ``reserve_s`` (what the end needs:
-    test evaluation, export), and is recorded as stopped by the budget. A rerun with the same
-    storage continues: finished trials are kept, and the trials a kill interrupted run again
-    from their run folders (what they trained is not trained again)."""
+    ``epochs``, in a new Optuna study (``tunesam-auto-N``, N counting the sessions) of
+    ``storage`` (a SQLite file or a database URL). With ``seconds_left``, a trial stops before a segment whose estimate (from
+    the epochs it has run, else the candidate's own) would leave less than ``reserve_s`` (what
+    the end needs: test evaluation, export), and is recorded as stopped by the budget.
+
+    Resuming: the run folders are the state. A resumed session searches again in a study of
+    its own, and ``train_to`` returns at once what a folder already holds (``done`` says how
+    many epochs, so that the budget counts only the epochs still to train): every decision
+    is made again from the same curves in the same order, so it is the one an uninterrupted
+    search makes, and nothing is trained twice."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = storage if "://" in str(storage) else f"sqlite:///{Path(storage).resolve()}"
-    study = optuna.create_study(storage=url, study_name=STUDY_NAME, direction="maximize",
-                                pruner=_pruner(min_epochs, eta), load_if_exists=True)
+    taken = set(optuna.get_all_study_names(storage=url))
+    name = next(f"{STUDY_NAME}-{n}" for n in range(1, len(taken) + 2) if f"{STUDY_NAME}-{n}" not in taken)
+    study = optuna.create_study(storage=url, study_name=name, direction="maximize", pruner=_pruner(min_epochs, eta))
     by_key = {c.key: c for c in candidates}
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study.tell(t.number, state=optuna.trial.TrialState.FAIL)  # interrupted: replayed below
-    finished = {t.params["candidate"] for t in study.get_trials(deepcopy=False)
-                if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)}
     live = []
     for c in candidates:
-        if c.key in finished:
-            continue
         study.enqueue_trial({"candidate": c.key})
         trial = study.ask()
         trial.suggest_categorical("candidate", list(by_key))
@@ -164,7 +136,8 @@ def search(candidates: list[Candidate], train_to: Callable[[Candidate, int], lis
             live.sort(key=lambda x: -x.curve[-1] if x.curve else math.inf)
         trained = []
         for x in live:
-            segment = (target - len(x.curve)) * x.epoch_s + (0.0 if x.curve else x.cand.setup_s)
+            have = max(len(x.curve), min(done(x.cand), target))  # epochs its run folder already holds
+            segment = (target - have) * x.epoch_s + (0.0 if have else x.cand.setup_s)
             if seconds_left is not None and seconds_left() - segment < reserve_s:
                 left = max(0.0, seconds_left() - reserve_s)
                 _end(study, x, "budget", f"stopped by the budget before epochs {len(x.curve) + 1}-{target} "
@@ -174,8 +147,9 @@ def search(candidates: list[Candidate], train_to: Callable[[Candidate, int], lis
             x.curve = list(train_to(x.cand, target))
             took = time.perf_counter() - t0
             x.seconds += took
-            if len(x.curve) > before and took > 0.5 * (len(x.curve) - before) * x.epoch_s:
-                x.epoch_s = took / (len(x.curve) - before)  # measured (a resumed segment that ran little says nothing)
+            new_epochs = len(x.curve) - have
+            if new_epochs > 0 and took > 0.5 * new_epochs * x.epoch_s:
+                x.epoch_s = took / new_epochs  # measured (a segment that ran little, as a resumed one, says nothing)
             for epoch in range(before + 1, len(x.curve) + 1):
                 x.trial.report(x.curve[epoch - 1], epoch)
             x.reached[target] = x.curve[-1]
@@ -212,24 +186,19 @@ def _end(study: Any, x: _Live, state: str, reason: str) -> None:
 
 
 def _best_at(study: Any, number: int, epoch: int, value: float) -> tuple[float, int]:
-    """(the best validation DSC at ``epoch`` among the live trials judged there, how many)."""
-    import optuna
-
+    """(the best validation DSC at ``epoch`` among the trials judged there, how many)."""
     values = [t.intermediate_values[epoch] for t in study.get_trials(deepcopy=False)
-              if t.state != optuna.trial.TrialState.FAIL and t.number != number and epoch in t.intermediate_values]
+              if t.number != number and epoch in t.intermediate_values]
     return max([value, *values]), len(values) + 1
 
 
 def _result(study: Any, by_key: dict[str, Candidate]) -> SearchResult:
-    import optuna
-
     trials = [TrialRecord(t.params["candidate"], list(t.user_attrs.get("curve", [])),
                           {int(e): v for e, v in t.user_attrs.get("rungs", {}).items()},
                           str(t.user_attrs.get("state", "")), str(t.user_attrs.get("reason", "")),
                           float(t.user_attrs.get("seconds", 0.0)))
               for t in study.get_trials(deepcopy=False)
-              if t.state != optuna.trial.TrialState.FAIL and "state" in t.user_attrs
-              and t.params.get("candidate") in by_key]
+              if "state" in t.user_attrs and t.params.get("candidate") in by_key]
     order = list(by_key)
     trials.sort(key=lambda r: order.index(r.key))
     complete = [r for r in trials if r.state == "complete" and r.curve]
