@@ -47,7 +47,9 @@ def test_auto_writes_the_winner_and_the_report_and_reads_test_slices_only_after_
     monkeypatch.setattr(PreparedData, "slice", spy_slice)
     monkeypatch.setattr(runner, "_fix_winner", spy_fix)
     out = tmp_path / "auto"
+    t0 = time.monotonic()
     winner = _auto(prepared, out, baselines=["unet_test"])
+    wall = time.monotonic() - t0
 
     before = [r for r, yet in read if not yet]
     after = [r for r, yet in read if yet]
@@ -70,6 +72,7 @@ def test_auto_writes_the_winner_and_the_report_and_reads_test_slices_only_after_
     assert win["state"] == "complete" and win["epochs_run"] == report["plan"]["epochs"]
     assert json.loads((winner / "trial.json").read_text())["trial"] == win["candidate"]
     assert report["test"]["split"] == "test" and 0 <= report["test"]["mean"]["dsc"] <= 100
+    assert report["seconds"] <= wall + 1.0  # the clock counts this session's wall time, nothing more
     assert report["seconds"] <= report["budget_s"] * 1.1
 
     (base,) = report["baselines"]
@@ -85,9 +88,14 @@ def test_auto_writes_the_winner_and_the_report_and_reads_test_slices_only_after_
     page = (out / "report" / "report.md").read_text()
     assert "## Trials" in page and "pruned at epoch" in page and "per case" in page
 
-    # a finished run is not redone, and another run in the same folder is refused
+    # a finished run is not redone (nothing trained, the test split not scored again), and
+    # another run in the same folder is refused
+    marks = {p: p.stat().st_mtime_ns for p in [winner / "metrics.json", *out.glob("trials/*/log.csv"),
+                                               *out.glob("baselines/*/log.csv")]}
     again = _auto(prepared, out, baselines=["unet_test"], resume=True)
     assert again == winner
+    assert {p: p.stat().st_mtime_ns for p in marks} == marks
+    assert json.loads((out / "report" / "auto.json").read_text())["winner"] == report["winner"]
     with pytest.raises(ValueError, match="--resume"):
         _auto(prepared, out, baselines=["unet_test"])
     with pytest.raises(ValueError, match="other settings"):
@@ -98,7 +106,7 @@ def test_a_budget_too_small_is_said_before_anything_trains(prepared: Path, tmp_p
     out = tmp_path / "auto"
     with pytest.raises(ValueError, match=r"cannot fit one short run of the paper's strategy.*at least --budget \d+m"):
         _auto(prepared, out, budget="3s")
-    assert not (out / "trials").exists()
+    assert not out.exists()  # refused while planning: no folder, no clock charged to a later run
 
 
 @pytest.mark.parametrize(("kw", "match"), [
@@ -147,11 +155,14 @@ def test_a_sigkilled_auto_resumes_from_the_command_line(prepared: Path, tmp_path
     epochs_before = {p.parent.name: len(p.read_text().splitlines()) - 1 for p in trials.glob("*/log.csv")}
     spent_before = json.loads((out / "clock.json").read_text())["seconds"]
 
+    t0 = time.monotonic()
     done = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=600)
+    wall = time.monotonic() - t0
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Resuming" in done.stdout
     report = json.loads((out / "report" / "auto.json").read_text())
-    assert report["sessions"] == 2 and report["seconds"] >= spent_before
+    # only new time is added: what the first session had written (every 5 s) and the second's own
+    assert report["sessions"] == 2 and spent_before <= report["seconds"] <= spent_before + wall + 1.0
     for key, n in epochs_before.items():  # the epochs trained before the kill were kept, not trained again
         rows = np.genfromtxt(trials / key / "log.csv", delimiter=",", names=True)
         epochs = np.atleast_1d(rows["epoch"]).astype(int).tolist()

@@ -171,3 +171,32 @@ def test_a_killed_search_resumes_where_it_stopped(tmp_path: Path, order: str, ki
     assert {t.key: (t.state, t.rungs, t.curve) for t in result.trials} == \
         {t.key: (t.state, t.rungs, t.curve) for t in whole.trials}
     assert result.winner == whole.winner
+
+
+def test_a_resume_with_less_time_than_the_reserve_keeps_what_is_trained(tmp_path: Path) -> None:
+    """Killed after the search (in the baselines, the test pass or the export), a resumed
+    search has less time left than the end's reserve: trials whose run folders hold their
+    epochs cost nothing and are not stopped by the budget."""
+    cands = _cands(["prior", "steady", "slow", "weak"])
+    runs = Runs()
+    first = search(cands, runs.train_to, epochs=8, storage=tmp_path / "s.db")
+    again = search(cands, runs.train_to, epochs=8, storage=tmp_path / "s.db", seconds_left=lambda: 0.5,
+                   reserve_s=1.0, done=lambda c: runs.done.get(c.key, 0))
+    assert {t.key: (t.state, t.curve) for t in again.trials} == {t.key: (t.state, t.curve) for t in first.trials}
+    assert again.winner == first.winner == "steady"
+
+
+def test_a_candidate_that_fails_ends_alone(tmp_path: Path) -> None:
+    """A trial whose training raises (diverged, out of memory) is recorded as failed with the
+    message; the others go on."""
+    runs = Runs()
+
+    def diverges(c: Candidate, epochs: int) -> list[float]:
+        if c.key == "steady" and epochs > 1:
+            raise RuntimeError("training diverged at epoch 2 (loss nan)")
+        return runs.train_to(c, epochs)
+
+    result = search(_cands(["prior", "steady", "slow", "weak"]), diverges, epochs=8, storage=tmp_path / "s.db")
+    t = _by_key(result)
+    assert t["steady"].state == "failed" and "diverged" in t["steady"].reason
+    assert t["prior"].state == "complete" and result.winner == "prior"

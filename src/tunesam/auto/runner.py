@@ -41,6 +41,7 @@ from tunesam.auto.plan import plan_length, strategies
 from tunesam.auto.scenario import choose_scenario
 from tunesam.auto.search import Candidate, SearchResult, search
 from tunesam.auto.trials import make_trainer, validation_curve
+from tunesam.engine.run_folder import read_log
 from tunesam.io import write_json
 from tunesam.study.estimate import format_time
 
@@ -106,6 +107,15 @@ class Clock:
         while not self._stop.wait(CLOCK_EVERY_S):
             self.save()
 
+    def forget(self) -> None:
+        """Stop and remove this clock (a run refused while it planned leaves no trace)."""
+        self._stop.set()
+        self._thread.join()
+        self._forgotten = True
+        self.path.unlink(missing_ok=True)
+        if not any(self.path.parent.iterdir()):
+            self.path.parent.rmdir()
+
     def __enter__(self) -> Clock:
         self.save()
         self._thread.start()
@@ -114,7 +124,8 @@ class Clock:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.save()
+        if not getattr(self, "_forgotten", False):
+            self.save()
 
 
 # -- candidates --------------------------------------------------------------------------------
@@ -229,9 +240,17 @@ def _check(request: Request) -> None:
         data = PreparedData.open(folder)
         if i == 0:
             data.require_labels("tunesam auto's target dataset (the first)")
-    for entry in request.weights:
-        _weights(entry)
+    names = [_weights(entry)[2] for entry in request.weights]
+    if len(set(names)) < len(names):
+        raise AutoError(f"--weights {' '.join(request.weights)}: two entries share a name "
+                        f"({', '.join(sorted({n for n in names if names.count(n) > 1}))}); give each once, "
+                        "files with different names")
+    if len(set(request.baselines)) < len(request.baselines):
+        raise AutoError(f"--baselines {','.join(request.baselines)}: a baseline named twice")
     _baseline_cells(request, request.data[0])
+    from tunesam.device import pick_device
+
+    pick_device(request.device)  # a bad --device is named now
 
 
 # -- planning ----------------------------------------------------------------------------------
@@ -275,13 +294,15 @@ def make_plan(request: Request, out: Path, clock: Clock, say: Callable[[str], No
     left = request.budget_s - clock.spent()
     share = (left - reserve) / (1 + len(bases))  # the search and each baseline: equal parts
     epoch_s, setup_s = [c["epoch_s"] for c in cands], [c["setup_s"] for c in cands]
-    length = None
-    for min_epochs in (2, 1):  # a first rung of 2 epochs where it fits: the first is mostly warm-up
+    lengths = {}
+    for m in (2, 1):
         try:
-            length = plan_length(epoch_s, share + reserve, reserve, min_epochs, ETA, request.max_epochs, setup_s)
-            break
+            lengths[m] = plan_length(epoch_s, share + reserve, reserve, m, ETA, request.max_epochs, setup_s)
         except ValueError:
             continue
+    # a first rung of 2 epochs (the first is mostly warm-up), unless it leaves candidates out
+    min_epochs = 2 if 2 in lengths and (1 not in lengths or lengths[2].candidates >= lengths[1].candidates) else 1
+    length = lengths.get(min_epochs)
     if length is None:
         need = clock.spent() + reserve + (1 + len(bases)) * (epoch_s[0] + setup_s[0])
         raise AutoError(f"the budget ({format_time(request.budget_s)}) cannot fit one short run of the paper's "
@@ -321,10 +342,12 @@ def _open(request: Request, out: Path, resume: bool) -> dict[str, Any] | None:
         plan = json.loads(plan_path.read_text())
         if not resume:
             raise AutoError(f"{out}: holds a tunesam auto run; pass --resume to continue it, or choose another --out")
-        if plan["request"] != request.to_dict():
-            was, now = plan["request"], request.to_dict()
-            diff = ", ".join(f"{k}: {was.get(k)!r} then, {now.get(k)!r} now" for k in now if was.get(k) != now.get(k))
-            raise AutoError(f"{out}: was started with other settings ({diff}); resume it with the same ones")
+        was, now = plan["request"], request.to_dict()
+        diff = ", ".join(f"{k}: {was.get(k)!r} then, {now.get(k)!r} now" for k in now
+                         if k != "budget_s" and was.get(k) != now.get(k))
+        if diff:  # the budget may grow (or shrink) on a resume; what was planned may not change
+            raise AutoError(f"{out}: was started with other settings ({diff}); resume it with the same ones "
+                            "(only --budget may change)")
         return plan
     # a run killed while it planned left its clock (and perhaps the timing's scratch) only
     if out.exists() and any(p.name not in ("clock.json", "cells", "embeddings") for p in out.iterdir()):
@@ -342,14 +365,22 @@ def run_auto(request: Request, out: str | Path, resume: bool = False, storage: s
     out.mkdir(parents=True, exist_ok=True)
     with Clock(out / "clock.json") as clock:
         if plan is None:
-            plan = make_plan(request, out, clock, say)
+            try:
+                plan = make_plan(request, out, clock, say)
+            except AutoError:  # refused before anything trained: the folder is left as it was
+                clock.forget()
+                raise
             write_json(out / "plan.json", plan)
         else:
             say(f"Resuming {out} ({format_time(clock.before)} spent before, {format_time(request.budget_s)} budget)")
-        result = _search(plan, out, clock, storage, say)
-        baselines = [_train_baseline(b, out, say) for b in plan["baselines"]]
+        result = _search(plan, out, clock, request.budget_s, storage, say)
         if result.winner is None:
-            raise AutoError(f"{result.reason}: no winner; give a larger --budget and --resume")
+            raise AutoError(f"{result.reason}: no winner; --resume with a larger --budget continues it")
+        baselines = []
+        for i, b in enumerate(plan["baselines"]):
+            later = sum(x["share_s"] for x in plan["baselines"][i + 1:])  # kept for the baselines after it
+            left = request.budget_s - clock.spent() - plan["reserve_s"] - later
+            baselines.append(_train_baseline(b, out, left, say))
         # The winner is fixed: from here on, and only here, the test split is read.
         winner = _fix_winner(out, result, say)
         report = _finish(plan, out, result, winner, baselines, request, clock, say)
@@ -360,8 +391,8 @@ def run_auto(request: Request, out: str | Path, resume: bool = False, storage: s
     return winner
 
 
-def _search(plan: dict[str, Any], out: Path, clock: Clock, storage: str | None, say: Callable[[str], None]
-            ) -> SearchResult:
+def _search(plan: dict[str, Any], out: Path, clock: Clock, budget_s: float, storage: str | None,
+            say: Callable[[str], None]) -> SearchResult:
     from tunesam.config import TrainConfig
     from tunesam.study.config import Cell
 
@@ -372,7 +403,10 @@ def _search(plan: dict[str, Any], out: Path, clock: Clock, storage: str | None, 
         cfg = Cell.from_dict(c["cell"]).train_config(out)
         opts = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)
                 if f.name not in ("data", "out")}
-        cands.append(Candidate(key, c["label"], c["epoch_s"], {**opts, "epochs": plan["epochs"]}, c["setup_s"]))
+        rows = read_log(out / "trials" / key)  # a resumed trial: what its epochs really took
+        epoch_s = sum(float(r["seconds"]) for r in rows) / len(rows) if rows else c["epoch_s"]
+        cands.append(Candidate(key, c["label"], epoch_s, {**opts, "epochs": plan["epochs"]}, c["setup_s"],
+                               sum(float(r["seconds"]) for r in rows)))
     base = Cell.from_dict(by_key[plan["searched"][0]]["cell"]).train_config(out)  # each trial replaces all of it
     trainer = make_trainer(base, out / "trials")
 
@@ -387,7 +421,7 @@ def _search(plan: dict[str, Any], out: Path, clock: Clock, storage: str | None, 
     reserve = plan["reserve_s"] + plan["search_share_s"] * len(plan["baselines"])
     say(f"Searching ({plan['epochs']}-epoch schedules, the best 1/{plan['eta']} go on at each rung):")
     result = search(cands, train_to, plan["epochs"], storage or out / "search.db", plan["min_epochs"], plan["eta"],
-                    seconds_left=lambda: plan["request"]["budget_s"] - clock.spent(), reserve_s=reserve,
+                    seconds_left=lambda: budget_s - clock.spent(), reserve_s=reserve,
                     done=lambda c: len(validation_curve(out / "trials" / c.key)))
     for t in result.trials:
         say(f"  {by_key[t.key]['label']:<40} {t.state:<9} {t.reason}")
@@ -395,19 +429,25 @@ def _search(plan: dict[str, Any], out: Path, clock: Clock, storage: str | None, 
     return result
 
 
-def _train_baseline(b: dict[str, Any], out: Path, say: Callable[[str], None]) -> dict[str, Any]:
-    from tunesam.kinds import kind_of, train
+def _train_baseline(b: dict[str, Any], out: Path, left_s: float, say: Callable[[str], None]) -> dict[str, Any]:
+    """Train a baseline in its share, or in what is left when the search overran its own
+    (its length is fixed when it starts: a resumed baseline keeps it)."""
+    from tunesam.kinds import kind_of, open_run, train
     from tunesam.study.config import Cell
 
     cell = Cell.from_dict(b["cell"])
     folder = out / "baselines" / b["name"]
-    rec = {"name": b["name"], "label": kind_of(b["name"]).label(b["name"]), "epochs": b["epochs"],
-           "share_s": b["share_s"], "run": str(folder.relative_to(out))}
-    if b["epochs"] < 1:
-        return {**rec, "skipped": f"one epoch ({b['epoch_s']:.0f} s) does not fit its share"}
+    if (folder / "config.yaml").is_file():
+        epochs = int(open_run(folder).config.epochs or b["epochs"])
+    else:
+        epochs = max(0, min(b["epochs"], math.floor(left_s / b["epoch_s"])))
+    rec = {"name": b["name"], "label": kind_of(b["name"]).label(b["name"]), "epochs": epochs,
+           "planned_epochs": b["epochs"], "share_s": b["share_s"], "run": str(folder.relative_to(out))}
+    if epochs < 1:
+        return {**rec, "skipped": f"one epoch ({b['epoch_s']:.0f} s) does not fit the {max(0, left_s):.0f} s left"}
     if not (folder / "summary.json").is_file():
-        cfg = dataclasses.replace(cell.train_config(out), out=str(folder), epochs=b["epochs"])
-        say(f"Baseline {rec['label']}: {b['epochs']} epochs in its {format_time(b['share_s'])}")
+        cfg = dataclasses.replace(cell.train_config(out), out=str(folder), epochs=epochs)
+        say(f"Baseline {rec['label']}: {epochs} epochs in its {format_time(b['share_s'])}")
         t0 = time.perf_counter()
         train(cfg, resume=folder.exists(), progress=False)  # a folder a kill left is resumed, never refused
         rec["seconds_this_session"] = round(time.perf_counter() - t0, 1)
@@ -428,6 +468,8 @@ def _fix_winner(out: Path, result: SearchResult, say: Callable[[str], None]) -> 
     tmp = out / ".winner.partial"
     if tmp.exists():
         shutil.rmtree(tmp)
+    if (out / "export").exists():  # an export of an earlier winner
+        shutil.rmtree(out / "export")
     shutil.copytree(source, tmp, ignore=shutil.ignore_patterns("*.lock", "last.pt"))
     write_json(tmp / "trial.json", {"trial": result.winner, "copied_from": str(source.relative_to(out))})
     tmp.rename(winner)
@@ -474,15 +516,16 @@ def _finish(plan: dict[str, Any], out: Path, result: SearchResult, winner: Path,
     by_key = {c["key"]: c for c in plan["candidates"]}
     for t in result.trials:
         c = by_key[t.key]
+        spent = sum(float(r["seconds"]) for r in read_log(out / "trials" / t.key)) + c["setup_s"] * bool(t.curve)
         trials.append({"candidate": t.key, "strategy": c["label"], "estimated_epoch_s": round(c["epoch_s"], 2),
-                       "planned_epochs": plan["epochs"], "budget_spent_s": round(t.seconds, 1),
+                       "planned_epochs": plan["epochs"], "budget_spent_s": round(spent, 1),
                        "epochs_run": len(t.curve), "val_dsc_per_rung": {str(k): v for k, v in t.rungs.items()},
                        "val_dsc_per_epoch": t.curve, "state": t.state, "pruned": t.state == "pruned",
                        "reason": t.reason})
     win = by_key[str(result.winner)]
     report = {"scenario": plan["scenario"], "fingerprint": plan["fingerprint"],
               "extra_fingerprints": plan["extra_fingerprints"],
-              "budget_s": request.budget_s, "device": request.device,
+              "budget_s": request.budget_s, "device": _device_name(request.device),
               "candidates": [{"key": c["key"], "strategy": c["label"], "estimated_epoch_s": round(c["epoch_s"], 2),
                               "setup_s": round(c["setup_s"], 1), "searched": c["key"] in plan["searched"],
                               **({"left_out": c["left_out"]} if "left_out" in c else {})} for c in plan["candidates"]],
@@ -496,6 +539,14 @@ def _finish(plan: dict[str, Any], out: Path, result: SearchResult, winner: Path,
               "seconds": round(clock.spent(), 1)}
     _write_report(out, report, say)
     return report
+
+
+def _device_name(device: str) -> str:
+    """``--device`` as it resolved here (``auto`` says which)."""
+    from tunesam.device import pick_device
+
+    resolved = str(pick_device(device))
+    return resolved if resolved == device else f"{resolved} ({device})"
 
 
 def _ci(cmp: dict[str, Any]) -> str:

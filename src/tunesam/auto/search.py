@@ -46,6 +46,7 @@ class Candidate:
     epoch_s: float
     options: dict[str, Any] = field(default_factory=dict, compare=False)
     setup_s: float = 0.0
+    spent_s: float = 0.0  # what its run already cost, in earlier sessions
 
 
 @dataclass
@@ -53,7 +54,7 @@ class TrialRecord:
     key: str
     curve: list[float]  # validation DSC per epoch
     rungs: dict[int, float]  # validation DSC at each rung reached
-    state: str  # complete | pruned | budget
+    state: str  # complete | pruned | budget | failed
     reason: str
     seconds: float
 
@@ -107,9 +108,12 @@ def search(candidates: list[Candidate], train_to: Callable[[Candidate, int], lis
            reserve_s: float = 0.0, done: Callable[[Candidate], int] = lambda c: 0) -> SearchResult:
     """Successive halving over ``candidates`` (the first is the prior), each to at most
     ``epochs``, in a new Optuna study (``tunesam-auto-N``, N counting the sessions) of
-    ``storage`` (a SQLite file or a database URL). With ``seconds_left``, a trial stops before a segment whose estimate (from
-    the epochs it has run, else the candidate's own) would leave less than ``reserve_s`` (what
-    the end needs: test evaluation, export), and is recorded as stopped by the budget.
+    ``storage`` (a SQLite file or a database URL). With ``seconds_left`` (the budget's clock,
+    which also times the segments), a trial stops before a segment whose estimate (from the
+    epochs it has run, else the candidate's own) would leave less than ``reserve_s`` (what the
+    end needs: test evaluation, export), and is recorded as stopped by the budget. A trial
+    whose training raises an ``Exception`` (diverged, out of memory) is recorded as failed
+    with the message, and the others go on.
 
     Resuming: the run folders are the state. A resumed session searches again in a study of
     its own, and ``train_to`` returns at once what a folder already holds (``done`` says how
@@ -124,12 +128,14 @@ def search(candidates: list[Candidate], train_to: Callable[[Candidate, int], lis
     name = next(f"{STUDY_NAME}-{n}" for n in range(1, len(taken) + 2) if f"{STUDY_NAME}-{n}" not in taken)
     study = optuna.create_study(storage=url, study_name=name, direction="maximize", pruner=_pruner(min_epochs, eta))
     by_key = {c.key: c for c in candidates}
+    # what a segment took, on the budget's own clock where there is one
+    clock = (lambda: -seconds_left()) if seconds_left is not None else time.perf_counter  # noqa: E731
     live = []
     for c in candidates:
         study.enqueue_trial({"candidate": c.key})
         trial = study.ask()
         trial.suggest_categorical("candidate", list(by_key))
-        live.append(_Live(c, trial, epoch_s=c.epoch_s))
+        live.append(_Live(c, trial, epoch_s=c.epoch_s, seconds=c.spent_s))
 
     for rung, target in enumerate(rung_epochs(min_epochs, eta, epochs)):
         if rung:  # the leader of the rung before first, so that the budget goes to the leaders
@@ -138,18 +144,22 @@ def search(candidates: list[Candidate], train_to: Callable[[Candidate, int], lis
         for x in live:
             have = max(len(x.curve), min(done(x.cand), target))  # epochs its run folder already holds
             segment = (target - have) * x.epoch_s + (0.0 if have else x.cand.setup_s)
-            if seconds_left is not None and seconds_left() - segment < reserve_s:
+            if segment > 0 and seconds_left is not None and seconds_left() - segment < reserve_s:
                 left = max(0.0, seconds_left() - reserve_s)
-                _end(study, x, "budget", f"stopped by the budget before epochs {len(x.curve) + 1}-{target} "
+                _end(study, x, "budget", f"stopped by the budget before epochs {have + 1}-{target} "
                      f"(about {segment:.0f} s; {left:.0f} s left before the end's reserve)")
                 continue
-            t0, before = time.perf_counter(), len(x.curve)
-            x.curve = list(train_to(x.cand, target))
-            took = time.perf_counter() - t0
+            t0, before = clock(), len(x.curve)
+            try:
+                x.curve = list(train_to(x.cand, target))
+            except Exception as exc:  # noqa: BLE001 - one candidate failing (diverged, out of memory) ends only it
+                _end(study, x, "failed", f"failed in epochs {have + 1}-{target}: {exc}")
+                continue
+            took = clock() - t0
             x.seconds += took
             new_epochs = len(x.curve) - have
-            if new_epochs > 0 and took > 0.5 * new_epochs * x.epoch_s:
-                x.epoch_s = took / new_epochs  # measured (a segment that ran little, as a resumed one, says nothing)
+            if new_epochs > 0:  # what its epochs really take (the one-off set-up taken out)
+                x.epoch_s = max(1e-3, took - (0.0 if have else x.cand.setup_s)) / new_epochs
             for epoch in range(before + 1, len(x.curve) + 1):
                 x.trial.report(x.curve[epoch - 1], epoch)
             x.reached[target] = x.curve[-1]
@@ -160,12 +170,12 @@ def search(candidates: list[Candidate], train_to: Callable[[Candidate, int], lis
             break
         # Judged in this order: the incumbent (the first in line), then the others best first.
         judged = trained[:1] + sorted(trained[1:], key=lambda x: -x.curve[-1])
-        live = []
+        live, seen = [], []
         for x in judged:
+            seen.append(x.curve[-1])
             if x.trial.should_prune():
-                best, n = _best_at(study, x.trial.number, target, x.curve[-1])
                 _end(study, x, "pruned", f"pruned at epoch {target}: validation DSC {x.curve[-1]:.2f}, not in the "
-                     f"best 1/{eta} of the {n} trial(s) judged there so far (best {best:.2f})")
+                     f"best 1/{eta} of the {len(seen)} trial(s) judged there so far (best {max(seen):.2f})")
             else:
                 live.append(x)
     return _result(study, by_key)
@@ -183,13 +193,6 @@ def _end(study: Any, x: _Live, state: str, reason: str) -> None:
         study.tell(x.trial, max(x.curve))
     else:
         study.tell(x.trial, state=optuna.trial.TrialState.PRUNED)
-
-
-def _best_at(study: Any, number: int, epoch: int, value: float) -> tuple[float, int]:
-    """(the best validation DSC at ``epoch`` among the trials judged there, how many)."""
-    values = [t.intermediate_values[epoch] for t in study.get_trials(deepcopy=False)
-              if t.number != number and epoch in t.intermediate_values]
-    return max([value, *values]), len(values) + 1
 
 
 def _result(study: Any, by_key: dict[str, Candidate]) -> SearchResult:

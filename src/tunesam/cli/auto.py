@@ -25,7 +25,7 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="baselines trained in an equal share of the budget and compared with the winner per case "
                         "(unet, swinunetr)")
     p.add_argument("--storage", metavar="URL",
-                   help="Optuna storage (default DIR/search.db; a database URL shares the search across machines)")
+                   help="Optuna storage (default DIR/search.db; a database URL keeps it elsewhere)")
     p.add_argument("--image-size", type=int, help="input size of every candidate (default: each model's own)")
     p.add_argument("--max-epochs", type=int, default=200, help="the longest schedule a trial may get (default 200)")
     p.add_argument("--resume", action="store_true", help="continue a run in DIR (after a kill, or a crash)")
