@@ -31,6 +31,9 @@ def curves_figure(report: dict[str, Any], path: Path) -> None:
     for b in report.get("baselines", []):
         if b.get("curve"):
             ax.plot(range(1, len(b["curve"]) + 1), b["curve"], "-", color="0.5", lw=1, label=f"baseline {b['label']}")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch (of each trial's one schedule)")
     ax.set_ylabel("validation DSC (%)")
     ax.set_title("tunesam auto: the search on validation DSC (grey lines: rungs)")
