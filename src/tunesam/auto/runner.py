@@ -96,6 +96,7 @@ class Clock:
         self.t0 = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True)
+        self._forgotten = False
 
     def spent(self) -> float:
         return self.before + time.monotonic() - self.t0
@@ -124,7 +125,7 @@ class Clock:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        if not getattr(self, "_forgotten", False):
+        if not self._forgotten:
             self.save()
 
 
@@ -263,8 +264,8 @@ def make_plan(request: Request, out: Path, clock: Clock, say: Callable[[str], No
     fp = fingerprint(target)
     extra_fps = [fingerprint(e) for e in extra]
     scenario = choose_scenario(fp, extra_fps, request.mode)
-    say(f"Scenario: {scenario.to_dict()['setting']}"
-        + (f", {scenario.to_dict()['condition']}" if scenario.to_dict()["condition"] != "-" else "")
+    sc = scenario.to_dict()
+    say(f"Scenario: {sc['setting']}" + (f", {sc['condition']}" if sc["condition"] != "-" else "")
         + f" (Table 4's optimum: {scenario.paper_optimum}): {scenario.reason}")
     if scenario.name == "multiple":
         say("  the pre-training route (SSLSAM, SupSAM on the extra data) is not searched yet: the candidates "
@@ -393,22 +394,18 @@ def run_auto(request: Request, out: str | Path, resume: bool = False, storage: s
 
 def _search(plan: dict[str, Any], out: Path, clock: Clock, budget_s: float, storage: str | None,
             say: Callable[[str], None]) -> SearchResult:
-    from tunesam.config import TrainConfig
     from tunesam.study.config import Cell
 
     by_key = {c["key"]: c for c in plan["candidates"]}
-    cands = []
+    cands, configs = [], {}
     for key in plan["searched"]:
         c = by_key[key]
-        cfg = Cell.from_dict(c["cell"]).train_config(out)
-        opts = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)
-                if f.name not in ("data", "out")}
+        configs[key] = dataclasses.replace(Cell.from_dict(c["cell"]).train_config(out), out=str(out / "trials" / key),
+                                           epochs=plan["epochs"])
         rows = read_log(out / "trials" / key)  # a resumed trial: what its epochs really took
         epoch_s = sum(float(r["seconds"]) for r in rows) / len(rows) if rows else c["epoch_s"]
-        cands.append(Candidate(key, c["label"], epoch_s, {**opts, "epochs": plan["epochs"]}, c["setup_s"],
-                               sum(float(r["seconds"]) for r in rows)))
-    base = Cell.from_dict(by_key[plan["searched"][0]]["cell"]).train_config(out)  # each trial replaces all of it
-    trainer = make_trainer(base, out / "trials")
+        cands.append(Candidate(key, c["label"], epoch_s, setup_s=c["setup_s"]))
+    trainer = make_trainer(lambda cand: configs[cand.key])
 
     def train_to(cand: Candidate, epochs: int) -> list[float]:
         before = len(validation_curve(out / "trials" / cand.key))

@@ -46,7 +46,6 @@ class Candidate:
     epoch_s: float
     options: dict[str, Any] = field(default_factory=dict, compare=False)
     setup_s: float = 0.0
-    spent_s: float = 0.0  # what its run already cost, in earlier sessions
 
 
 @dataclass
@@ -56,7 +55,6 @@ class TrialRecord:
     rungs: dict[int, float]  # validation DSC at each rung reached
     state: str  # complete | pruned | budget | failed
     reason: str
-    seconds: float
 
     @property
     def best(self) -> float:
@@ -68,12 +66,6 @@ class SearchResult:
     trials: list[TrialRecord]
     winner: str | None
     reason: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"winner": self.winner, "reason": self.reason,
-                "trials": [{"candidate": t.key, "state": t.state, "reason": t.reason, "curve": t.curve,
-                            "rungs": {str(k): v for k, v in t.rungs.items()}, "seconds": round(t.seconds, 1),
-                            "pruned": t.state == "pruned"} for t in self.trials]}
 
 
 def rung_epochs(min_epochs: int, eta: int, epochs: int) -> list[int]:
@@ -99,7 +91,6 @@ class _Live:
     trial: Any
     curve: list[float] = field(default_factory=list)
     reached: dict[int, float] = field(default_factory=dict)
-    seconds: float = 0.0
     epoch_s: float = 0.0  # what an epoch took so far (the candidate's estimate until one ran)
 
 
@@ -135,7 +126,7 @@ def search(candidates: list[Candidate], train_to: Callable[[Candidate, int], lis
         study.enqueue_trial({"candidate": c.key})
         trial = study.ask()
         trial.suggest_categorical("candidate", list(by_key))
-        live.append(_Live(c, trial, epoch_s=c.epoch_s, seconds=c.spent_s))
+        live.append(_Live(c, trial, epoch_s=c.epoch_s))
 
     for rung, target in enumerate(rung_epochs(min_epochs, eta, epochs)):
         if rung:  # the leader of the rung before first, so that the budget goes to the leaders
@@ -156,7 +147,6 @@ def search(candidates: list[Candidate], train_to: Callable[[Candidate, int], lis
                 _end(study, x, "failed", f"failed in epochs {have + 1}-{target}: {exc}")
                 continue
             took = clock() - t0
-            x.seconds += took
             new_epochs = len(x.curve) - have
             if new_epochs > 0:  # what its epochs really take (the one-off set-up taken out)
                 x.epoch_s = max(1e-3, took - (0.0 if have else x.cand.setup_s)) / new_epochs
@@ -187,7 +177,7 @@ def _end(study: Any, x: _Live, state: str, reason: str) -> None:
     import optuna
 
     for key, value in (("state", state), ("reason", reason), ("curve", x.curve),
-                       ("rungs", {str(e): v for e, v in x.reached.items()}), ("seconds", x.seconds)):
+                       ("rungs", {str(e): v for e, v in x.reached.items()})):
         x.trial.set_user_attr(key, value)
     if state == "complete":
         study.tell(x.trial, max(x.curve))
@@ -198,8 +188,7 @@ def _end(study: Any, x: _Live, state: str, reason: str) -> None:
 def _result(study: Any, by_key: dict[str, Candidate]) -> SearchResult:
     trials = [TrialRecord(t.params["candidate"], list(t.user_attrs.get("curve", [])),
                           {int(e): v for e, v in t.user_attrs.get("rungs", {}).items()},
-                          str(t.user_attrs.get("state", "")), str(t.user_attrs.get("reason", "")),
-                          float(t.user_attrs.get("seconds", 0.0)))
+                          str(t.user_attrs.get("state", "")), str(t.user_attrs.get("reason", "")))
               for t in study.get_trials(deepcopy=False)
               if "state" in t.user_attrs and t.params.get("candidate") in by_key]
     order = list(by_key)

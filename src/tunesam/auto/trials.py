@@ -3,6 +3,7 @@ loop, paused at each rung, resumed for the next (the same schedule throughout)."
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 from tunesam.auto.search import Candidate
@@ -26,12 +27,14 @@ def validation_curve(run: Path) -> list[float]:
     return [float(r["val_dsc"]) for r in read_log(run)]
 
 
-def make_trainer(base: TrainConfig, folder: Path, progress: bool | None = False):  # noqa: ANN201 - a closure
+def make_trainer(config_of: Callable[[Candidate], TrainConfig], progress: bool | None = False
+                 ) -> Callable[[Candidate, int], list[float]]:
     """``train_to(candidate, epochs)`` for :func:`tunesam.auto.search.search`: the candidate's
-    run trained (or resumed) to ``epochs`` epochs of its schedule; its validation curve."""
+    run (``config_of(candidate)``, its whole schedule) trained or resumed to ``epochs``
+    epochs; its validation curve."""
 
     def train_to(candidate: Candidate, epochs: int) -> list[float]:
-        cfg = trial_config(candidate, base, folder)
+        cfg = config_of(candidate)
         run = Path(cfg.out)
         done = validation_curve(run)
         if len(done) < epochs:
